@@ -1,0 +1,291 @@
+/*-------------------------------------------------------------------------
+ *
+ * guards.c
+ *	  Planner and utility hooks that keep topics what the contract says:
+ *
+ *	  - INSERT into a topic (or straight into one of its partitions, or
+ *		through a data-modifying CTE): the id and created_at target entries
+ *		are replaced by the columns' defaults (evstream._next_id(topic) and
+ *		now()), so producer-supplied values never reach storage.  Done in
+ *		the planner hook, after the rewriter has resolved DEFAULT items, so
+ *		every form of INSERT (VALUES, multi-row, SELECT, prepared, PL/pgSQL)
+ *		is covered.  Logical replication applies rows without planning and
+ *		keeps the publisher's values; so does a superuser with
+ *		evstream.restore_mode on.
+ *	  - UPDATE, DELETE and MERGE on a topic fail at plan time, even when no
+ *		row would match (the access method refuses the rows themselves).
+ *	  - COPY FROM listing the id column (or no column list: every column) is
+ *		a restore, as pg_dump writes it: values are kept and the rows are not
+ *		counted again in aggregates (their counts are restored with the
+ *		catalog).  Producers use COPY topic (key, payload).  After a COPY the
+ *		statement's aggregate deltas are written.
+ *	  - TRUNCATE ... RESTART IDENTITY would reuse ids: refused on topics.
+ *	  - ATTACH PARTITION of a table not using the evstream access method
+ *		would make a topic partition mutable: refused.
+ *	  - DROP DATABASE: the database's worker is stopped first (worker.c).
+ *
+ * Copyright (c) 2026, The evstream authors
+ *
+ * IDENTIFICATION
+ *	  src/guards.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/parsenodes.h"
+#include "optimizer/planner.h"
+#include "parser/parsetree.h"
+#include "rewrite/rewriteHandler.h"
+#include "tcop/utility.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+#include "evstream.h"
+
+bool		evs_copy_restore = false;
+
+static planner_hook_type prev_planner_hook = NULL;
+static ProcessUtility_hook_type prev_ProcessUtility = NULL;
+
+extern void EvsStopDatabaseWorker(const char *dbname);
+
+/* The topic a relation belongs to (itself or its parent), or InvalidOid */
+static Oid
+evs_topic_of(Oid relid)
+{
+	char		relkind = get_rel_relkind(relid);
+
+	if (relkind != RELKIND_PARTITIONED_TABLE && relkind != RELKIND_RELATION)
+		return InvalidOid;
+	if (relkind == RELKIND_RELATION && !get_rel_relispartition(relid))
+		return InvalidOid;
+	return EvsLookupTopic(relid)->topic;
+}
+
+/* Replace a target entry's expression by the topic's column default */
+static void
+evs_force_default(Query *query, Relation topicrel, AttrNumber topic_attno,
+				  AttrNumber target_attno)
+{
+	ListCell   *lc;
+
+	foreach(lc, query->targetList)
+	{
+		TargetEntry *tle = lfirst_node(TargetEntry, lc);
+		Node	   *def;
+
+		if (tle->resjunk || tle->resno != target_attno)
+			continue;
+		def = build_column_default(topicrel, topic_attno);
+		if (def == NULL)
+			elog(ERROR, "column %d of topic \"%s\" has no default",
+				 topic_attno, RelationGetRelationName(topicrel));
+		tle->expr = (Expr *) def;
+		return;
+	}
+}
+
+/* Apply the rules of the header comment to one query and its CTEs */
+static void
+evs_guard_query(Query *query)
+{
+	ListCell   *lc;
+
+	foreach(lc, query->cteList)
+	{
+		CommonTableExpr *cte = lfirst_node(CommonTableExpr, lc);
+
+		if (IsA(cte->ctequery, Query))
+			evs_guard_query((Query *) cte->ctequery);
+	}
+
+	if (query->resultRelation <= 0)
+		return;
+
+	if (query->commandType == CMD_INSERT)
+	{
+		RangeTblEntry *rte = rt_fetch(query->resultRelation, query->rtable);
+		Oid			topic = evs_topic_of(rte->relid);
+		Relation	topicrel;
+
+		if (!OidIsValid(topic) || evs_restore_mode)
+			return;
+		topicrel = table_open(topic, NoLock);
+		evs_force_default(query, topicrel, 1, get_attnum(rte->relid, "id"));
+		evs_force_default(query, topicrel, 4, get_attnum(rte->relid, "created_at"));
+		table_close(topicrel, NoLock);
+	}
+	else if (query->commandType == CMD_UPDATE ||
+			 query->commandType == CMD_DELETE ||
+			 query->commandType == CMD_MERGE)
+	{
+		RangeTblEntry *rte = rt_fetch(query->resultRelation, query->rtable);
+		Oid			topic = evs_topic_of(rte->relid);
+
+		if (OidIsValid(topic))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot %s events of topic \"%s\": topics are append-only",
+							query->commandType == CMD_UPDATE ? "update" :
+							query->commandType == CMD_DELETE ? "delete" : "merge into",
+							get_rel_name(topic)),
+					 errdetail("Events are immutable once produced."),
+					 errhint("Produce a new event instead; retention removes old events by whole partitions.")));
+	}
+}
+
+static PlannedStmt *
+evs_planner(Query *parse, const char *query_string, int cursorOptions,
+			ParamListInfo boundParams)
+{
+	if (evs_shared != NULL && IsTransactionState())
+		evs_guard_query(parse);
+	if (prev_planner_hook)
+		return prev_planner_hook(parse, query_string, cursorOptions, boundParams);
+	return standard_planner(parse, query_string, cursorOptions, boundParams);
+}
+
+/* Does a COPY column list name the id column (or list nothing)? */
+static bool
+evs_copy_lists_id(CopyStmt *stmt)
+{
+	ListCell   *lc;
+
+	if (stmt->attlist == NIL)
+		return true;
+	foreach(lc, stmt->attlist)
+		if (strcmp(strVal(lfirst(lc)), "id") == 0)
+			return true;
+	return false;
+}
+
+/* Refuse utility commands that would break a topic */
+static void
+evs_check_utility(Node *stmt)
+{
+	if (IsA(stmt, TruncateStmt))
+	{
+		TruncateStmt *ts = (TruncateStmt *) stmt;
+		ListCell   *lc;
+
+		if (!ts->restart_seqs)
+			return;
+		foreach(lc, ts->relations)
+		{
+			Oid			relid = RangeVarGetRelid(lfirst_node(RangeVar, lc), NoLock, true);
+
+			if (OidIsValid(relid) && OidIsValid(evs_topic_of(relid)))
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot TRUNCATE topic \"%s\" with RESTART IDENTITY",
+								get_rel_name(relid)),
+						 errdetail("Topic ids are never reused."),
+						 errhint("Use TRUNCATE without RESTART IDENTITY.")));
+		}
+	}
+	else if (IsA(stmt, AlterTableStmt))
+	{
+		AlterTableStmt *at = (AlterTableStmt *) stmt;
+		ListCell   *lc;
+		Oid			relid;
+
+		relid = RangeVarGetRelid(at->relation, NoLock, true);
+		if (!OidIsValid(relid) || !OidIsValid(evs_topic_of(relid)))
+			return;
+		foreach(lc, at->cmds)
+		{
+			AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
+
+			if (cmd->subtype == AT_AttachPartition)
+			{
+				PartitionCmd *pc = (PartitionCmd *) cmd->def;
+				Oid			part = RangeVarGetRelid(pc->name, NoLock, true);
+				Relation	prel;
+				bool		ok;
+
+				if (!OidIsValid(part))
+					continue;
+				prel = table_open(part, AccessShareLock);
+				ok = EvsIsTopicPartition(prel);
+				table_close(prel, AccessShareLock);
+				if (!ok)
+					ereport(ERROR,
+							(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+							 errmsg("cannot attach \"%s\" to topic \"%s\": it does not use the evstream access method",
+									pc->name->relname, get_rel_name(relid)),
+							 errhint("Create the table with USING evstream, or ALTER TABLE ... SET ACCESS METHOD evstream first.")));
+			}
+		}
+	}
+}
+
+static void
+evs_process_utility(PlannedStmt *pstmt, const char *queryString,
+					bool readOnlyTree, ProcessUtilityContext context,
+					ParamListInfo params, QueryEnvironment *queryEnv,
+					DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *stmt = pstmt->utilityStmt;
+	bool		copy_into_topic = false;
+	bool		save_restore = evs_copy_restore;
+
+	if (evs_shared != NULL && IsTransactionState())
+	{
+		if (IsA(stmt, CopyStmt) && ((CopyStmt *) stmt)->is_from &&
+			((CopyStmt *) stmt)->relation != NULL)
+		{
+			Oid			relid = RangeVarGetRelid(((CopyStmt *) stmt)->relation, NoLock, true);
+
+			if (OidIsValid(relid) && OidIsValid(evs_topic_of(relid)))
+				copy_into_topic = true;
+		}
+		else if (IsA(stmt, DropdbStmt))
+			EvsStopDatabaseWorker(((DropdbStmt *) stmt)->dbname);
+		else
+			evs_check_utility(stmt);
+	}
+
+	if (copy_into_topic)
+	{
+		evs_copy_restore = evs_copy_lists_id((CopyStmt *) stmt);
+		PG_TRY();
+		{
+			if (prev_ProcessUtility)
+				prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+									params, queryEnv, dest, qc);
+			else
+				standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+										params, queryEnv, dest, qc);
+		}
+		PG_FINALLY();
+		{
+			evs_copy_restore = save_restore;
+		}
+		PG_END_TRY();
+		EvsFlushDeltas();
+		return;
+	}
+
+	if (prev_ProcessUtility)
+		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+							params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+}
+
+void
+EvsGuardsInit(void)
+{
+	prev_planner_hook = planner_hook;
+	planner_hook = evs_planner;
+	prev_ProcessUtility = ProcessUtility_hook;
+	ProcessUtility_hook = evs_process_utility;
+}

@@ -1,0 +1,359 @@
+/*-------------------------------------------------------------------------
+ *
+ * offsets.c
+ *	  Id assignment and the stable offset (Kafka's last stable offset).
+ *
+ *	  Every topic owns a sequence (<topic>_id_seq, CACHE 1, owned by its id
+ *	  column); a topic's id column defaults to evstream._next_id(topic), and
+ *	  guards.c forces that default on every INSERT.  The sequence gives
+ *	  unique, increasing, never reused ids that survive crashes (it is WAL
+ *	  logged like any sequence) and dump/restore (pg_dump saves its value).
+ *
+ *	  stable_id(T) is the highest id such that every smaller id of T is
+ *	  visible or will never appear.  Producers commit out of id order, so
+ *	  the highest id handed out is not stable while a smaller id's
+ *	  transaction is still open.  The protocol:
+ *
+ *	  Writer, on its transaction's first id from topic T:
+ *		W1. L := last value of T's sequence, read from the sequence page
+ *			under its buffer lock;
+ *		W2. store min_id[i] := L + 1, write barrier, store relid[i] := T in
+ *			the backend's shared slot, full barrier;
+ *		W3. take ids with nextval (each > L, hence >= min_id[i]).
+ *	  At COMMIT/ABORT (after ProcArrayEndTransaction: the rows are already
+ *	  visible to new snapshots, or will never be) the slot is cleared.
+ *
+ *	  Reader:
+ *		R1. H := last value of T's sequence (buffer lock);
+ *		R2. full barrier; M := min over slots with relid = T of min_id
+ *			(relid read before min_id, read barrier between);
+ *		R3. stable := min(H, M - 1).
+ *
+ *	  Why no id is ever skipped: take an id X <= stable of T that is not
+ *	  visible yet, taken by writer W whose transaction is open.  X <= H, so
+ *	  W's nextval for X came before R1 in the sequence's buffer-lock order.
+ *	  W published its slot (W2) before that nextval, and the buffer lock
+ *	  release/acquire chain orders W2 before R2, so R2 saw relid = T and
+ *	  min_id <= X (min_id is written before relid).  Then stable <= X - 1,
+ *	  a contradiction.  A slot being cleared or reused concurrently can only
+ *	  make a reader more conservative, or concerns a transaction that has
+ *	  already ended.  After a crash the slots are empty and the sequence's
+ *	  recovered value is at least every id ever handed out.
+ *
+ *	  Consumers must read rows with a snapshot taken after computing the
+ *	  stable offset (consumer.c): a READ COMMITTED statement snapshot.
+ *
+ *	  Cost: W1-W2 once per topic per transaction; stable_id is one buffer
+ *	  read plus a scan of MaxBackends slots — O(backends), never O(events).
+ *
+ *	  The transaction callbacks here also mark, at commit, the topics with
+ *	  new events for the notifying worker, and wake it through its latch.
+ *
+ * Copyright (c) 2026, The evstream authors
+ *
+ * IDENTIFICATION
+ *	  src/offsets.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "access/xact.h"
+#include "commands/sequence.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/bufmgr.h"
+#include "storage/proc.h"
+#include "utils/rel.h"
+
+#include "evstream.h"
+
+/* topics this transaction has taken ids from, in slot order */
+static Oid	xact_topics[EVS_MAX_XACT_TOPICS];
+static bool xact_notify[EVS_MAX_XACT_TOPICS];
+static int	xact_ntopics = 0;
+static bool xact_deltas = false;	/* this transaction wrote aggregate deltas */
+static bool xact_wake_launcher = false;
+
+static EvsDatabase *my_db = NULL;
+
+/* Last value handed out by a sequence (0 if none), read from its page */
+int64
+EvsSequenceLastValue(Oid seqrelid)
+{
+	Relation	rel = relation_open(seqrelid, AccessShareLock);
+	Buffer		buf;
+	Page		page;
+	ItemId		lp;
+	HeapTupleData tup;
+	Form_pg_sequence_data seq;
+	int64		last;
+
+	if (rel->rd_rel->relkind != RELKIND_SEQUENCE)
+		elog(ERROR, "relation %u is not a sequence", seqrelid);
+	buf = ReadBuffer(rel, 0);
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	page = BufferGetPage(buf);
+	lp = PageGetItemId(page, FirstOffsetNumber);
+	tup.t_data = (HeapTupleHeader) PageGetItem(page, lp);
+	tup.t_len = ItemIdGetLength(lp);
+	seq = (Form_pg_sequence_data) GETSTRUCT(&tup);
+	last = seq->is_called ? seq->last_value : seq->last_value - 1;
+	UnlockReleaseBuffer(buf);
+	relation_close(rel, AccessShareLock);
+	return last;
+}
+
+/* Shared entry of a database (created on demand when create is true) */
+EvsDatabase *
+EvsDatabaseEntry(Oid dboid, bool create)
+{
+	EvsDatabase *found = NULL;
+	EvsDatabase *free_entry = NULL;
+	int			i;
+
+	LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < EVS_MAX_DATABASES; i++)
+	{
+		EvsDatabase *d = &evs_shared->databases[i];
+
+		if (d->dboid == dboid)
+		{
+			found = d;
+			break;
+		}
+		if (!OidIsValid(d->dboid) && free_entry == NULL)
+			free_entry = d;
+	}
+	if (found == NULL && create && free_entry != NULL)
+	{
+		memset(free_entry, 0, sizeof(EvsDatabase));
+		free_entry->dboid = dboid;
+		free_entry->worker_procno = -1;
+		found = free_entry;
+	}
+	LWLockRelease(evs_shared->lock);
+	return found;
+}
+
+/* Wake a database's worker, if it runs */
+void
+EvsWakeWorker(EvsDatabase *db)
+{
+	int			procno = db->worker_procno;
+
+	if (procno >= 0)
+		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
+/* Publish the slot for a topic (steps W1-W2) */
+static void
+evs_publish(Oid topic, Oid seqrelid, bool notify)
+{
+	EvsBackendSlot *slot = &evs_shared->slots[MyProc->pgprocno];
+	int			i = xact_ntopics;
+	int64		low;
+
+	if (i >= EVS_MAX_XACT_TOPICS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("a transaction can produce to at most %d evstream topics",
+						EVS_MAX_XACT_TOPICS),
+				 errhint("Split the transaction.")));
+
+	low = EvsSequenceLastValue(seqrelid) + 1;
+	if (pg_atomic_read_u32(&slot->dboid) != MyDatabaseId)
+		pg_atomic_write_u32(&slot->dboid, MyDatabaseId);
+	pg_atomic_write_u64(&slot->min_id[i], (uint64) low);
+	pg_write_barrier();
+	pg_atomic_write_u32(&slot->relid[i], topic);
+	pg_memory_barrier();
+	xact_topics[i] = topic;
+	xact_notify[i] = notify;
+	xact_ntopics = i + 1;
+}
+
+PG_FUNCTION_INFO_V1(evstream_next_id);
+
+/*
+ * evstream._next_id(topic regclass): the default of a topic's id column.
+ */
+Datum
+evstream_next_id(PG_FUNCTION_ARGS)
+{
+	Oid			topic = PG_GETARG_OID(0);
+	EvsTopic   *t;
+	int			i;
+
+	for (i = xact_ntopics - 1; i >= 0; i--)
+		if (xact_topics[i] == topic)
+			break;
+	t = EvsRequireTopic(topic, "_next_id");
+	if (i < 0)
+		evs_publish(topic, t->seqrelid, t->notify);
+	PG_RETURN_INT64(nextval_internal(t->seqrelid, false));
+}
+
+/* Steps R1-R3 */
+int64
+EvsStableId(Oid topic)
+{
+	EvsTopic   *t = EvsRequireTopic(topic, "stable_id");
+	int64		high = EvsSequenceLastValue(t->seqrelid);
+	uint64		low = PG_UINT64_MAX;
+	int			i,
+				j;
+
+	pg_memory_barrier();
+	for (i = 0; i < MaxBackends; i++)
+	{
+		EvsBackendSlot *s = &evs_shared->slots[i];
+
+		if (pg_atomic_read_u32(&s->dboid) != MyDatabaseId)
+			continue;
+		for (j = 0; j < EVS_MAX_XACT_TOPICS; j++)
+		{
+			if (pg_atomic_read_u32(&s->relid[j]) == topic)
+			{
+				uint64		m;
+
+				pg_read_barrier();
+				m = pg_atomic_read_u64(&s->min_id[j]);
+				if (m != 0 && m < low)
+					low = m;
+			}
+		}
+	}
+	if (low != PG_UINT64_MAX && (int64) low - 1 < high)
+		high = (int64) low - 1;
+	return high;
+}
+
+PG_FUNCTION_INFO_V1(evstream_stable_id);
+
+Datum
+evstream_stable_id(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("topic must not be NULL")));
+	PG_RETURN_INT64(EvsStableId(PG_GETARG_OID(0)));
+}
+
+/* Called by aggregates.c when this transaction wrote deltas */
+void
+EvsMarkDeltasCommitted(void)
+{
+	xact_deltas = true;
+}
+
+/* Called by evstream._wake_launcher() */
+void
+EvsWakeLauncherAtCommit(void)
+{
+	xact_wake_launcher = true;
+}
+
+/* After commit: record what advanced and wake the worker */
+static void
+evs_after_commit(void)
+{
+	bool		wake = false;
+	int			i;
+
+	if (my_db == NULL || my_db->dboid != MyDatabaseId)
+		my_db = EvsDatabaseEntry(MyDatabaseId, true);
+	if (my_db == NULL)
+		return;					/* too many databases: no push, nothing else lost */
+
+	LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < xact_ntopics; i++)
+	{
+		int			k;
+
+		if (!xact_notify[i])
+			continue;
+		wake = true;
+		for (k = 0; k < my_db->ndirty; k++)
+			if (my_db->dirty[k] == xact_topics[i])
+				break;
+		if (k < my_db->ndirty)
+			continue;
+		if (my_db->ndirty < EVS_DIRTY_TOPICS)
+			my_db->dirty[my_db->ndirty++] = xact_topics[i];
+		else
+			my_db->dirty_overflow = true;
+	}
+	if (xact_deltas)
+	{
+		my_db->deltas_pending = true;
+		wake = true;
+	}
+	LWLockRelease(evs_shared->lock);
+	if (wake)
+		EvsWakeWorker(my_db);
+}
+
+/* Clear this backend's slot entries */
+static void
+evs_clear_slot(void)
+{
+	EvsBackendSlot *slot = &evs_shared->slots[MyProc->pgprocno];
+	int			i;
+
+	for (i = 0; i < xact_ntopics; i++)
+	{
+		pg_atomic_write_u32(&slot->relid[i], InvalidOid);
+		pg_atomic_write_u64(&slot->min_id[i], 0);
+	}
+}
+
+static void
+evs_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (xact_ntopics > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that has produced evstream events"),
+						 errdetail("A prepared transaction would hold back the stable offset of its topics indefinitely.")));
+			break;
+		case XACT_EVENT_COMMIT:
+			if (xact_ntopics > 0 || xact_deltas)
+			{
+				evs_clear_slot();
+				evs_after_commit();
+			}
+			/* FALLTHROUGH */
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+			if (xact_ntopics > 0)
+				evs_clear_slot();
+			xact_ntopics = 0;
+			xact_deltas = false;
+			if (event == XACT_EVENT_COMMIT && xact_wake_launcher && evs_shared)
+			{
+				int			procno;
+
+				evs_shared->rescan = true;
+				procno = evs_shared->launcher_procno;
+				if (procno >= 0)
+					SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+			}
+			xact_wake_launcher = false;
+			break;
+		default:
+			break;
+	}
+}
+
+void
+EvsOffsetsInit(void)
+{
+	RegisterXactCallback(evs_xact_callback, NULL);
+}

@@ -1,0 +1,740 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  Background workers: one launcher per cluster, one maintenance worker
+ *	  per database that has the extension.
+ *
+ *	  Launcher ("evstream launcher", registered at preload): connected to
+ *	  no database, it scans pg_database and keeps exactly one worker per
+ *	  database with evstream installed.  A worker that finds no extension
+ *	  marks its database ext_absent and exits 0; the launcher leaves such a
+ *	  database alone until a CREATE EXTENSION commits (the install script
+ *	  calls evstream._wake_launcher(), which sets "rescan" and the
+ *	  launcher's latch at commit).  Workers are dynamic, with the launcher
+ *	  as bgw_notify_pid, so the launcher wakes when one stops and starts it
+ *	  again (a terminated worker is restarted within a second).  A database
+ *	  being dropped is blocked for a few seconds (guards.c) so DROP
+ *	  DATABASE is not refused because of our connection.
+ *
+ *	  Worker ("evstream worker"): one per database, guaranteed by claiming
+ *	  the database's shared entry under the evstream LWLock (a second one
+ *	  exits).  It loops on its latch (WL_EXIT_ON_PM_DEATH, no busy loops):
+ *	  - push: producers' commit callbacks record the topics that advanced
+ *		(and whether aggregate deltas were written) in the database entry and
+ *		set the worker's latch; at most every evstream.notify_interval the
+ *		worker sends one NOTIFY per advanced topic, channel = topic name,
+ *		payload {"topic": name, "last_id": stable_id}.  stable_id is
+ *		computed after the producers' commits are visible, so a listener
+ *		that polls on a notification always finds every announced event.
+ *		Aggregate deltas are folded into counts and the new count of each
+ *		changed group is sent on the aggregate's channel, split to stay
+ *		under the 8000-byte payload limit.  Only the worker ever NOTIFYs, so
+ *		producers never take the cluster-wide notify commit lock.
+ *	  - maintenance: every evstream.maintenance_interval it runs
+ *		evstream.run_maintenance(evstream.premake) (premake, retention,
+ *		delta merge), with lock waits bounded by lock_timeout.  Errors are
+ *		logged and kept in evstream.workers.last_error; the worker goes on.
+ *	  - every second it checks that the extension still exists, and exits
+ *		when it was dropped.
+ *
+ * Copyright (c) 2026, The evstream authors
+ *
+ * IDENTIFICATION
+ *	  src/worker.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+#include "evstream.h"
+
+/* Leave room under NOTIFY_PAYLOAD_MAX_LENGTH (8000) for the envelope */
+#define EVS_PAYLOAD_BUDGET 7800
+
+void		EvsStopDatabaseWorker(const char *dbname);
+
+/* ---------------------------------------------------------------- launcher */
+
+void
+EvsWorkerRegisterLauncher(void)
+{
+	BackgroundWorker bgw;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = 5;
+	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "evstream");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "EvsLauncherMain");
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "evstream launcher");
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "evstream launcher");
+	RegisterBackgroundWorker(&bgw);
+}
+
+typedef struct LauncherWorker
+{
+	Oid			dboid;
+	BackgroundWorkerHandle *handle;
+} LauncherWorker;
+
+static LauncherWorker launched[EVS_MAX_DATABASES];
+
+/* Start a worker for a database; false when no slot was free */
+static bool
+evs_start_worker(Oid dboid)
+{
+	BackgroundWorker bgw;
+	BackgroundWorkerHandle *handle;
+	int			i;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "evstream");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "EvsWorkerMain");
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "evstream worker for database %u", dboid);
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "evstream worker");
+	bgw.bgw_main_arg = ObjectIdGetDatum(dboid);
+	bgw.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&bgw, &handle))
+		return false;
+	for (i = 0; i < EVS_MAX_DATABASES; i++)
+		if (!OidIsValid(launched[i].dboid))
+		{
+			launched[i].dboid = dboid;
+			launched[i].handle = handle;
+			return true;
+		}
+	return true;
+}
+
+/* Is a worker we launched for dboid still starting or running? */
+static bool
+evs_launched_alive(Oid dboid)
+{
+	int			i;
+
+	for (i = 0; i < EVS_MAX_DATABASES; i++)
+	{
+		pid_t		pid;
+
+		if (launched[i].dboid != dboid)
+			continue;
+		if (GetBackgroundWorkerPid(launched[i].handle, &pid) != BGWH_STOPPED)
+			return true;
+		pfree(launched[i].handle);
+		launched[i].dboid = InvalidOid;
+		launched[i].handle = NULL;
+	}
+	return false;
+}
+
+/* One pass: make sure every database that needs a worker has one */
+static void
+evs_launcher_scan(bool rescan)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	List	   *dbs = NIL;
+	ListCell   *lc;
+	TimestampTz now = GetCurrentTimestamp();
+	int			i;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (db->datistemplate || !db->datallowconn)
+			continue;
+		dbs = lappend_oid(dbs, db->oid);
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+
+	/* forget entries of databases that no longer exist */
+	LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < EVS_MAX_DATABASES; i++)
+	{
+		EvsDatabase *d = &evs_shared->databases[i];
+
+		if (OidIsValid(d->dboid) && !list_member_oid(dbs, d->dboid) &&
+			d->worker_pid == 0 && d->blocked_until < now)
+			d->dboid = InvalidOid;
+		if (rescan && OidIsValid(d->dboid))
+			d->ext_absent = false;
+	}
+	LWLockRelease(evs_shared->lock);
+
+	foreach(lc, dbs)
+	{
+		Oid			dboid = lfirst_oid(lc);
+		EvsDatabase *d = EvsDatabaseEntry(dboid, true);
+
+		if (d == NULL)
+			break;				/* no room: databases beyond EVS_MAX_DATABASES get none */
+		if (d->ext_absent || d->blocked_until > now)
+			continue;
+		if (d->worker_pid != 0 && kill(d->worker_pid, 0) == 0)
+			continue;
+		if (evs_launched_alive(dboid))
+			continue;
+		if (!evs_start_worker(dboid))
+			break;				/* out of worker slots; retry later */
+	}
+	list_free(dbs);
+}
+
+static void
+evs_launcher_exit(int code, Datum arg)
+{
+	if (evs_shared)
+		evs_shared->launcher_procno = -1;
+}
+
+void
+EvsLauncherMain(Datum arg)
+{
+	TimestampTz last_scan = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+
+	before_shmem_exit(evs_launcher_exit, (Datum) 0);
+	evs_shared->launcher_procno = MyProc->pgprocno;
+	evs_shared->rescan = true;
+
+	for (;;)
+	{
+		TimestampTz now;
+		bool		rescan;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		now = GetCurrentTimestamp();
+		rescan = evs_shared->rescan;
+		evs_shared->rescan = false;
+		if (rescan || TimestampDifferenceExceeds(last_scan, now, 1000))
+		{
+			evs_launcher_scan(rescan);
+			last_scan = now;
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 1000L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/* DROP DATABASE: stop its worker and keep it stopped for a while */
+void
+EvsStopDatabaseWorker(const char *dbname)
+{
+	Oid			dboid = get_database_oid(dbname, true);
+	EvsDatabase *d;
+
+	if (!OidIsValid(dboid))
+		return;
+	d = EvsDatabaseEntry(dboid, false);
+	if (d == NULL)
+		return;
+	d->blocked_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 30000);
+	if (d->worker_pid != 0)
+		kill(d->worker_pid, SIGTERM);
+}
+
+/* ---------------------------------------------------------------- worker */
+
+static EvsDatabase *worker_db = NULL;
+static HTAB *sent_ids = NULL;	/* topic oid -> last_id announced */
+
+typedef struct SentEntry
+{
+	Oid			topic;
+	int64		last_id;
+} SentEntry;
+
+static void
+evs_worker_exit(int code, Datum arg)
+{
+	if (worker_db == NULL)
+		return;
+	LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
+	if (worker_db->worker_pid == MyProcPid)
+	{
+		worker_db->worker_pid = 0;
+		worker_db->worker_procno = -1;
+	}
+	LWLockRelease(evs_shared->lock);
+}
+
+/* Record an error for evstream.workers */
+static void
+evs_worker_error(const char *msg)
+{
+	LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
+	strlcpy(worker_db->last_error, msg, sizeof(worker_db->last_error));
+	LWLockRelease(evs_shared->lock);
+}
+
+/* Is the extension (still) installed here? */
+static bool
+evs_extension_present(void)
+{
+	bool		present;
+
+	StartTransactionCommand();
+	present = OidIsValid(get_extension_oid("evstream", true));
+	CommitTransactionCommand();
+	return present;
+}
+
+/* Send one topic notification if its stable id moved */
+static void
+evs_notify_topic(Oid topic)
+{
+	char	   *name = get_rel_name(topic);
+	int64		stable;
+	SentEntry  *e;
+	bool		found;
+	StringInfoData payload;
+
+	if (name == NULL)
+		return;
+	if (!OidIsValid(EvsLookupTopic(topic)->topic) || !EvsLookupTopic(topic)->notify)
+		return;
+	stable = EvsStableId(topic);
+	e = hash_search(sent_ids, &topic, HASH_ENTER, &found);
+	if (found && e->last_id >= stable)
+		return;
+	e->last_id = stable;
+	initStringInfo(&payload);
+	appendStringInfoString(&payload, "{\"topic\": ");
+	escape_json(&payload, name);
+	appendStringInfo(&payload, ", \"last_id\": " INT64_FORMAT "}", stable);
+	Async_Notify(name, payload.data);
+}
+
+/* Fold deltas into counts; notify the changed groups of notifying aggregates */
+static void
+evs_merge_and_notify(void)
+{
+	int			ret;
+	uint64		i;
+	StringInfoData buf;
+	int32		cur_agg = -1;
+	char	   *cur_name = NULL;
+	bool		cur_notify = false;
+	int			nchanges = 0;
+
+	ret = SPI_execute("SELECT m.agg, a.aggregate::oid, a.notify, m.group_key, m.bucket_start, "
+					  "m.count, a.bucket IS NOT NULL "
+					  "FROM evstream._merge_deltas() m JOIN evstream._aggregate a ON a.id = m.agg "
+					  "ORDER BY m.agg", false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not merge aggregate deltas");
+	initStringInfo(&buf);
+
+#define FLUSH_CHANGES() \
+	do { \
+		if (nchanges > 0 && cur_notify && cur_name) \
+		{ \
+			appendStringInfoString(&buf, "]}"); \
+			Async_Notify(cur_name, buf.data); \
+		} \
+		nchanges = 0; \
+		resetStringInfo(&buf); \
+	} while (0)
+
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int32		agg = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		StringInfoData change;
+		char	   *key;
+		char	   *bucket;
+		bool		windowed;
+
+		if (agg != cur_agg)
+		{
+			FLUSH_CHANGES();
+			cur_agg = agg;
+			cur_name = get_rel_name(DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull)));
+			cur_notify = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+		}
+		if (!cur_notify || cur_name == NULL)
+			continue;
+		windowed = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+		key = SPI_getvalue(tup, desc, 4);
+		bucket = SPI_getvalue(tup, desc, 5);
+		initStringInfo(&change);
+		appendStringInfoString(&change, "{\"group_key\": ");
+		if (key)
+			escape_json(&change, key);
+		else
+			appendStringInfoString(&change, "null");
+		if (windowed)
+		{
+			appendStringInfoString(&change, ", \"bucket_start\": ");
+			if (bucket)
+			{
+				char	   *iso = DatumGetCString(DirectFunctionCall1(timestamptz_out,
+																	  SPI_getbinval(tup, desc, 5, &isnull)));
+
+				escape_json(&change, iso);
+			}
+			else
+				appendStringInfoString(&change, "null");
+		}
+		appendStringInfo(&change, ", \"count\": %s}", SPI_getvalue(tup, desc, 6));
+
+		/* a single change too large for any payload is cut short */
+		if (change.len + 64 + strlen(cur_name) > EVS_PAYLOAD_BUDGET)
+			continue;
+		if (nchanges > 0 && buf.len + change.len + 2 > EVS_PAYLOAD_BUDGET)
+			FLUSH_CHANGES();
+		if (nchanges == 0)
+		{
+			appendStringInfoString(&buf, "{\"aggregate\": ");
+			escape_json(&buf, cur_name);
+			appendStringInfoString(&buf, ", \"changes\": [");
+		}
+		else
+			appendStringInfoString(&buf, ", ");
+		appendStringInfoString(&buf, change.data);
+		nchanges++;
+	}
+	FLUSH_CHANGES();
+#undef FLUSH_CHANGES
+}
+
+/* Send pending notifications in one short transaction */
+static void
+evs_worker_push(void)
+{
+	Oid			dirty[EVS_DIRTY_TOPICS];
+	int			ndirty;
+	bool		overflow;
+	bool		deltas;
+	int			i;
+
+	LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
+	ndirty = worker_db->ndirty;
+	memcpy(dirty, worker_db->dirty, sizeof(Oid) * ndirty);
+	overflow = worker_db->dirty_overflow;
+	deltas = worker_db->deltas_pending;
+	worker_db->ndirty = 0;
+	worker_db->dirty_overflow = false;
+	worker_db->deltas_pending = false;
+	LWLockRelease(evs_shared->lock);
+
+	if (ndirty == 0 && !overflow && !deltas)
+		return;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "evstream: push");
+
+	if (overflow)
+	{
+		if (SPI_execute("SELECT topic::oid FROM evstream._topic WHERE notify", true, 0) == SPI_OK_SELECT)
+		{
+			uint64		n = SPI_processed;
+			Oid		   *all = palloc(sizeof(Oid) * (n + 1));
+			uint64		k;
+			bool		isnull;
+
+			for (k = 0; k < n; k++)
+				all[k] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[k], SPI_tuptable->tupdesc, 1, &isnull));
+			for (k = 0; k < n; k++)
+				evs_notify_topic(all[k]);
+		}
+	}
+	else
+		for (i = 0; i < ndirty; i++)
+			evs_notify_topic(dirty[i]);
+	if (deltas)
+		evs_merge_and_notify();
+
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* One maintenance pass */
+static void
+evs_worker_maintain(void)
+{
+	char		sql[128];
+
+	snprintf(sql, sizeof(sql), "SELECT evstream.run_maintenance(%d)", evs_premake);
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, sql);
+	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "evstream maintenance failed");
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
+	worker_db->last_maintenance = GetCurrentTimestamp();
+	worker_db->last_error[0] = '\0';
+	LWLockRelease(evs_shared->lock);
+}
+
+/* Run a step; on error log it, keep it for evstream.workers, go on */
+static void
+evs_worker_step(void (*step) (void))
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		step();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		evs_worker_error(edata->message);
+		ereport(LOG,
+				(errmsg("evstream worker: %s", edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+}
+
+void
+EvsWorkerMain(Datum arg)
+{
+	Oid			dboid = DatumGetObjectId(arg);
+	TimestampTz last_push = 0;
+	TimestampTz last_check = 0;
+	TimestampTz next_maintenance = 0;
+	MemoryContext loop_cxt;
+	HASHCTL		ctl;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+
+	/* claim the database: exactly one worker each */
+	worker_db = EvsDatabaseEntry(dboid, true);
+	if (worker_db == NULL)
+		proc_exit(0);
+	LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
+	if (worker_db->worker_pid != 0 && worker_db->worker_pid != MyProcPid &&
+		kill(worker_db->worker_pid, 0) == 0)
+	{
+		LWLockRelease(evs_shared->lock);
+		worker_db = NULL;
+		proc_exit(0);
+	}
+	worker_db->worker_pid = MyProcPid;
+	worker_db->worker_procno = MyProc->pgprocno;
+	LWLockRelease(evs_shared->lock);
+	before_shmem_exit(evs_worker_exit, (Datum) 0);
+
+	if (!evs_extension_present())
+	{
+		worker_db->ext_absent = true;
+		proc_exit(0);
+	}
+	pgstat_report_appname("evstream worker");
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(SentEntry);
+	sent_ids = hash_create("evstream sent ids", 64, &ctl, HASH_ELEM | HASH_BLOBS);
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "evstream worker loop",
+									 ALLOCSET_DEFAULT_SIZES);
+
+	for (;;)
+	{
+		TimestampTz now;
+		long		timeout = 1000;
+		bool		pending;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			next_maintenance = Min(next_maintenance,
+								   TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															   (int64) evs_maintenance_interval * 1000));
+		}
+		MemoryContextSwitchTo(loop_cxt);
+		MemoryContextReset(loop_cxt);
+		now = GetCurrentTimestamp();
+
+		if (TimestampDifferenceExceeds(last_check, now, 1000))
+		{
+			if (!evs_extension_present())
+			{
+				worker_db->ext_absent = true;
+				proc_exit(0);
+			}
+			last_check = now;
+		}
+
+		pending = worker_db->ndirty > 0 || worker_db->dirty_overflow || worker_db->deltas_pending;
+		if (pending)
+		{
+			if (TimestampDifferenceExceeds(last_push, now, evs_notify_interval))
+			{
+				evs_worker_step(evs_worker_push);
+				last_push = GetCurrentTimestamp();
+				continue;		/* more may have arrived meanwhile */
+			}
+			else
+			{
+				long		secs;
+				int			usecs;
+
+				TimestampDifference(now,
+									TimestampTzPlusMilliseconds(last_push, evs_notify_interval),
+									&secs, &usecs);
+				timeout = Max(1, secs * 1000 + usecs / 1000);
+			}
+		}
+
+		if (now >= next_maintenance)
+		{
+			evs_worker_step(evs_worker_maintain);
+			next_maintenance = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														   (int64) evs_maintenance_interval * 1000);
+			LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
+			worker_db->last_maintenance = GetCurrentTimestamp();
+			LWLockRelease(evs_shared->lock);
+			continue;
+		}
+		else
+		{
+			long		secs;
+			int			usecs;
+
+			TimestampDifference(now, next_maintenance, &secs, &usecs);
+			timeout = Min(timeout, Max(1, secs * 1000 + usecs / 1000));
+		}
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 timeout, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/* ---------------------------------------------------------------- SQL */
+
+PG_FUNCTION_INFO_V1(evstream_workers);
+
+/* evstream._workers(): the running workers, for the evstream.workers view */
+Datum
+evstream_workers(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			i;
+
+	InitMaterializedSRF(fcinfo, 0);
+	for (i = 0; i < EVS_MAX_DATABASES; i++)
+	{
+		EvsDatabase d;
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+		char	   *dbname;
+
+		LWLockAcquire(evs_shared->lock, LW_SHARED);
+		d = evs_shared->databases[i];
+		LWLockRelease(evs_shared->lock);
+		if (!OidIsValid(d.dboid) || d.worker_pid == 0)
+			continue;
+		dbname = get_database_name(d.dboid);
+		if (dbname == NULL)
+			continue;
+		values[0] = DirectFunctionCall1(namein, CStringGetDatum(dbname));
+		values[1] = Int32GetDatum(d.worker_pid);
+		if (d.last_maintenance == 0)
+			nulls[2] = true;
+		else
+			values[2] = TimestampTzGetDatum(d.last_maintenance);
+		if (d.last_error[0] == '\0')
+			nulls[3] = true;
+		else
+			values[3] = CStringGetTextDatum(d.last_error);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(evstream_wake_launcher);
+
+Datum
+evstream_wake_launcher(PG_FUNCTION_ARGS)
+{
+	EvsWakeLauncherAtCommit();
+	PG_RETURN_VOID();
+}
