@@ -216,6 +216,62 @@ BEGIN
 END
 $$;
 
+-- Moves the events that landed in a topic's default partition (because
+-- their partition did not exist yet, e.g. while the worker was stopped)
+-- into proper partitions, keeping their ids and times, in one transaction
+-- under a short ACCESS EXCLUSIVE lock (bounded by the caller's
+-- lock_timeout).  Consumers see the events either in the old place or in
+-- the new one, never both or neither.  Aggregates are not recounted.
+CREATE FUNCTION @extschema@._rehome_default(topic regclass)
+    RETURNS bigint LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_default regclass;
+    v_nsp     name;
+    v_rel     name;
+    v_owner   name;
+    v_tmp     text;
+    v_ivl     interval;
+    v_bins    timestamptz[];
+    v_bin     timestamptz;
+    v_moved   bigint;
+BEGIN
+    SELECT p.part INTO v_default FROM @extschema@._partitions($1) p WHERE p.is_default;
+    IF v_default IS NULL THEN
+        RETURN 0;
+    END IF;
+    SELECT t.partition_interval INTO v_ivl FROM @extschema@._topic t WHERE t.topic = $1;
+    EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(DISTINCT pg_catalog.date_bin($1, created_at, ''epoch''::timestamptz)) FROM %s',
+                              v_default) INTO v_bins USING v_ivl;
+    IF v_bins IS NULL OR pg_catalog.cardinality(v_bins) > 1000 THEN
+        RETURN 0;   -- nothing to move, or too many partitions to make: leave it
+    END IF;
+    SELECT n.nspname, c.relname, pg_catalog.pg_get_userbyid(c.relowner) INTO v_nsp, v_rel, v_owner
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = $1;
+    EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', $1);
+    v_tmp := 'evstream_rehome_' || $1::oid;
+    EXECUTE pg_catalog.format('ALTER TABLE %s DETACH PARTITION %s', $1, v_default);
+    EXECUTE pg_catalog.format('ALTER TABLE %s RENAME TO %I', v_default, v_tmp);
+    EXECUTE pg_catalog.format('CREATE TABLE %I.%I PARTITION OF %s DEFAULT USING evstream',
+                              v_nsp, v_rel || '_default', $1);
+    IF v_owner <> current_user THEN
+        EXECUTE pg_catalog.format('ALTER TABLE %I.%I OWNER TO %I', v_nsp, v_rel || '_default', v_owner);
+    END IF;
+    FOREACH v_bin IN ARRAY v_bins LOOP
+        PERFORM @extschema@._ensure_partitions($1, v_bin, v_bin);
+    END LOOP;
+    PERFORM pg_catalog.set_config('evstream.restore_mode', 'on', true);
+    EXECUTE pg_catalog.format('INSERT INTO %s SELECT id, key, payload, created_at FROM %I.%I',
+                              $1, v_nsp, v_tmp);
+    GET DIAGNOSTICS v_moved = ROW_COUNT;
+    PERFORM pg_catalog.set_config('evstream.restore_mode', 'off', true);
+    EXECUTE pg_catalog.format('DROP TABLE %I.%I', v_nsp, v_tmp);
+    RETURN v_moved;
+END
+$$;
+REVOKE ALL ON FUNCTION @extschema@._rehome_default(regclass) FROM PUBLIC;
+
 -- One maintenance pass over every topic: premake partitions, apply
 -- retention (whole partitions only), fold aggregate deltas into counts.
 -- Lock waits are bounded by lock_timeout: a topic that is busy is skipped
@@ -231,6 +287,7 @@ BEGIN
     PERFORM pg_catalog.set_config('lock_timeout', '200ms', true);
     FOR t IN SELECT * FROM @extschema@._topic ORDER BY topic::oid LOOP
         BEGIN
+            PERFORM @extschema@._rehome_default(t.topic);
             PERFORM @extschema@._ensure_partitions(t.topic, pg_catalog.now(),
                                                    pg_catalog.now() + t.partition_interval * premake);
             IF t.retention IS NOT NULL THEN

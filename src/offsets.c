@@ -262,8 +262,13 @@ static void
 evs_after_commit(void)
 {
 	bool		wake = false;
+	bool		any = xact_deltas;
 	int			i;
 
+	for (i = 0; i < xact_ntopics && !any; i++)
+		any = xact_notify[i];
+	if (!any)
+		return;					/* nothing to push: stay off the lock */
 	if (my_db == NULL || my_db->dboid != MyDatabaseId)
 		my_db = EvsDatabaseEntry(MyDatabaseId, true);
 	if (my_db == NULL)
@@ -324,16 +329,13 @@ evs_xact_callback(XactEvent event, void *arg)
 						 errdetail("A prepared transaction would hold back the stable offset of its topics indefinitely.")));
 			break;
 		case XACT_EVENT_COMMIT:
-			if (xact_ntopics > 0 || xact_deltas)
-			{
-				evs_clear_slot();
-				evs_after_commit();
-			}
-			/* FALLTHROUGH */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
+			/* clear first: the worker must see our ids as stable */
 			if (xact_ntopics > 0)
 				evs_clear_slot();
+			if (event == XACT_EVENT_COMMIT && (xact_ntopics > 0 || xact_deltas))
+				evs_after_commit();
 			xact_ntopics = 0;
 			xact_deltas = false;
 			if (event == XACT_EVENT_COMMIT && xact_wake_launcher && evs_shared)
