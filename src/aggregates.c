@@ -41,7 +41,11 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/index.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
@@ -139,8 +143,9 @@ pending_reset(void)
 {
 	HASHCTL		ctl;
 
+	/* lives in the transaction: freed with it whatever happens */
 	if (pending_cxt == NULL)
-		pending_cxt = AllocSetContextCreate(TopMemoryContext,
+		pending_cxt = AllocSetContextCreate(TopTransactionContext,
 											"evstream pending deltas",
 											ALLOCSET_DEFAULT_SIZES);
 	else
@@ -294,34 +299,115 @@ evs_array(Datum *elems, bool *nulls, int n, Oid type)
 											  typlen, typbyval, typalign));
 }
 
-/* Write one aggregate's collected deltas (and its output topic events) */
+/*
+ * Append delta rows straight into evstream._delta with heap_insert and
+ * index_insert: no parsing, planning or permission checks on the
+ * producer's path (the caller was allowed to insert into the topic, and
+ * the rows only describe that insert).
+ */
 static void
-evs_write_deltas(int32 agg, Oid output_topic, bool bucketed, int n,
-				 Datum *groups, bool *gnulls, Datum *buckets, bool *bnulls,
-				 Datum *counts)
+evs_insert_delta_rows(DeltaEntry **entries, int n)
 {
-	Oid			types[4] = {INT4OID, TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
-	Datum		values[4];
+	Oid			nsp = get_namespace_oid("evstream", false);
+	Oid			relid = get_relname_relid("_delta", nsp);
+	Relation	rel;
+	List	   *indexes;
+	ListCell   *lc;
+	int			nidx = 0;
+	Relation   *irels;
+	IndexInfo **iinfos;
+	int			i;
 
-	values[0] = Int32GetDatum(agg);
+	if (!OidIsValid(relid))
+		elog(ERROR, "evstream._delta does not exist");
+	rel = table_open(relid, RowExclusiveLock);
+	indexes = RelationGetIndexList(rel);
+	irels = palloc(sizeof(Relation) * (list_length(indexes) + 1));
+	iinfos = palloc(sizeof(IndexInfo *) * (list_length(indexes) + 1));
+	foreach(lc, indexes)
+	{
+		irels[nidx] = index_open(lfirst_oid(lc), RowExclusiveLock);
+		iinfos[nidx] = BuildIndexInfo(irels[nidx]);
+		nidx++;
+	}
+
+	for (i = 0; i < n; i++)
+	{
+		DeltaEntry *e = entries[i];
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+		HeapTuple	tup;
+		int			k;
+
+		values[0] = Int32GetDatum(e->key.agg);
+		nulls[1] = e->key.isnull;
+		values[1] = e->key.isnull ? (Datum) 0 : CStringGetTextDatum(e->key.group);
+		nulls[2] = !e->bucketed;
+		values[2] = TimestampTzGetDatum(e->key.bucket);
+		values[3] = Int64GetDatum(e->count);
+		tup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+		simple_heap_insert(rel, tup);
+		for (k = 0; k < nidx; k++)
+		{
+			Datum		ivalues[INDEX_MAX_KEYS];
+			bool		inulls[INDEX_MAX_KEYS];
+			int			a;
+
+			for (a = 0; a < iinfos[k]->ii_NumIndexAttrs; a++)
+			{
+				AttrNumber	att = iinfos[k]->ii_IndexAttrNumbers[a];
+
+				ivalues[a] = values[att - 1];
+				inulls[a] = nulls[att - 1];
+			}
+			index_insert(irels[k], ivalues, inulls, &tup->t_self, rel,
+						 UNIQUE_CHECK_NO, false, iinfos[k]);
+		}
+		heap_freetuple(tup);
+	}
+	for (i = 0; i < nidx; i++)
+		index_close(irels[i], RowExclusiveLock);
+	table_close(rel, RowExclusiveLock);
+}
+
+/*
+ * Publish the new counts of changed groups as events of the output topic,
+ * as the superuser (the producer needs no privilege on the output topic).
+ */
+static void
+evs_publish_counts(Oid output_topic, DeltaEntry **entries, int n)
+{
+	Oid			types[3] = {INT4OID, TEXTARRAYOID, TIMESTAMPTZARRAYOID};
+	Datum		values[3];
+	Datum	   *groups = palloc(sizeof(Datum) * n);
+	bool	   *gnulls = palloc(sizeof(bool) * n);
+	Datum	   *buckets = palloc(sizeof(Datum) * n);
+	bool	   *bnulls = palloc(sizeof(bool) * n);
+	EvsSuperuserState su;
+	char	   *sql;
+	int			i;
+
+	if (!OidIsValid(output_topic) || get_rel_name(output_topic) == NULL)
+		return;
+	for (i = 0; i < n; i++)
+	{
+		gnulls[i] = entries[i]->key.isnull;
+		groups[i] = gnulls[i] ? (Datum) 0 : CStringGetTextDatum(entries[i]->key.group);
+		bnulls[i] = !entries[i]->bucketed;
+		buckets[i] = TimestampTzGetDatum(entries[i]->key.bucket);
+	}
+	values[0] = Int32GetDatum(entries[0]->key.agg);
 	values[1] = evs_array(groups, gnulls, n, TEXTOID);
 	values[2] = evs_array(buckets, bnulls, n, TIMESTAMPTZOID);
-	values[3] = evs_array(counts, NULL, n, INT8OID);
-	EvsSpiExec("INSERT INTO evstream._delta (agg, group_key, bucket_start, delta) "
-			   "SELECT $1, u.k, u.b, u.d FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(k, b, d)",
-			   4, types, values, SPI_OK_INSERT);
-	if (OidIsValid(output_topic) && get_rel_name(output_topic) != NULL)
-	{
-		char	   *sql;
-
-		CommandCounterIncrement();
-		sql = psprintf("INSERT INTO %s (key, payload) "
-					   "SELECT u.k, pg_catalog.jsonb_build_object('count', evstream._current_count($1, u.k, u.b))%s "
-					   "FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(k, b)",
-					   EvsQualifiedName(output_topic),
-					   bucketed ? " || pg_catalog.jsonb_build_object('bucket_start', u.b)" : "");
-		EvsSpiExec(sql, 3, types, values, SPI_OK_INSERT);
-	}
+	sql = psprintf("INSERT INTO %s (key, payload) "
+				   "SELECT u.k, pg_catalog.jsonb_build_object('count', evstream._current_count($1, u.k, u.b))%s "
+				   "FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(k, b)",
+				   EvsQualifiedName(output_topic),
+				   entries[0]->bucketed ? " || pg_catalog.jsonb_build_object('bucket_start', u.b)" : "");
+	CommandCounterIncrement();
+	EvsBecomeSuperuser(&su);
+	EvsSpiExec(sql, 3, types, values, SPI_OK_INSERT);
+	EvsRestoreUser(&su);
 }
 
 /* Write every pending count as delta rows (one per group and bucket) */
@@ -332,54 +418,47 @@ evs_flush_once(void)
 	MemoryContext cxt = pending_cxt;
 	HASH_SEQ_STATUS seq;
 	DeltaEntry *e;
-	List	   *aggs = NIL;
-	ListCell   *lc;
+	DeltaEntry **all;
+	DeltaEntry **mine;
+	long		total = hash_get_num_entries(h);
+	int			n = 0;
+	int			i;
 	bool		notify = false;
-	EvsSuperuserState su;
 
 	/* detach: writing output topics may add new pending counts */
 	pending = NULL;
 	pending_cxt = NULL;
 	pending_n = 0;
 
+	all = palloc(sizeof(DeltaEntry *) * (total + 1));
+	mine = palloc(sizeof(DeltaEntry *) * (total + 1));
 	hash_seq_init(&seq, h);
 	while ((e = hash_seq_search(&seq)) != NULL)
-		aggs = list_append_unique_int(aggs, e->key.agg);
-
-	EvsBecomeSuperuser(&su);
-	foreach(lc, aggs)
-	{
-		int32		agg = lfirst_int(lc);
-		long		max = hash_get_num_entries(h);
-		Datum	   *groups = palloc(sizeof(Datum) * max);
-		bool	   *gnulls = palloc(sizeof(bool) * max);
-		Datum	   *buckets = palloc(sizeof(Datum) * max);
-		bool	   *bnulls = palloc(sizeof(bool) * max);
-		Datum	   *counts = palloc(sizeof(Datum) * max);
-		Oid			output_topic = InvalidOid;
-		bool		bucketed = false;
-		int			n = 0;
-
-		hash_seq_init(&seq, h);
-		while ((e = hash_seq_search(&seq)) != NULL)
+		if (e->count != 0)
 		{
-			if (e->key.agg != agg || e->count == 0)
-				continue;
-			gnulls[n] = e->key.isnull;
-			groups[n] = e->key.isnull ? (Datum) 0 : CStringGetTextDatum(e->key.group);
-			bnulls[n] = !e->bucketed;
-			buckets[n] = TimestampTzGetDatum(e->key.bucket);
-			counts[n] = Int64GetDatum(e->count);
-			output_topic = e->output_topic;
-			bucketed = e->bucketed;
+			all[n++] = e;
 			notify |= e->notify;
-			n++;
 		}
-		if (n > 0)
-			evs_write_deltas(agg, output_topic, bucketed, n,
-							 groups, gnulls, buckets, bnulls, counts);
+	evs_insert_delta_rows(all, n);
+
+	/* output topics: one statement per aggregate */
+	for (i = 0; i < n; i++)
+	{
+		int			m = 0;
+		int			j;
+
+		if (all[i] == NULL || !OidIsValid(all[i]->output_topic))
+			continue;
+		for (j = i; j < n; j++)
+			if (all[j] != NULL && all[j]->key.agg == all[i]->key.agg)
+			{
+				mine[m++] = all[j];
+				if (j != i)
+					all[j] = NULL;
+			}
+		evs_publish_counts(all[i]->output_topic, mine, m);
 	}
-	EvsRestoreUser(&su);
+
 	hash_destroy(h);
 	MemoryContextDelete(cxt);
 	if (notify)
@@ -447,8 +526,10 @@ evs_agg_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PREPARE:
-			if (pending != NULL && pending_n > 0)
-				pending_reset();
+			/* the context goes away with TopTransactionContext */
+			pending = NULL;
+			pending_cxt = NULL;
+			pending_n = 0;
 			flushing = false;
 			break;
 		default:

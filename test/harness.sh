@@ -35,7 +35,7 @@ command -v make >/dev/null || need+=(make)
 command -v gcc >/dev/null || need+=(gcc)
 command -v prove >/dev/null || need+=(perl)
 command -v rsync >/dev/null || need+=(rsync)
-python3 -c 'import psycopg2' 2>/dev/null || need+=(python3-psycopg2)
+/usr/bin/python3 -c 'import psycopg2' 2>/dev/null || need+=(python3-psycopg2)
 if [ "$mode" = bench ]; then
   [ -f /usr/share/postgresql/$PGMAJOR/extension/pgq.control ] || need+=(postgresql-$PGMAJOR-pgq3)
 fi
