@@ -57,13 +57,17 @@ CREATE TABLE @extschema@._count (
     group_key    text,
     bucket_start timestamptz,
     count        bigint NOT NULL,
+    last_id      bigint,      -- latest output-topic event of the group
+    last_count   bigint,      -- and the count it carries
     CONSTRAINT _count_key UNIQUE NULLS NOT DISTINCT (agg, group_key, bucket_start)
 );
 CREATE TABLE @extschema@._delta (
     agg          integer NOT NULL,
     group_key    text,
     bucket_start timestamptz,
-    delta        bigint NOT NULL
+    delta        bigint NOT NULL,
+    published    bigint,      -- count of the output event the statement produced
+    published_id bigint       -- and that event's id
 );
 CREATE INDEX _delta_agg_key ON @extschema@._delta (agg, group_key, bucket_start);
 
@@ -318,21 +322,59 @@ REVOKE ALL ON FUNCTION @extschema@.run_maintenance(integer) FROM PUBLIC;
 
 -- Folds the committed deltas of every aggregate (or one) into its counts,
 -- atomically, and returns the new count of each group that changed.
+--
+-- Output topics: producers publish the count their transaction sees, so
+-- two producers of one group committing concurrently both publish n + 1
+-- and the group's latest event is stale.  _count remembers, per group, the
+-- latest output event (highest id) and its count; when, after folding, that
+-- event's count differs from the merged total, a correction event with the
+-- total is published.  Ids grow in insertion order, so the latest event of
+-- every group ends up carrying its exact count.
 CREATE FUNCTION @extschema@._merge_deltas(only_agg integer DEFAULT NULL,
         OUT agg integer, OUT group_key text, OUT bucket_start timestamptz, OUT count bigint)
-    RETURNS SETOF record LANGUAGE sql
+    RETURNS SETOF record LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp AS $$
-    WITH d AS (
-        DELETE FROM @extschema@._delta x WHERE $1 IS NULL OR x.agg = $1
-        RETURNING x.agg, x.group_key, x.bucket_start, x.delta
-    ), s AS (
-        SELECT d.agg, d.group_key, d.bucket_start, pg_catalog.sum(d.delta)::bigint AS n
-          FROM d GROUP BY 1, 2, 3
-    )
-    INSERT INTO @extschema@._count AS c (agg, group_key, bucket_start, count)
-    SELECT s.agg, s.group_key, s.bucket_start, s.n FROM s
-    ON CONFLICT ON CONSTRAINT _count_key DO UPDATE SET count = c.count + excluded.count
-    RETURNING c.agg, c.group_key, c.bucket_start, c.count
+DECLARE
+    r       record;
+    v_out   regclass;
+    v_win   boolean;
+    v_id    bigint;
+BEGIN
+    FOR r IN
+        WITH d AS (
+            DELETE FROM @extschema@._delta x WHERE $1 IS NULL OR x.agg = $1
+            RETURNING x.agg, x.group_key, x.bucket_start, x.delta, x.published, x.published_id
+        ), s AS (
+            SELECT d.agg, d.group_key, d.bucket_start, pg_catalog.sum(d.delta)::bigint AS n,
+                   pg_catalog.max(d.published_id) AS pid,
+                   (pg_catalog.array_agg(d.published ORDER BY d.published_id DESC NULLS LAST))[1] AS pcount
+              FROM d GROUP BY 1, 2, 3
+        )
+        INSERT INTO @extschema@._count AS c (agg, group_key, bucket_start, count, last_id, last_count)
+        SELECT s.agg, s.group_key, s.bucket_start, s.n, s.pid, s.pcount FROM s
+        ON CONFLICT ON CONSTRAINT _count_key DO UPDATE
+           SET count = c.count + excluded.count,
+               last_id = CASE WHEN excluded.last_id > COALESCE(c.last_id, 0) THEN excluded.last_id ELSE c.last_id END,
+               last_count = CASE WHEN excluded.last_id > COALESCE(c.last_id, 0) THEN excluded.last_count ELSE c.last_count END
+        RETURNING c.ctid AS row_ctid, c.agg, c.group_key, c.bucket_start, c.count, c.last_id, c.last_count
+    LOOP
+        agg := r.agg; group_key := r.group_key; bucket_start := r.bucket_start; count := r.count;
+        RETURN NEXT;
+        IF r.last_id IS NOT NULL AND r.last_count IS DISTINCT FROM r.count THEN
+            SELECT a.output_topic, a.bucket IS NOT NULL INTO v_out, v_win
+              FROM @extschema@._aggregate a WHERE a.id = r.agg;
+            IF v_out IS NOT NULL THEN
+                EXECUTE pg_catalog.format(
+                    'INSERT INTO %s (key, payload) VALUES ($1, pg_catalog.jsonb_build_object(''count'', $2)'
+                    || CASE WHEN v_win THEN ' || pg_catalog.jsonb_build_object(''bucket_start'', $3)' ELSE '' END
+                    || ') RETURNING id', v_out)
+                   INTO v_id USING r.group_key, r.count, r.bucket_start;
+                UPDATE @extschema@._count c SET last_id = v_id, last_count = r.count
+                 WHERE c.ctid = r.row_ctid;
+            END IF;
+        END IF;
+    END LOOP;
+END
 $$;
 REVOKE ALL ON FUNCTION @extschema@._merge_deltas(integer) FROM PUBLIC;
 

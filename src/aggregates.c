@@ -99,6 +99,9 @@ typedef struct DeltaEntry
 	bool		notify;
 	Oid			output_topic;
 	bool		bucketed;
+	bool		published;		/* an output event was produced for it */
+	int64		published_count;	/* the count that event carries */
+	int64		published_id;	/* and its id in the output topic */
 } DeltaEntry;
 
 static HTAB *pending = NULL;
@@ -213,7 +216,20 @@ EvsAccumulate(Relation rel, TupleTableSlot **slots, int nslots)
 	int			i;
 	AttrNumber	created_attno = 4;
 
-	if (evs_copy_restore || evs_restore_mode)
+	if (evs_copy_restore)
+	{
+		/* restore: remember the highest id, count nothing */
+		for (i = 0; i < nslots; i++)
+		{
+			bool		isnull;
+			Datum		id = slot_getattr(slots[i], 1, &isnull);
+
+			if (!isnull && DatumGetInt64(id) > evs_copy_max_id)
+				evs_copy_max_id = DatumGetInt64(id);
+		}
+		return;
+	}
+	if (evs_restore_mode)
 		return;
 	t = EvsLookupTopic(RelationGetRelid(rel));
 	if (!OidIsValid(t->topic))
@@ -277,6 +293,7 @@ EvsAccumulate(Relation rel, TupleTableSlot **slots, int nslots)
 				e->notify = a->notify;
 				e->output_topic = a->output_topic;
 				e->bucketed = a->bucket != NULL;
+				e->published = false;
 			}
 			e->count++;
 			pending_n++;
@@ -334,8 +351,8 @@ evs_insert_delta_rows(DeltaEntry **entries, int n)
 	for (i = 0; i < n; i++)
 	{
 		DeltaEntry *e = entries[i];
-		Datum		values[4];
-		bool		nulls[4] = {false, false, false, false};
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, false, false, false};
 		HeapTuple	tup;
 		int			k;
 
@@ -345,6 +362,9 @@ evs_insert_delta_rows(DeltaEntry **entries, int n)
 		nulls[2] = !e->bucketed;
 		values[2] = TimestampTzGetDatum(e->key.bucket);
 		values[3] = Int64GetDatum(e->count);
+		nulls[4] = nulls[5] = !e->published;
+		values[4] = Int64GetDatum(e->published_count);
+		values[5] = Int64GetDatum(e->published_id);
 		tup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
 		simple_heap_insert(rel, tup);
 		for (k = 0; k < nidx; k++)
@@ -370,22 +390,39 @@ evs_insert_delta_rows(DeltaEntry **entries, int n)
 	table_close(rel, RowExclusiveLock);
 }
 
+/* qsort comparator for int64 */
+static int
+evs_cmp_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
 /*
  * Publish the new counts of changed groups as events of the output topic,
  * as the superuser (the producer needs no privilege on the output topic).
+ * The count is the one this transaction sees: its own delta on top of
+ * what was committed.  Each entry remembers the count and the event id it
+ * published; the worker compares them with the merged totals and
+ * publishes a correction when a concurrent producer made the latest event
+ * of a group stale (see evstream._merge_deltas).
  */
 static void
 evs_publish_counts(Oid output_topic, DeltaEntry **entries, int n)
 {
-	Oid			types[3] = {INT4OID, TEXTARRAYOID, TIMESTAMPTZARRAYOID};
-	Datum		values[3];
+	Oid			types[4] = {INT4OID, TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
+	Datum		values[4];
 	Datum	   *groups = palloc(sizeof(Datum) * n);
 	bool	   *gnulls = palloc(sizeof(bool) * n);
 	Datum	   *buckets = palloc(sizeof(Datum) * n);
 	bool	   *bnulls = palloc(sizeof(bool) * n);
+	Datum	   *counts = palloc(sizeof(Datum) * n);
+	int64	   *ids = palloc(sizeof(int64) * n);
 	EvsSuperuserState su;
 	char	   *sql;
-	int			i;
+	uint64		i;
 
 	if (!OidIsValid(output_topic) || get_rel_name(output_topic) == NULL)
 		return;
@@ -399,14 +436,53 @@ evs_publish_counts(Oid output_topic, DeltaEntry **entries, int n)
 	values[0] = Int32GetDatum(entries[0]->key.agg);
 	values[1] = evs_array(groups, gnulls, n, TEXTOID);
 	values[2] = evs_array(buckets, bnulls, n, TIMESTAMPTZOID);
-	sql = psprintf("INSERT INTO %s (key, payload) "
-				   "SELECT u.k, pg_catalog.jsonb_build_object('count', evstream._current_count($1, u.k, u.b))%s "
-				   "FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(k, b)",
-				   EvsQualifiedName(output_topic),
-				   entries[0]->bucketed ? " || pg_catalog.jsonb_build_object('bucket_start', u.b)" : "");
+
 	CommandCounterIncrement();
 	EvsBecomeSuperuser(&su);
-	EvsSpiExec(sql, 3, types, values, SPI_OK_INSERT);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	/* the counts before this statement's deltas, in entry order */
+	if (SPI_execute_with_args("SELECT evstream._current_count($1, u.k, u.b) "
+							  "FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) "
+							  "WITH ORDINALITY AS u(k, b, o) ORDER BY u.o",
+							  3, types, values, NULL, false, 0) != SPI_OK_SELECT ||
+		SPI_processed != n)
+		elog(ERROR, "could not read the counts of aggregate %d", entries[0]->key.agg);
+	for (i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		entries[i]->published_count =
+			DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)) +
+			entries[i]->count;
+		counts[i] = Int64GetDatum(entries[i]->published_count);
+	}
+	values[3] = evs_array(counts, NULL, n, INT8OID);
+
+	/* ids increase in insertion order, so sorted ids follow entry order */
+	sql = psprintf("INSERT INTO %s (key, payload) "
+				   "SELECT u.k, pg_catalog.jsonb_build_object('count', u.n)%s "
+				   "FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4)) "
+				   "WITH ORDINALITY AS u(k, b, n, o) WHERE $1 IS NOT NULL ORDER BY u.o RETURNING id",
+				   EvsQualifiedName(output_topic),
+				   entries[0]->bucketed ? " || pg_catalog.jsonb_build_object('bucket_start', u.b)" : "");
+	if (SPI_execute_with_args(sql, 4, types, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed != n)
+		elog(ERROR, "could not publish the counts of aggregate %d", entries[0]->key.agg);
+	for (i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	qsort(ids, n, sizeof(int64), evs_cmp_int64);
+	for (i = 0; i < n; i++)
+	{
+		entries[i]->published = true;
+		entries[i]->published_id = ids[i];
+	}
+	SPI_finish();
 	EvsRestoreUser(&su);
 }
 
@@ -420,6 +496,7 @@ evs_flush_once(void)
 	DeltaEntry *e;
 	DeltaEntry **all;
 	DeltaEntry **mine;
+	DeltaEntry **batch;
 	long		total = hash_get_num_entries(h);
 	int			n = 0;
 	int			i;
@@ -432,6 +509,7 @@ evs_flush_once(void)
 
 	all = palloc(sizeof(DeltaEntry *) * (total + 1));
 	mine = palloc(sizeof(DeltaEntry *) * (total + 1));
+	batch = palloc(sizeof(DeltaEntry *) * (total + 1));
 	hash_seq_init(&seq, h);
 	while ((e = hash_seq_search(&seq)) != NULL)
 		if (e->count != 0)
@@ -439,25 +517,25 @@ evs_flush_once(void)
 			all[n++] = e;
 			notify |= e->notify;
 		}
-	evs_insert_delta_rows(all, n);
-
-	/* output topics: one statement per aggregate */
+	/* output topics first (one statement per aggregate): rows record it */
+	memcpy(mine, all, sizeof(DeltaEntry *) * n);
 	for (i = 0; i < n; i++)
 	{
 		int			m = 0;
 		int			j;
 
-		if (all[i] == NULL || !OidIsValid(all[i]->output_topic))
+		if (mine[i] == NULL || !OidIsValid(mine[i]->output_topic))
 			continue;
-		for (j = i; j < n; j++)
-			if (all[j] != NULL && all[j]->key.agg == all[i]->key.agg)
+		for (j = n - 1; j >= i; j--)
+			if (mine[j] != NULL && mine[j]->key.agg == mine[i]->key.agg)
 			{
-				mine[m++] = all[j];
+				batch[m++] = mine[j];
 				if (j != i)
-					all[j] = NULL;
+					mine[j] = NULL;
 			}
-		evs_publish_counts(all[i]->output_topic, mine, m);
+		evs_publish_counts(mine[i]->output_topic, batch, m);
 	}
+	evs_insert_delta_rows(all, n);
 
 	hash_destroy(h);
 	MemoryContextDelete(cxt);
@@ -582,6 +660,7 @@ evs_agg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			e->notify = m->notify;
 			e->output_topic = m->output_topic;
 			e->bucketed = m->bucketed;
+			e->published = false;
 		}
 		e->count += m->count;
 		pending_n += m->count;
@@ -604,9 +683,48 @@ EvsAggregatesInit(void)
  * Parse and check a group_by expression against the topic; returns its
  * text-valued, fully qualified deparsed form.
  */
+/* Errors while parsing group_by: point into it, not into the caller's query */
+static void
+evs_group_by_errcontext(void *arg)
+{
+	const char *group_by = arg;
+	int			pos = geterrposition();
+
+	if (pos > 0)
+	{
+		errposition(0);
+		internalerrposition(pos);
+		internalerrquery(group_by);
+	}
+	errcontext("group_by expression \"%s\"", group_by);
+}
+
+/* Raw-tree walker: is there a "*" (as in "*" or "t.*") anywhere? */
+static bool
+evs_has_star(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, ColumnRef) && IsA(llast(((ColumnRef *) node)->fields), A_Star))
+		return true;
+	return raw_expression_tree_walker(node, evs_has_star, context);
+}
+
+/* Does the expression read a whole row or a system column? */
+static bool
+evs_has_special_var(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, Var) && ((Var *) node)->varattno <= 0)
+		return true;
+	return expression_tree_walker(node, evs_has_special_var, context);
+}
+
 static char *
 evs_check_group_by(Relation rel, const char *group_by)
 {
+	ErrorContextCallback errcallback;
 	List	   *raw;
 	RawStmt    *rs;
 	SelectStmt *sel;
@@ -615,6 +733,11 @@ evs_check_group_by(Relation rel, const char *group_by)
 	Node	   *expr;
 	char	   *result;
 	int			save_nestlevel;
+
+	errcallback.callback = evs_group_by_errcontext;
+	errcallback.arg = (void *) group_by;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
 
 	raw = raw_parser(group_by, RAW_PARSE_PLPGSQL_EXPR);
 	rs = list_length(raw) == 1 ? linitial_node(RawStmt, raw) : NULL;
@@ -630,9 +753,14 @@ evs_check_group_by(Relation rel, const char *group_by)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("group_by must be a single SQL expression, not \"%s\"", group_by),
 				 errhint("Use an expression over id, key, payload and created_at, for example payload->>'word'.")));
+	if (evs_has_star(((ResTarget *) linitial(sel->targetList))->val, NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("group_by must not use \"*\""),
+				 errhint("Use an expression over id, key, payload and created_at, for example payload->>'word'.")));
 
 	pstate = make_parsestate(NULL);
-	pstate->p_sourcetext = group_by;
+	pstate->p_sourcetext = NULL;	/* positions come from the callback */
 	nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock,
 										   NULL, false, true);
 	addNSItemToQuery(pstate, nsitem, false, true, true);
@@ -643,6 +771,11 @@ evs_check_group_by(Relation rel, const char *group_by)
 		ereport(ERROR,
 				(errcode(ERRCODE_GROUPING_ERROR),
 				 errmsg("group_by must not contain aggregate or window functions")));
+	if (evs_has_special_var(expr, NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("group_by must use only the columns id, key, payload and created_at"),
+				 errdetail("Whole-row references and system columns are not allowed.")));
 	if (checkExprHasSubLink(expr))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -673,6 +806,7 @@ evs_check_group_by(Relation rel, const char *group_by)
 													RelationGetRelid(rel)),
 								false, false);
 	AtEOXact_GUC(true, save_nestlevel);
+	error_context_stack = errcallback.previous;
 	return result;
 }
 

@@ -164,6 +164,7 @@ extern void EvsDropAggregate(Oid view);
 /* guards.c */
 extern void EvsGuardsInit(void);
 extern bool evs_copy_restore;	/* a COPY listing id runs (restore path) */
+extern int64 evs_copy_max_id;	/* highest id such a COPY stored */
 
 /* worker.c */
 extern void EvsWorkerRegisterLauncher(void);

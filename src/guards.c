@@ -44,12 +44,15 @@
 #include "parser/parsetree.h"
 #include "rewrite/rewriteHandler.h"
 #include "tcop/utility.h"
+#include "executor/spi.h"
+#include "utils/acl.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
 #include "evstream.h"
 
 bool		evs_copy_restore = false;
+int64		evs_copy_max_id = 0;
 
 static planner_hook_type prev_planner_hook = NULL;
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
@@ -203,6 +206,13 @@ evs_check_utility(Node *stmt)
 		{
 			AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
 
+			if (cmd->subtype == AT_SetAccessMethod &&
+				(cmd->name == NULL || strcmp(cmd->name, "evstream") != 0))
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot change the access method of \"%s\": it belongs to topic \"%s\"",
+								get_rel_name(relid), get_rel_name(evs_topic_of(relid))),
+						 errdetail("Topics are append-only; the evstream access method enforces it.")));
 			if (cmd->subtype == AT_AttachPartition)
 			{
 				PartitionCmd *pc = (PartitionCmd *) cmd->def;
@@ -226,6 +236,102 @@ evs_check_utility(Node *stmt)
 	}
 }
 
+/*
+ * A COPY into a topic that lists the id column is a restore: only the
+ * topic's owner may do it, and afterwards the topic's sequence is moved
+ * past the highest id copied, so ids are never handed out twice.
+ */
+static void
+evs_copy_into_topic(Oid relid, Oid topic, CopyStmt *stmt, PlannedStmt *pstmt,
+					const char *queryString, bool readOnlyTree,
+					ProcessUtilityContext context, ParamListInfo params,
+					QueryEnvironment *queryEnv, DestReceiver *dest,
+					QueryCompletion *qc)
+{
+	bool		save_restore = evs_copy_restore;
+	volatile bool restore = evs_copy_lists_id(stmt);
+
+	if (restore && !pg_class_ownercheck(topic, GetUserId()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to COPY the id column of topic \"%s\"",
+						get_rel_name(topic)),
+				 errdetail("A COPY that lists the id column (or no column list) is a restore: it keeps the ids and times it is given. Only the topic's owner may restore."),
+				 errhint("List only the key and payload columns: COPY %s (key, payload) FROM ...",
+						 stmt->relation->relname)));
+
+	evs_copy_restore = restore;
+	evs_copy_max_id = 0;
+	PG_TRY();
+	{
+		if (prev_ProcessUtility)
+			prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+									params, queryEnv, dest, qc);
+	}
+	PG_FINALLY();
+	{
+		evs_copy_restore = save_restore;
+	}
+	PG_END_TRY();
+
+	if (restore)
+	{
+		EvsTopic   *t = EvsRequireTopic(topic, "COPY");
+
+		if (evs_copy_max_id > EvsSequenceLastValue(t->seqrelid))
+		{
+			Oid			types[2] = {OIDOID, INT8OID};
+			Datum		values[2] = {ObjectIdGetDatum(t->seqrelid), Int64GetDatum(evs_copy_max_id)};
+
+			EvsSpiExec("SELECT pg_catalog.setval($1::regclass, $2)", 2, types, values, SPI_OK_SELECT);
+		}
+	}
+	else
+		EvsFlushDeltas();
+}
+
+/*
+ * CREATE TABLE ... PARTITION OF a topic must use the evstream access
+ * method: the default is filled in, another one is refused.
+ */
+static bool
+evs_fix_partition_create(CreateStmt *cs, bool readOnlyTree, PlannedStmt **pstmt)
+{
+	ListCell   *lc;
+	bool		copied = false;
+
+	if (cs->partbound == NULL)
+		return false;
+	foreach(lc, cs->inhRelations)
+	{
+		Oid			parent = RangeVarGetRelid(lfirst_node(RangeVar, lc), NoLock, true);
+
+		if (!OidIsValid(parent) || EvsLookupTopic(parent)->topic != parent)
+			continue;
+		if (cs->accessMethod != NULL && strcmp(cs->accessMethod, "evstream") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("partitions of topic \"%s\" must use the evstream access method",
+							get_rel_name(parent)),
+					 errdetail("Topics are append-only; the evstream access method enforces it."),
+					 errhint("Omit USING, or write USING evstream.")));
+		if (cs->accessMethod == NULL)
+		{
+			if (readOnlyTree)
+			{
+				*pstmt = copyObject(*pstmt);
+				cs = (CreateStmt *) (*pstmt)->utilityStmt;
+				copied = true;
+			}
+			cs->accessMethod = pstrdup("evstream");
+		}
+	}
+	return copied;
+}
+
 static void
 evs_process_utility(PlannedStmt *pstmt, const char *queryString,
 					bool readOnlyTree, ProcessUtilityContext context,
@@ -233,8 +339,6 @@ evs_process_utility(PlannedStmt *pstmt, const char *queryString,
 					DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *stmt = pstmt->utilityStmt;
-	bool		copy_into_topic = false;
-	bool		save_restore = evs_copy_restore;
 
 	if (evs_shared != NULL && IsTransactionState())
 	{
@@ -242,35 +346,24 @@ evs_process_utility(PlannedStmt *pstmt, const char *queryString,
 			((CopyStmt *) stmt)->relation != NULL)
 		{
 			Oid			relid = RangeVarGetRelid(((CopyStmt *) stmt)->relation, NoLock, true);
+			Oid			topic = OidIsValid(relid) ? evs_topic_of(relid) : InvalidOid;
 
-			if (OidIsValid(relid) && OidIsValid(evs_topic_of(relid)))
-				copy_into_topic = true;
+			if (OidIsValid(topic))
+			{
+				evs_copy_into_topic(relid, topic, (CopyStmt *) stmt, pstmt, queryString,
+									readOnlyTree, context, params, queryEnv, dest, qc);
+				return;
+			}
 		}
 		else if (IsA(stmt, DropdbStmt))
 			EvsStopDatabaseWorker(((DropdbStmt *) stmt)->dbname);
+		else if (IsA(stmt, CreateStmt))
+		{
+			if (evs_fix_partition_create((CreateStmt *) stmt, readOnlyTree, &pstmt))
+				readOnlyTree = false;
+		}
 		else
 			evs_check_utility(stmt);
-	}
-
-	if (copy_into_topic)
-	{
-		evs_copy_restore = evs_copy_lists_id((CopyStmt *) stmt);
-		PG_TRY();
-		{
-			if (prev_ProcessUtility)
-				prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
-									params, queryEnv, dest, qc);
-			else
-				standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
-										params, queryEnv, dest, qc);
-		}
-		PG_FINALLY();
-		{
-			evs_copy_restore = save_restore;
-		}
-		PG_END_TRY();
-		EvsFlushDeltas();
-		return;
 	}
 
 	if (prev_ProcessUtility)
