@@ -825,6 +825,8 @@ evs_new_relation_name(const char *what, const char *name, Oid *nspid)
 				(errcode(ERRCODE_NAME_TOO_LONG),
 				 errmsg("%s \"%s\" is too long", what, rv->relname)));
 	*nspid = RangeVarGetCreationNamespace(rv);
+	if (pg_namespace_aclcheck(*nspid, GetUserId(), ACL_CREATE) != ACLCHECK_OK)
+		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_SCHEMA, get_namespace_name(*nspid));
 	return rv;
 }
 

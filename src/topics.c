@@ -89,6 +89,13 @@ evs_make_partitions(Oid topic, int premake)
 			   2, types, values, SPI_OK_SELECT);
 }
 
+/* Name the rejected topic name in errors from parsing it */
+static void
+evs_name_errcontext(void *arg)
+{
+	errcontext("topic name \"%s\"", (const char *) arg);
+}
+
 PG_FUNCTION_INFO_V1(evstream_create_topic);
 
 /*
@@ -127,8 +134,17 @@ evstream_create_topic(PG_FUNCTION_ARGS)
 
 	(void) EvsBucketUsecs(ivl, "partition_interval");
 
-	names = stringToQualifiedNameList(name);
-	rv = makeRangeVarFromNameList(names);
+	{
+		ErrorContextCallback cb;
+
+		cb.callback = evs_name_errcontext;
+		cb.arg = name;
+		cb.previous = error_context_stack;
+		error_context_stack = &cb;
+		names = stringToQualifiedNameList(name);
+		rv = makeRangeVarFromNameList(names);
+		error_context_stack = cb.previous;
+	}
 	if (rv->relname[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_NAME),
@@ -142,6 +158,8 @@ evstream_create_topic(PG_FUNCTION_ARGS)
 				 errhint("Use a topic name of at most %d bytes.",
 						 NAMEDATALEN - 1 - PARTITION_SUFFIX_LEN)));
 	nspid = RangeVarGetCreationNamespace(rv);
+	if (pg_namespace_aclcheck(nspid, GetUserId(), ACL_CREATE) != ACLCHECK_OK)
+		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_SCHEMA, get_namespace_name(nspid));
 	if (OidIsValid(get_relname_relid(rv->relname, nspid)))
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_TABLE),
