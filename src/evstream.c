@@ -81,6 +81,7 @@ evs_shmem_startup(void)
 			EvsBackendSlot *s = &evs_shared->slots[i];
 
 			pg_atomic_init_u32(&s->dboid, InvalidOid);
+			pg_atomic_init_u32(&s->nused, 0);
 			for (j = 0; j < EVS_MAX_XACT_TOPICS; j++)
 			{
 				pg_atomic_init_u32(&s->relid[j], InvalidOid);

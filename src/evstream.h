@@ -59,6 +59,7 @@ extern bool evs_restore_mode;
 typedef struct EvsBackendSlot
 {
 	pg_atomic_uint32 dboid;
+	pg_atomic_uint32 nused;		/* entries [0, nused) may be in use */
 	pg_atomic_uint32 relid[EVS_MAX_XACT_TOPICS];
 	pg_atomic_uint64 min_id[EVS_MAX_XACT_TOPICS];
 } EvsBackendSlot;

@@ -17,16 +17,18 @@
  *	  Writer, on its transaction's first id from topic T:
  *		W1. L := last value of T's sequence, read from the sequence page
  *			under its buffer lock;
- *		W2. store min_id[i] := L + 1, write barrier, store relid[i] := T in
- *			the backend's shared slot, full barrier;
+ *		W2. store min_id[i] := L + 1, write barrier, store relid[i] := T,
+ *			write barrier, store nused := i + 1 in the backend's shared slot,
+ *			full barrier;
  *		W3. take ids with nextval (each > L, hence >= min_id[i]).
  *	  At COMMIT/ABORT (after ProcArrayEndTransaction: the rows are already
  *	  visible to new snapshots, or will never be) the slot is cleared.
  *
  *	  Reader:
  *		R1. H := last value of T's sequence (buffer lock);
- *		R2. full barrier; M := min over slots with relid = T of min_id
- *			(relid read before min_id, read barrier between);
+ *		R2. full barrier; M := min over the entries [0, nused) of every
+ *			slot with relid = T of min_id (nused read before the entries,
+ *			relid before min_id, read barriers between);
  *		R3. stable := min(H, M - 1).
  *
  *	  Why no id is ever skipped: take an id X <= stable of T that is not
@@ -34,7 +36,9 @@
  *	  W's nextval for X came before R1 in the sequence's buffer-lock order.
  *	  W published its slot (W2) before that nextval, and the buffer lock
  *	  release/acquire chain orders W2 before R2, so R2 saw relid = T and
- *	  min_id <= X (min_id is written before relid).  Then stable <= X - 1,
+ *	  min_id <= X (min_id is written before relid, relid before nused;
+ *	  a reader that read an older nused read it before W2 completed, hence
+ *	  before W's nextval, so X > H — not our case).  Then stable <= X - 1,
  *	  a contradiction.  A slot being cleared or reused concurrently can only
  *	  make a reader more conservative, or concerns a transaction that has
  *	  already ended.  After a crash the slots are empty and the sequence's
@@ -66,6 +70,8 @@
 #include "miscadmin.h"
 #include "storage/bufmgr.h"
 #include "storage/proc.h"
+#include "utils/acl.h"
+#include "utils/lsyscache.h"
 #include "utils/rel.h"
 
 #include "evstream.h"
@@ -169,6 +175,8 @@ evs_publish(Oid topic, Oid seqrelid, bool notify)
 	pg_atomic_write_u64(&slot->min_id[i], (uint64) low);
 	pg_write_barrier();
 	pg_atomic_write_u32(&slot->relid[i], topic);
+	pg_write_barrier();
+	pg_atomic_write_u32(&slot->nused, i + 1);
 	pg_memory_barrier();
 	xact_topics[i] = topic;
 	xact_notify[i] = notify;
@@ -192,7 +200,14 @@ evstream_next_id(PG_FUNCTION_ARGS)
 			break;
 	t = EvsRequireTopic(topic, "_next_id");
 	if (i < 0)
+	{
+		/* only producers may hold back the topic's stable offset */
+		AclResult	acl = pg_class_aclcheck(topic, GetUserId(), ACL_INSERT);
+
+		if (acl != ACLCHECK_OK)
+			aclcheck_error(acl, OBJECT_TABLE, get_rel_name(topic));
 		evs_publish(topic, t->seqrelid, t->notify);
+	}
 	PG_RETURN_INT64(nextval_internal(t->seqrelid, false));
 }
 
@@ -211,9 +226,13 @@ EvsStableId(Oid topic)
 	{
 		EvsBackendSlot *s = &evs_shared->slots[i];
 
+		uint32		n;
+
 		if (pg_atomic_read_u32(&s->dboid) != MyDatabaseId)
 			continue;
-		for (j = 0; j < EVS_MAX_XACT_TOPICS; j++)
+		n = pg_atomic_read_u32(&s->nused);
+		pg_read_barrier();
+		for (j = 0; j < n && j < EVS_MAX_XACT_TOPICS; j++)
 		{
 			if (pg_atomic_read_u32(&s->relid[j]) == topic)
 			{
@@ -314,6 +333,8 @@ evs_clear_slot(void)
 		pg_atomic_write_u32(&slot->relid[i], InvalidOid);
 		pg_atomic_write_u64(&slot->min_id[i], 0);
 	}
+	pg_write_barrier();
+	pg_atomic_write_u32(&slot->nused, 0);
 }
 
 static void
