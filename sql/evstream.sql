@@ -7,21 +7,24 @@
 
 \echo Use "CREATE EXTENSION evstream" to load this file. \quit
 
-GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;
+-- The schema is created here (not by the control file) so that it is a
+-- member of the extension and DROP EXTENSION removes it too.
+CREATE SCHEMA evstream;
+GRANT USAGE ON SCHEMA evstream TO PUBLIC;
 
 -- Fails with a hint when the library is not in shared_preload_libraries.
-CREATE FUNCTION @extschema@._check_preload() RETURNS void
+CREATE FUNCTION evstream._check_preload() RETURNS void
     LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'evstream_check_preload';
-SELECT @extschema@._check_preload();
+SELECT evstream._check_preload();
 
 ------------------------------------------------------------------ storage
-CREATE FUNCTION @extschema@._am_handler(internal) RETURNS table_am_handler
+CREATE FUNCTION evstream._am_handler(internal) RETURNS table_am_handler
     LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'evstream_am_handler';
-CREATE ACCESS METHOD evstream TYPE TABLE HANDLER @extschema@._am_handler;
+CREATE ACCESS METHOD evstream TYPE TABLE HANDLER evstream._am_handler;
 COMMENT ON ACCESS METHOD evstream IS 'append-only heap: storage of evstream topic partitions';
 
 ------------------------------------------------------------------ catalog
-CREATE TABLE @extschema@._topic (
+CREATE TABLE evstream._topic (
     topic              regclass PRIMARY KEY,
     partition_interval interval NOT NULL,
     retention          interval,
@@ -29,22 +32,22 @@ CREATE TABLE @extschema@._topic (
     created            timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
-CREATE TABLE @extschema@._group (
-    topic          regclass NOT NULL REFERENCES @extschema@._topic ON DELETE CASCADE,
+CREATE TABLE evstream._group (
+    topic          regclass NOT NULL REFERENCES evstream._topic ON DELETE CASCADE,
     consumer_group text NOT NULL,
     committed_id   bigint NOT NULL,
     updated_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (topic, consumer_group)
 );
 
-CREATE SEQUENCE @extschema@._aggregate_id_seq;
-CREATE TABLE @extschema@._aggregate (
-    id             integer PRIMARY KEY DEFAULT pg_catalog.nextval('@extschema@._aggregate_id_seq'),
+CREATE SEQUENCE evstream._aggregate_id_seq;
+CREATE TABLE evstream._aggregate (
+    id             integer PRIMARY KEY DEFAULT pg_catalog.nextval('evstream._aggregate_id_seq'),
     aggregate      regclass NOT NULL UNIQUE,          -- the view users query
-    topic          regclass NOT NULL REFERENCES @extschema@._topic,
+    topic          regclass NOT NULL REFERENCES evstream._topic,
     group_by       text NOT NULL,                     -- deparsed, fully qualified
     bucket         interval,
-    output_topic   regclass REFERENCES @extschema@._topic,
+    output_topic   regclass REFERENCES evstream._topic,
     output_created boolean NOT NULL DEFAULT false,    -- drop_aggregate drops it too
     notify         boolean NOT NULL
 );
@@ -52,7 +55,7 @@ CREATE TABLE @extschema@._aggregate (
 -- Merged counts, and the per-statement deltas producers append; the
 -- maintenance worker folds deltas into counts.  An aggregate's view sums
 -- both, so it is exact at every instant.
-CREATE TABLE @extschema@._count (
+CREATE TABLE evstream._count (
     agg          integer NOT NULL,
     group_key    text,
     bucket_start timestamptz,
@@ -61,7 +64,7 @@ CREATE TABLE @extschema@._count (
     last_count   bigint,      -- and the count it carries
     CONSTRAINT _count_key UNIQUE NULLS NOT DISTINCT (agg, group_key, bucket_start)
 );
-CREATE TABLE @extschema@._delta (
+CREATE TABLE evstream._delta (
     agg          integer NOT NULL,
     group_key    text,
     bucket_start timestamptz,
@@ -69,19 +72,30 @@ CREATE TABLE @extschema@._delta (
     published    bigint,      -- count of the output event the statement produced
     published_id bigint       -- and that event's id
 );
-CREATE INDEX _delta_agg_key ON @extschema@._delta (agg, group_key, bucket_start);
+CREATE INDEX _delta_agg_key ON evstream._delta (agg, group_key, bucket_start);
 
-SELECT pg_catalog.pg_extension_config_dump('@extschema@._topic', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@._group', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@._aggregate', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@._aggregate_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@._count', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@._delta', '');
+SELECT pg_catalog.pg_extension_config_dump('evstream._topic', '');
+SELECT pg_catalog.pg_extension_config_dump('evstream._group', '');
+SELECT pg_catalog.pg_extension_config_dump('evstream._aggregate', '');
+SELECT pg_catalog.pg_extension_config_dump('evstream._aggregate_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('evstream._count', '');
+SELECT pg_catalog.pg_extension_config_dump('evstream._delta', '');
 
-GRANT SELECT ON @extschema@._topic, @extschema@._group, @extschema@._aggregate,
-                @extschema@._count, @extschema@._delta TO PUBLIC;
+GRANT SELECT ON evstream._topic, evstream._group, evstream._aggregate,
+                evstream._count, evstream._delta TO PUBLIC;
 
-CREATE TYPE @extschema@.event AS (
+-- Counts are readable only by roles that can read the aggregate's topic
+-- (an aggregate's view reads them with its owner's rights).
+ALTER TABLE evstream._count ENABLE ROW LEVEL SECURITY;
+ALTER TABLE evstream._delta ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readable_counts ON evstream._count FOR SELECT USING
+    (agg IN (SELECT a.id FROM evstream._aggregate a
+              WHERE pg_catalog.has_table_privilege(a.topic, 'SELECT')));
+CREATE POLICY readable_deltas ON evstream._delta FOR SELECT USING
+    (agg IN (SELECT a.id FROM evstream._aggregate a
+              WHERE pg_catalog.has_table_privilege(a.topic, 'SELECT')));
+
+CREATE TYPE evstream.event AS (
     id         bigint,
     key        text,
     payload    jsonb,
@@ -92,51 +106,51 @@ CREATE TYPE @extschema@.event AS (
 -- The default of every topic's id column: publishes the caller's lowest
 -- in-flight id (for stable_id) and takes the next value of the topic's
 -- sequence.
-CREATE FUNCTION @extschema@._next_id(regclass) RETURNS bigint
+CREATE FUNCTION evstream._next_id(regclass) RETURNS bigint
     LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'evstream_next_id';
 
 ------------------------------------------------------------------ topics
-CREATE FUNCTION @extschema@.create_topic(topic text,
+CREATE FUNCTION evstream.create_topic(topic text,
                                          partition_interval interval DEFAULT '1 day',
                                          retention interval DEFAULT NULL,
                                          notify boolean DEFAULT true)
     RETURNS regclass LANGUAGE C CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'evstream_create_topic';
 
-CREATE FUNCTION @extschema@.drop_topic(topic regclass, "cascade" boolean DEFAULT false)
+CREATE FUNCTION evstream.drop_topic(topic regclass, "cascade" boolean DEFAULT false)
     RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'evstream_drop_topic';
 
-CREATE FUNCTION @extschema@.set_retention(topic regclass, retention interval)
+CREATE FUNCTION evstream.set_retention(topic regclass, retention interval)
     RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'evstream_set_retention';
 
 ------------------------------------------------------------------ consumers
-CREATE FUNCTION @extschema@.stable_id(topic regclass) RETURNS bigint
+CREATE FUNCTION evstream.stable_id(topic regclass) RETURNS bigint
     LANGUAGE C CALLED ON NULL INPUT VOLATILE AS 'MODULE_PATHNAME', 'evstream_stable_id';
 
-CREATE FUNCTION @extschema@.poll(topic regclass, consumer_group text, max_events int DEFAULT 100)
-    RETURNS SETOF @extschema@.event LANGUAGE C CALLED ON NULL INPUT VOLATILE
+CREATE FUNCTION evstream.poll(topic regclass, consumer_group text, max_events int DEFAULT 100)
+    RETURNS SETOF evstream.event LANGUAGE C CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'evstream_poll';
 
-CREATE FUNCTION @extschema@.consume(topic regclass, consumer_group text, max_events int DEFAULT 100)
-    RETURNS SETOF @extschema@.event LANGUAGE C CALLED ON NULL INPUT VOLATILE
+CREATE FUNCTION evstream.consume(topic regclass, consumer_group text, max_events int DEFAULT 100)
+    RETURNS SETOF evstream.event LANGUAGE C CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'evstream_consume';
 
-CREATE FUNCTION @extschema@.commit(topic regclass, consumer_group text, last_id bigint)
+CREATE FUNCTION evstream.commit(topic regclass, consumer_group text, last_id bigint)
     RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'evstream_commit';
 
-CREATE FUNCTION @extschema@.seek(topic regclass, consumer_group text, next_id bigint)
+CREATE FUNCTION evstream.seek(topic regclass, consumer_group text, next_id bigint)
     RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'evstream_seek_id';
 
-CREATE FUNCTION @extschema@.seek(topic regclass, consumer_group text, since timestamptz)
+CREATE FUNCTION evstream.seek(topic regclass, consumer_group text, since timestamptz)
     RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'evstream_seek_time';
 
 ------------------------------------------------------------------ aggregates
-CREATE FUNCTION @extschema@.create_aggregate(name text, topic regclass,
+CREATE FUNCTION evstream.create_aggregate(name text, topic regclass,
                                              group_by text DEFAULT 'key',
                                              bucket interval DEFAULT NULL,
                                              output_topic text DEFAULT NULL,
@@ -144,13 +158,13 @@ CREATE FUNCTION @extschema@.create_aggregate(name text, topic regclass,
     RETURNS regclass LANGUAGE C CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'evstream_create_aggregate';
 
-CREATE FUNCTION @extschema@.drop_aggregate(name regclass)
+CREATE FUNCTION evstream.drop_aggregate(name regclass)
     RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'evstream_drop_aggregate';
 
 ------------------------------------------------------------------ maintenance
 -- Partition bounds of a topic's partitions (the default partition has none).
-CREATE FUNCTION @extschema@._partitions(topic regclass,
+CREATE FUNCTION evstream._partitions(topic regclass,
         OUT part regclass, OUT lo timestamptz, OUT hi timestamptz, OUT is_default boolean)
     RETURNS SETOF record LANGUAGE sql STABLE
     SET search_path = pg_catalog, pg_temp AS $$
@@ -168,7 +182,7 @@ $$;
 -- <topic>_pYYYYMMDD_HH24MISS (UTC lower bound), use the evstream access
 -- method and belong to the topic's owner.  A range that the default
 -- partition already holds rows for is left to the default partition.
-CREATE FUNCTION @extschema@._ensure_partitions(topic regclass, from_ts timestamptz, upto timestamptz)
+CREATE FUNCTION evstream._ensure_partitions(topic regclass, from_ts timestamptz, upto timestamptz)
     RETURNS integer LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -183,18 +197,18 @@ DECLARE
     v_default regclass;
     v_name    text;
 BEGIN
-    SELECT t.partition_interval INTO v_ivl FROM @extschema@._topic t WHERE t.topic = $1;
+    SELECT t.partition_interval INTO v_ivl FROM evstream._topic t WHERE t.topic = $1;
     IF v_ivl IS NULL THEN
         RAISE EXCEPTION 'relation "%" is not an evstream topic', $1 USING ERRCODE = 'undefined_table';
     END IF;
     SELECT n.nspname, c.relname, pg_catalog.pg_get_userbyid(c.relowner) INTO v_nsp, v_rel, v_owner
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
      WHERE c.oid = $1;
-    SELECT p.part INTO v_default FROM @extschema@._partitions($1) p WHERE p.is_default;
+    SELECT p.part INTO v_default FROM evstream._partitions($1) p WHERE p.is_default;
     v_lo := pg_catalog.date_bin(v_ivl, from_ts, 'epoch'::timestamptz);
     WHILE v_lo <= upto LOOP
         v_hi := v_lo + v_ivl;
-        IF NOT EXISTS (SELECT 1 FROM @extschema@._partitions($1) p
+        IF NOT EXISTS (SELECT 1 FROM evstream._partitions($1) p
                         WHERE NOT p.is_default AND p.lo < v_hi AND p.hi > v_lo) THEN
             v_busy := false;
             IF v_default IS NOT NULL THEN
@@ -226,7 +240,7 @@ $$;
 -- under a short ACCESS EXCLUSIVE lock (bounded by the caller's
 -- lock_timeout).  Consumers see the events either in the old place or in
 -- the new one, never both or neither.  Aggregates are not recounted.
-CREATE FUNCTION @extschema@._rehome_default(topic regclass)
+CREATE FUNCTION evstream._rehome_default(topic regclass)
     RETURNS bigint LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -240,11 +254,11 @@ DECLARE
     v_bin     timestamptz;
     v_moved   bigint;
 BEGIN
-    SELECT p.part INTO v_default FROM @extschema@._partitions($1) p WHERE p.is_default;
+    SELECT p.part INTO v_default FROM evstream._partitions($1) p WHERE p.is_default;
     IF v_default IS NULL THEN
         RETURN 0;
     END IF;
-    SELECT t.partition_interval INTO v_ivl FROM @extschema@._topic t WHERE t.topic = $1;
+    SELECT t.partition_interval INTO v_ivl FROM evstream._topic t WHERE t.topic = $1;
     EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(DISTINCT pg_catalog.date_bin($1, created_at, ''epoch''::timestamptz)) FROM %s',
                               v_default) INTO v_bins USING v_ivl;
     IF v_bins IS NULL OR pg_catalog.cardinality(v_bins) > 1000 THEN
@@ -263,7 +277,7 @@ BEGIN
         EXECUTE pg_catalog.format('ALTER TABLE %I.%I OWNER TO %I', v_nsp, v_rel || '_default', v_owner);
     END IF;
     FOREACH v_bin IN ARRAY v_bins LOOP
-        PERFORM @extschema@._ensure_partitions($1, v_bin, v_bin);
+        PERFORM evstream._ensure_partitions($1, v_bin, v_bin);
     END LOOP;
     PERFORM pg_catalog.set_config('evstream.restore_mode', 'on', true);
     EXECUTE pg_catalog.format('INSERT INTO %s SELECT id, key, payload, created_at FROM %I.%I',
@@ -274,13 +288,13 @@ BEGIN
     RETURN v_moved;
 END
 $$;
-REVOKE ALL ON FUNCTION @extschema@._rehome_default(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evstream._rehome_default(regclass) FROM PUBLIC;
 
 -- One maintenance pass over every topic: premake partitions, apply
 -- retention (whole partitions only), fold aggregate deltas into counts.
 -- Lock waits are bounded by lock_timeout: a topic that is busy is skipped
 -- and retried at the next pass, so producers never queue behind us for long.
-CREATE FUNCTION @extschema@.run_maintenance(premake integer DEFAULT 3)
+CREATE FUNCTION evstream.run_maintenance(premake integer DEFAULT 3)
     RETURNS void LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -289,17 +303,17 @@ DECLARE
     errs text := '';
 BEGIN
     PERFORM pg_catalog.set_config('lock_timeout', '200ms', true);
-    FOR t IN SELECT * FROM @extschema@._topic ORDER BY topic::oid LOOP
+    FOR t IN SELECT * FROM evstream._topic ORDER BY topic::oid LOOP
         BEGIN
-            PERFORM @extschema@._rehome_default(t.topic);
-            PERFORM @extschema@._ensure_partitions(t.topic, pg_catalog.now(),
+            PERFORM evstream._rehome_default(t.topic);
+            PERFORM evstream._ensure_partitions(t.topic, pg_catalog.now(),
                                                    pg_catalog.now() + t.partition_interval * premake);
             IF t.retention IS NOT NULL THEN
-                FOR p IN SELECT * FROM @extschema@._partitions(t.topic) x
+                FOR p IN SELECT * FROM evstream._partitions(t.topic) x
                           WHERE NOT x.is_default AND x.hi <= pg_catalog.now() - t.retention LOOP
                     EXECUTE pg_catalog.format('DROP TABLE %s', p.part);
                 END LOOP;
-                FOR p IN SELECT * FROM @extschema@._partitions(t.topic) x WHERE x.is_default LOOP
+                FOR p IN SELECT * FROM evstream._partitions(t.topic) x WHERE x.is_default LOOP
                     EXECUTE pg_catalog.format(
                         'SELECT pg_catalog.max(created_at) < pg_catalog.now() - $1 FROM %s', p.part)
                         INTO p.is_default USING t.retention;
@@ -312,13 +326,13 @@ BEGIN
             errs := errs || pg_catalog.format('%s: %s; ', t.topic, SQLERRM);
         END;
     END LOOP;
-    PERFORM @extschema@._merge_deltas();
+    PERFORM evstream._merge_deltas();
     IF errs <> '' THEN
         RAISE WARNING 'evstream maintenance skipped: %', errs;
     END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION @extschema@.run_maintenance(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evstream.run_maintenance(integer) FROM PUBLIC;
 
 -- Folds the committed deltas of every aggregate (or one) into its counts,
 -- atomically, and returns the new count of each group that changed.
@@ -330,7 +344,7 @@ REVOKE ALL ON FUNCTION @extschema@.run_maintenance(integer) FROM PUBLIC;
 -- event's count differs from the merged total, a correction event with the
 -- total is published.  Ids grow in insertion order, so the latest event of
 -- every group ends up carrying its exact count.
-CREATE FUNCTION @extschema@._merge_deltas(only_agg integer DEFAULT NULL,
+CREATE FUNCTION evstream._merge_deltas(only_agg integer DEFAULT NULL,
         OUT agg integer, OUT group_key text, OUT bucket_start timestamptz, OUT count bigint)
     RETURNS SETOF record LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp AS $$
@@ -342,7 +356,7 @@ DECLARE
 BEGIN
     FOR r IN
         WITH d AS (
-            DELETE FROM @extschema@._delta x WHERE $1 IS NULL OR x.agg = $1
+            DELETE FROM evstream._delta x WHERE $1 IS NULL OR x.agg = $1
             RETURNING x.agg, x.group_key, x.bucket_start, x.delta, x.published, x.published_id
         ), s AS (
             SELECT d.agg, d.group_key, d.bucket_start, pg_catalog.sum(d.delta)::bigint AS n,
@@ -350,7 +364,7 @@ BEGIN
                    (pg_catalog.array_agg(d.published ORDER BY d.published_id DESC NULLS LAST))[1] AS pcount
               FROM d GROUP BY 1, 2, 3
         )
-        INSERT INTO @extschema@._count AS c (agg, group_key, bucket_start, count, last_id, last_count)
+        INSERT INTO evstream._count AS c (agg, group_key, bucket_start, count, last_id, last_count)
         SELECT s.agg, s.group_key, s.bucket_start, s.n, s.pid, s.pcount FROM s
         ON CONFLICT ON CONSTRAINT _count_key DO UPDATE
            SET count = c.count + excluded.count,
@@ -362,25 +376,25 @@ BEGIN
         RETURN NEXT;
         IF r.last_id IS NOT NULL AND r.last_count IS DISTINCT FROM r.count THEN
             SELECT a.output_topic, a.bucket IS NOT NULL INTO v_out, v_win
-              FROM @extschema@._aggregate a WHERE a.id = r.agg;
+              FROM evstream._aggregate a WHERE a.id = r.agg;
             IF v_out IS NOT NULL THEN
                 EXECUTE pg_catalog.format(
                     'INSERT INTO %s (key, payload) VALUES ($1, pg_catalog.jsonb_build_object(''count'', $2)'
                     || CASE WHEN v_win THEN ' || pg_catalog.jsonb_build_object(''bucket_start'', $3)' ELSE '' END
                     || ') RETURNING id', v_out)
                    INTO v_id USING r.group_key, r.count, r.bucket_start;
-                UPDATE @extschema@._count c SET last_id = v_id, last_count = r.count
+                UPDATE evstream._count c SET last_id = v_id, last_count = r.count
                  WHERE c.ctid = r.row_ctid;
             END IF;
         END IF;
     END LOOP;
 END
 $$;
-REVOKE ALL ON FUNCTION @extschema@._merge_deltas(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evstream._merge_deltas(integer) FROM PUBLIC;
 
 -- The count of one group as the calling transaction sees it (merged
 -- counts plus pending deltas): what output topics publish.
-CREATE FUNCTION @extschema@._current_count(agg integer, k text, b timestamptz)
+CREATE FUNCTION evstream._current_count(agg integer, k text, b timestamptz)
     RETURNS bigint LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -388,17 +402,17 @@ DECLARE
 BEGIN
     IF k IS NULL THEN
         SELECT COALESCE(sum(x.n), 0) INTO n FROM (
-            SELECT c.count AS n FROM @extschema@._count c
+            SELECT c.count AS n FROM evstream._count c
              WHERE c.agg = $1 AND c.group_key IS NULL AND c.bucket_start IS NOT DISTINCT FROM $3
             UNION ALL
-            SELECT d.delta FROM @extschema@._delta d
+            SELECT d.delta FROM evstream._delta d
              WHERE d.agg = $1 AND d.group_key IS NULL AND d.bucket_start IS NOT DISTINCT FROM $3) x;
     ELSE
         SELECT COALESCE(sum(x.n), 0) INTO n FROM (
-            SELECT c.count AS n FROM @extschema@._count c
+            SELECT c.count AS n FROM evstream._count c
              WHERE c.agg = $1 AND c.group_key = $2 AND c.bucket_start IS NOT DISTINCT FROM $3
             UNION ALL
-            SELECT d.delta FROM @extschema@._delta d
+            SELECT d.delta FROM evstream._delta d
              WHERE d.agg = $1 AND d.group_key = $2 AND d.bucket_start IS NOT DISTINCT FROM $3) x;
     END IF;
     RETURN n;
@@ -406,52 +420,52 @@ END
 $$;
 
 ------------------------------------------------------------------ workers
-CREATE FUNCTION @extschema@._workers(OUT database name, OUT pid integer,
+CREATE FUNCTION evstream._workers(OUT database name, OUT pid integer,
         OUT last_maintenance timestamptz, OUT last_error text)
     RETURNS SETOF record LANGUAGE C AS 'MODULE_PATHNAME', 'evstream_workers';
 
 -- Wakes the launcher when the creating transaction commits, so the new
 -- database gets its maintenance worker within a second or so.
-CREATE FUNCTION @extschema@._wake_launcher() RETURNS void
+CREATE FUNCTION evstream._wake_launcher() RETURNS void
     LANGUAGE C AS 'MODULE_PATHNAME', 'evstream_wake_launcher';
-SELECT @extschema@._wake_launcher();
+SELECT evstream._wake_launcher();
 
 ------------------------------------------------------------------ cleanup of dropped objects
 -- A plain DROP TABLE of a topic or of an aggregate's view forgets it.
-CREATE FUNCTION @extschema@._invalidate(topic regclass) RETURNS void
+CREATE FUNCTION evstream._invalidate(topic regclass) RETURNS void
     LANGUAGE C AS 'MODULE_PATHNAME', 'evstream_invalidate';
 
-CREATE FUNCTION @extschema@._on_sql_drop() RETURNS event_trigger
+CREATE FUNCTION evstream._on_sql_drop() RETURNS event_trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     o record;
 BEGIN
     FOR o IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects()
               WHERE classid = 'pg_catalog.pg_class'::regclass AND objsubid = 0 LOOP
-        PERFORM @extschema@._invalidate(a.topic::oid::regclass) FROM @extschema@._aggregate a
+        PERFORM evstream._invalidate(a.topic::oid::regclass) FROM evstream._aggregate a
           WHERE a.aggregate::oid = o.objid AND a.topic::oid <> o.objid;
-        DELETE FROM @extschema@._count WHERE agg IN
-            (SELECT a.id FROM @extschema@._aggregate a WHERE a.aggregate::oid = o.objid);
-        DELETE FROM @extschema@._delta WHERE agg IN
-            (SELECT a.id FROM @extschema@._aggregate a WHERE a.aggregate::oid = o.objid);
-        DELETE FROM @extschema@._aggregate a WHERE a.aggregate::oid = o.objid;
-        UPDATE @extschema@._aggregate a SET output_topic = NULL WHERE a.output_topic::oid = o.objid;
-        DELETE FROM @extschema@._count WHERE agg IN
-            (SELECT a.id FROM @extschema@._aggregate a WHERE a.topic::oid = o.objid);
-        DELETE FROM @extschema@._delta WHERE agg IN
-            (SELECT a.id FROM @extschema@._aggregate a WHERE a.topic::oid = o.objid);
-        DELETE FROM @extschema@._aggregate a WHERE a.topic::oid = o.objid;
-        DELETE FROM @extschema@._topic t WHERE t.topic::oid = o.objid;
+        DELETE FROM evstream._count WHERE agg IN
+            (SELECT a.id FROM evstream._aggregate a WHERE a.aggregate::oid = o.objid);
+        DELETE FROM evstream._delta WHERE agg IN
+            (SELECT a.id FROM evstream._aggregate a WHERE a.aggregate::oid = o.objid);
+        DELETE FROM evstream._aggregate a WHERE a.aggregate::oid = o.objid;
+        UPDATE evstream._aggregate a SET output_topic = NULL WHERE a.output_topic::oid = o.objid;
+        DELETE FROM evstream._count WHERE agg IN
+            (SELECT a.id FROM evstream._aggregate a WHERE a.topic::oid = o.objid);
+        DELETE FROM evstream._delta WHERE agg IN
+            (SELECT a.id FROM evstream._aggregate a WHERE a.topic::oid = o.objid);
+        DELETE FROM evstream._aggregate a WHERE a.topic::oid = o.objid;
+        DELETE FROM evstream._topic t WHERE t.topic::oid = o.objid;
     END LOOP;
 END
 $$;
-CREATE EVENT TRIGGER evstream_sql_drop ON sql_drop EXECUTE FUNCTION @extschema@._on_sql_drop();
+CREATE EVENT TRIGGER evstream_sql_drop ON sql_drop EXECUTE FUNCTION evstream._on_sql_drop();
 
 ------------------------------------------------------------------ views
 -- First or last event of a topic (by id: one index probe per partition).
 -- SECURITY DEFINER so the monitoring views work for every role; they only
 -- show ids and times, never payloads.
-CREATE FUNCTION @extschema@._edge(topic regclass, first boolean, OUT id bigint, OUT created_at timestamptz)
+CREATE FUNCTION evstream._edge(topic regclass, first boolean, OUT id bigint, OUT created_at timestamptz)
     RETURNS record LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -462,51 +476,51 @@ END
 $$;
 
 -- Creation time of the oldest event after a position.
-CREATE FUNCTION @extschema@._time_after(topic regclass, after_id bigint)
+CREATE FUNCTION evstream._time_after(topic regclass, after_id bigint)
     RETURNS timestamptz LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ts timestamptz;
 BEGIN
     EXECUTE pg_catalog.format('SELECT created_at FROM %s WHERE id > $1 AND id <= $2 ORDER BY id LIMIT 1', topic)
-       INTO ts USING after_id, @extschema@.stable_id(topic);
+       INTO ts USING after_id, evstream.stable_id(topic);
     RETURN ts;
 END
 $$;
 
-CREATE VIEW @extschema@.topics AS
+CREATE VIEW evstream.topics AS
 SELECT t.topic,
-       (SELECT pg_catalog.count(*) FROM @extschema@._partitions(t.topic))::integer AS partitions,
+       (SELECT pg_catalog.count(*) FROM evstream._partitions(t.topic))::integer AS partitions,
        (SELECT pg_catalog.sum(GREATEST(c.reltuples, 0))::bigint FROM pg_catalog.pg_inherits i
           JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = t.topic) AS events,
        (SELECT pg_catalog.sum(pg_catalog.pg_total_relation_size(i.inhrelid))::bigint
           FROM pg_catalog.pg_inherits i WHERE i.inhparent = t.topic) AS bytes,
        f.first_id, f.oldest, l.last_id, l.newest,
-       @extschema@.stable_id(t.topic) AS stable_id,
+       evstream.stable_id(t.topic) AS stable_id,
        t.retention, t.partition_interval, t.notify
-  FROM @extschema@._topic t
-  LEFT JOIN LATERAL @extschema@._edge(t.topic, true) f(first_id, oldest) ON true
-  LEFT JOIN LATERAL @extschema@._edge(t.topic, false) l(last_id, newest) ON true;
+  FROM evstream._topic t
+  LEFT JOIN LATERAL evstream._edge(t.topic, true) f(first_id, oldest) ON true
+  LEFT JOIN LATERAL evstream._edge(t.topic, false) l(last_id, newest) ON true;
 
-CREATE VIEW @extschema@.consumer_groups AS
+CREATE VIEW evstream.consumer_groups AS
 SELECT g.topic, g.consumer_group, g.committed_id,
        GREATEST(s.stable - GREATEST(g.committed_id, COALESCE(f.id, s.stable + 1) - 1), 0) AS lag_events,
-       COALESCE(EXTRACT(epoch FROM pg_catalog.now() - @extschema@._time_after(g.topic, g.committed_id)), 0)::double precision AS lag_seconds,
+       COALESCE(EXTRACT(epoch FROM pg_catalog.now() - evstream._time_after(g.topic, g.committed_id)), 0)::double precision AS lag_seconds,
        g.updated_at
-  FROM @extschema@._group g
-  CROSS JOIN LATERAL (SELECT @extschema@.stable_id(g.topic) AS stable) s
-  LEFT JOIN LATERAL @extschema@._edge(g.topic, true) f ON true;
+  FROM evstream._group g
+  CROSS JOIN LATERAL (SELECT evstream.stable_id(g.topic) AS stable) s
+  LEFT JOIN LATERAL evstream._edge(g.topic, true) f ON true;
 
-CREATE VIEW @extschema@.aggregates AS
+CREATE VIEW evstream.aggregates AS
 SELECT a.aggregate AS name, a.topic, a.group_by, a.bucket, a.output_topic, a.notify,
        (SELECT pg_catalog.count(*) FROM (
-            SELECT c.group_key, c.bucket_start FROM @extschema@._count c WHERE c.agg = a.id
+            SELECT c.group_key, c.bucket_start FROM evstream._count c WHERE c.agg = a.id
             UNION
-            SELECT d.group_key, d.bucket_start FROM @extschema@._delta d WHERE d.agg = a.id) g) AS groups
-  FROM @extschema@._aggregate a;
+            SELECT d.group_key, d.bucket_start FROM evstream._delta d WHERE d.agg = a.id) g) AS groups
+  FROM evstream._aggregate a;
 
-CREATE VIEW @extschema@.workers AS
-SELECT * FROM @extschema@._workers();
+CREATE VIEW evstream.workers AS
+SELECT * FROM evstream._workers();
 
-GRANT SELECT ON @extschema@.topics, @extschema@.consumer_groups, @extschema@.aggregates,
-                @extschema@.workers TO PUBLIC;
+GRANT SELECT ON evstream.topics, evstream.consumer_groups, evstream.aggregates,
+                evstream.workers TO PUBLIC;

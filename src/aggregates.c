@@ -47,6 +47,8 @@
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_inherits.h"
+#include "storage/lmgr.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/executor.h"
@@ -922,7 +924,8 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	}
 
 	/* producers wait while we register and backfill: nothing is missed */
-	EvsSpiExec(psprintf("LOCK TABLE %s IN SHARE MODE", qtopic), 0, NULL, NULL, 0);
+	LockRelationOid(topic, ShareLock);
+	(void) find_all_inheritors(topic, ShareLock, NULL);
 
 	EvsBecomeSuperuser(&su);
 	id = (int32) EvsSpiInt64("SELECT pg_catalog.nextval('evstream._aggregate_id_seq')::int4",

@@ -32,6 +32,7 @@
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
+#include "nodes/parsenodes.h"
 #include "miscadmin.h"
 #include "optimizer/optimizer.h"
 #include "parser/parse_coerce.h"
@@ -79,6 +80,16 @@ evs_cache_reset(void)
 {
 	HASHCTL		ctl;
 
+	if (topic_cache != NULL)
+	{
+		HASH_SEQ_STATUS seq;
+		EvsTopic   *t;
+
+		hash_seq_init(&seq, topic_cache);
+		while ((t = hash_seq_search(&seq)) != NULL)
+			if (t->read_plan.plan != NULL)
+				SPI_freeplan(t->read_plan.plan);
+	}
 	if (topic_cache_cxt == NULL)
 		topic_cache_cxt = AllocSetContextCreate(CacheMemoryContext,
 												"evstream topic cache",
@@ -182,6 +193,79 @@ EvsRestoreUser(EvsSuperuserState *st)
 	SetUserIdAndSecContext(st->save_userid, st->save_sec_context);
 }
 
+/* Like EvsBecomeSuperuser, for prepared plans (no search_path change) */
+void
+EvsBecomeSuperuserLight(EvsSuperuserState *st)
+{
+	GetUserIdAndSecContext(&st->save_userid, &st->save_sec_context);
+	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID,
+						   st->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	st->save_nestlevel = -1;
+}
+
+void
+EvsRestoreUserLight(EvsSuperuserState *st)
+{
+	SetUserIdAndSecContext(st->save_userid, st->save_sec_context);
+}
+
+/*
+ * Prepare (once per backend) a statement under a pinned search_path; the
+ * plan cache keeps that path for every later replan, so the plan is safe
+ * whatever path the caller has.  Call inside SPI_connect.
+ */
+SPIPlanPtr
+EvsPrepare(EvsPlan *p)
+{
+	if (p->plan == NULL)
+	{
+		int			save_nestlevel = NewGUCNestLevel();
+		SPIPlanPtr	plan;
+
+		(void) set_config_option("search_path", "pg_catalog, pg_temp",
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+		plan = SPI_prepare_cursor(p->sql, p->nargs, p->types, p->cursor_options);
+		AtEOXact_GUC(true, save_nestlevel);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed (%s): %s",
+				 SPI_result_code_string(SPI_result), p->sql);
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		p->plan = plan;
+	}
+	return p->plan;
+}
+
+/*
+ * The prepared statement reading a topic's events after a position (one
+ * generic plan per topic, re-made if the topic was renamed).  Call inside
+ * SPI_connect.
+ */
+SPIPlanPtr
+EvsTopicReadPlan(EvsTopic *t)
+{
+	char	   *qname = EvsQualifiedName(t->topic);
+
+	if (t->read_name == NULL || strcmp(t->read_name, qname) != 0)
+	{
+		if (t->read_plan.plan != NULL)
+			SPI_freeplan(t->read_plan.plan);
+		memset(&t->read_plan, 0, sizeof(t->read_plan));
+		t->read_name = MemoryContextStrdup(topic_cache_cxt, qname);
+		t->read_plan.sql = MemoryContextStrdup(topic_cache_cxt,
+											   psprintf("SELECT id, key, payload, created_at FROM %s "
+														"WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3",
+														qname));
+		t->read_plan.nargs = 3;
+		t->read_plan.types[0] = INT8OID;
+		t->read_plan.types[1] = INT8OID;
+		t->read_plan.types[2] = INT4OID;
+		t->read_plan.cursor_options = CURSOR_OPT_GENERIC_PLAN;
+	}
+	return EvsPrepare(&t->read_plan);
+}
+
 /* Fill a cache entry for relid from the catalog */
 static void
 evs_load_topic(EvsTopic *t, Oid relid)
@@ -198,6 +282,8 @@ evs_load_topic(EvsTopic *t, Oid relid)
 	t->notify = false;
 	t->aggs_loaded = false;
 	t->aggregates = NIL;
+	memset(&t->read_plan, 0, sizeof(t->read_plan));
+	t->read_name = NULL;
 
 	if (relkind != RELKIND_PARTITIONED_TABLE && relkind != RELKIND_RELATION)
 		return;

@@ -40,6 +40,9 @@
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
+#include "executor/tstoreReceiver.h"
+#include "nodes/params.h"
+#include "utils/memutils.h"
 
 #include "evstream.h"
 
@@ -93,57 +96,140 @@ evs_max_events(FunctionCallInfo fcinfo)
 	return max;
 }
 
+/* Statements on evstream._group, prepared once per backend */
+static EvsPlan plan_position = {
+	"SELECT committed_id FROM evstream._group WHERE topic = $1::regclass AND consumer_group = $2",
+	2, {OIDOID, TEXTOID}
+};
+static EvsPlan plan_position_lock = {
+	"SELECT committed_id FROM evstream._group WHERE topic = $1::regclass AND consumer_group = $2 FOR UPDATE",
+	2, {OIDOID, TEXTOID}
+};
+static EvsPlan plan_group_create = {
+	"INSERT INTO evstream._group (topic, consumer_group, committed_id) "
+	"VALUES ($1::regclass, $2, 0) ON CONFLICT DO NOTHING",
+	2, {OIDOID, TEXTOID}
+};
+static EvsPlan plan_set_forward = {
+	"INSERT INTO evstream._group AS g (topic, consumer_group, committed_id) "
+	"VALUES ($1::regclass, $2, $3) ON CONFLICT (topic, consumer_group) DO UPDATE "
+	"SET committed_id = GREATEST(g.committed_id, excluded.committed_id), updated_at = now()",
+	3, {OIDOID, TEXTOID, INT8OID}
+};
+static EvsPlan plan_set_any = {
+	"INSERT INTO evstream._group AS g (topic, consumer_group, committed_id) "
+	"VALUES ($1::regclass, $2, $3) ON CONFLICT (topic, consumer_group) DO UPDATE "
+	"SET committed_id = excluded.committed_id, updated_at = now()",
+	3, {OIDOID, TEXTOID, INT8OID}
+};
+
+/* Run a prepared statement returning at most one int8; NULL when no row */
+static bool
+evs_plan_int64(EvsPlan *p, Datum *values, bool read_only, int64 *result)
+{
+	int			ret;
+	bool		isnull = true;
+
+	ret = SPI_execute_plan(EvsPrepare(p), values, NULL, read_only, 1);
+	if (ret < 0)
+		elog(ERROR, "SPI_execute_plan failed: %s", p->sql);
+	if (SPI_processed > 0 && SPI_tuptable != NULL)
+		*result = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											  SPI_tuptable->tupdesc, 1, &isnull));
+	return !isnull;
+}
+
 /* The group's committed position; when lock, create the row and lock it */
 static int64
 evs_group_position(Oid topic, const char *group, bool lock)
 {
-	Oid			types[2] = {OIDOID, TEXTOID};
 	Datum		values[2] = {ObjectIdGetDatum(topic), CStringGetTextDatum(group)};
-	bool		isnull;
-	int64		pos;
+	int64		pos = 0;
+	EvsSuperuserState su;
 
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
 	if (!lock)
 	{
-		pos = EvsSpiInt64("SELECT committed_id FROM evstream._group "
-						  "WHERE topic = $1::regclass AND consumer_group = $2",
-						  2, types, values, &isnull);
-		return isnull ? 0 : pos;
+		if (!evs_plan_int64(&plan_position, values, true, &pos))
+			pos = 0;
 	}
 	else
 	{
-		EvsSuperuserState su;
-
-		EvsBecomeSuperuser(&su);
-		EvsSpiExec("INSERT INTO evstream._group (topic, consumer_group, committed_id) "
-				   "VALUES ($1::regclass, $2, 0) ON CONFLICT DO NOTHING",
-				   2, types, values, SPI_OK_INSERT);
-		pos = EvsSpiInt64("SELECT committed_id FROM evstream._group "
-						  "WHERE topic = $1::regclass AND consumer_group = $2 FOR UPDATE",
-						  2, types, values, &isnull);
-		EvsRestoreUser(&su);
-		return pos;
+		EvsBecomeSuperuserLight(&su);
+		if (!evs_plan_int64(&plan_position_lock, values, false, &pos))
+		{
+			/* a new group: create its row (waits for a concurrent creator) */
+			if (SPI_execute_plan(EvsPrepare(&plan_group_create), values, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not create consumer group");
+			if (!evs_plan_int64(&plan_position_lock, values, false, &pos))
+				elog(ERROR, "consumer group \"%s\" vanished", group);
+		}
+		EvsRestoreUserLight(&su);
 	}
+	SPI_finish();
+	return pos;
 }
 
 /* Set the group's position (forward_only: never move it back) */
 static void
 evs_set_position(Oid topic, const char *group, int64 pos, bool forward_only)
 {
-	Oid			types[3] = {OIDOID, TEXTOID, INT8OID};
 	Datum		values[3] = {ObjectIdGetDatum(topic), CStringGetTextDatum(group), Int64GetDatum(pos)};
 	EvsSuperuserState su;
 
-	EvsBecomeSuperuser(&su);
-	EvsSpiExec(forward_only ?
-			   "INSERT INTO evstream._group AS g (topic, consumer_group, committed_id) "
-			   "VALUES ($1::regclass, $2, $3) ON CONFLICT (topic, consumer_group) DO UPDATE "
-			   "SET committed_id = GREATEST(g.committed_id, excluded.committed_id), "
-			   "updated_at = pg_catalog.now()" :
-			   "INSERT INTO evstream._group AS g (topic, consumer_group, committed_id) "
-			   "VALUES ($1::regclass, $2, $3) ON CONFLICT (topic, consumer_group) DO UPDATE "
-			   "SET committed_id = excluded.committed_id, updated_at = pg_catalog.now()",
-			   3, types, values, SPI_OK_INSERT);
-	EvsRestoreUser(&su);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EvsBecomeSuperuserLight(&su);
+	if (SPI_execute_plan(EvsPrepare(forward_only ? &plan_set_forward : &plan_set_any),
+						 values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not set the position of consumer group \"%s\"", group);
+	EvsRestoreUserLight(&su);
+	SPI_finish();
+}
+
+/*
+ * A DestReceiver that stores rows into the SRF's tuplestore and remembers
+ * the last id, so events are copied once, straight from the executor.
+ */
+typedef struct EvsReadDest
+{
+	DestReceiver pub;
+	DestReceiver *inner;
+	int64		last;
+} EvsReadDest;
+
+static bool
+evs_read_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	EvsReadDest *d = (EvsReadDest *) self;
+	bool		isnull;
+	Datum		id = slot_getattr(slot, 1, &isnull);
+
+	if (!isnull)
+		d->last = DatumGetInt64(id);
+	return d->inner->receiveSlot(slot, d->inner);
+}
+
+static void
+evs_read_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+	EvsReadDest *d = (EvsReadDest *) self;
+
+	d->inner->rStartup(d->inner, operation, typeinfo);
+}
+
+static void
+evs_read_shutdown(DestReceiver *self)
+{
+	EvsReadDest *d = (EvsReadDest *) self;
+
+	d->inner->rShutdown(d->inner);
+}
+
+static void
+evs_read_destroy(DestReceiver *self)
+{
 }
 
 /*
@@ -154,39 +240,53 @@ static int64
 evs_read_events(FunctionCallInfo fcinfo, Oid topic, int64 position, int32 max)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	EvsTopic   *t;
 	int64		stable = EvsStableId(topic);
-	int64		last = position;
-	Oid			types[3] = {INT8OID, INT8OID, INT4OID};
-	Datum		values[3] = {Int64GetDatum(position), Int64GetDatum(stable), Int32GetDatum(max)};
-	uint64		i;
-	char	   *sql;
+	EvsReadDest dest;
+	SPIExecuteOptions options;
+	ParamListInfo params;
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (stable <= position)
 		return position;
 
-	sql = psprintf("SELECT id, key, payload, created_at FROM %s "
-				   "WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3",
-				   EvsQualifiedName(topic));
+	t = EvsRequireTopic(topic, "poll");
+	params = makeParamList(3);
+	for (int i = 0; i < 3; i++)
+	{
+		params->params[i].isnull = false;
+		params->params[i].pflags = PARAM_FLAG_CONST;
+	}
+	params->params[0].value = Int64GetDatum(position);
+	params->params[0].ptype = INT8OID;
+	params->params[1].value = Int64GetDatum(stable);
+	params->params[1].ptype = INT8OID;
+	params->params[2].value = Int32GetDatum(max);
+	params->params[2].ptype = INT4OID;
+
+	memset(&dest, 0, sizeof(dest));
+	dest.pub.receiveSlot = evs_read_receive;
+	dest.pub.rStartup = evs_read_startup;
+	dest.pub.rShutdown = evs_read_shutdown;
+	dest.pub.rDestroy = evs_read_destroy;
+	dest.pub.mydest = DestTuplestore;
+	dest.inner = CreateTuplestoreDestReceiver();
+	SetTuplestoreDestReceiverParams(dest.inner, rsinfo->setResult,
+									rsinfo->econtext->ecxt_per_query_memory,
+									false, NULL, NULL);
+	dest.last = position;
+
+	memset(&options, 0, sizeof(options));
+	options.params = params;
+	options.read_only = false;	/* a new snapshot, taken after the stable id */
+	options.dest = (DestReceiver *) &dest;
+
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	/* read_only = false: a new snapshot, taken after the stable id */
-	if (SPI_execute_with_args(sql, 3, types, values, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan_extended(EvsTopicReadPlan(t), &options) != SPI_OK_SELECT)
 		elog(ERROR, "could not read topic \"%s\"", get_rel_name(topic));
-	for (i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		Datum		vals[4];
-		bool		nulls[4];
-		int			k;
-
-		for (k = 0; k < 4; k++)
-			vals[k] = SPI_getbinval(tup, SPI_tuptable->tupdesc, k + 1, &nulls[k]);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, vals, nulls);
-		last = DatumGetInt64(vals[0]);
-	}
 	SPI_finish();
-	return last;
+	return dest.last;
 }
 
 PG_FUNCTION_INFO_V1(evstream_poll);

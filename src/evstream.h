@@ -120,6 +120,15 @@ typedef struct EvsAggregate
 	struct ExprState *expr;		/* group_by, text-valued */
 } EvsAggregate;
 
+typedef struct EvsPlan
+{
+	const char *sql;
+	int			nargs;
+	Oid			types[4];
+	int			cursor_options;
+	struct _SPI_plan *plan;		/* prepared on first use, kept */
+} EvsPlan;
+
 typedef struct EvsTopic
 {
 	Oid			relid;			/* hash key: topic or one of its partitions */
@@ -128,6 +137,8 @@ typedef struct EvsTopic
 	bool		notify;
 	bool		aggs_loaded;
 	List	   *aggregates;		/* EvsAggregate *, in CacheMemoryContext */
+	EvsPlan		read_plan;		/* events after a position (consumer.c) */
+	char	   *read_name;		/* the topic name read_plan was made for */
 } EvsTopic;
 
 extern void EvsCatalogInit(void);
@@ -145,6 +156,10 @@ typedef struct EvsSuperuserState
 } EvsSuperuserState;
 extern void EvsBecomeSuperuser(EvsSuperuserState *st);
 extern void EvsRestoreUser(EvsSuperuserState *st);
+extern void EvsBecomeSuperuserLight(EvsSuperuserState *st);
+extern void EvsRestoreUserLight(EvsSuperuserState *st);
+extern struct _SPI_plan *EvsPrepare(EvsPlan *p);
+extern struct _SPI_plan *EvsTopicReadPlan(EvsTopic *t);
 extern int64 EvsSpiInt64(const char *sql, int nargs, Oid *types, Datum *values,
 						 bool *isnull);
 extern void EvsSpiExec(const char *sql, int nargs, Oid *types, Datum *values,
