@@ -266,6 +266,17 @@ EvsTopicReadPlan(EvsTopic *t)
 	return EvsPrepare(&t->read_plan);
 }
 
+/* Keep copies of a topic's column defaults (guards.c) in the cache */
+void
+EvsTopicSetDefaults(EvsTopic *t, Node *id_default, Node *created_default)
+{
+	MemoryContext old = MemoryContextSwitchTo(topic_cache_cxt);
+
+	t->id_default = copyObject(id_default);
+	t->created_default = copyObject(created_default);
+	MemoryContextSwitchTo(old);
+}
+
 /* Fill a cache entry for relid from the catalog */
 static void
 evs_load_topic(EvsTopic *t, Oid relid)
@@ -284,6 +295,8 @@ evs_load_topic(EvsTopic *t, Oid relid)
 	t->aggregates = NIL;
 	memset(&t->read_plan, 0, sizeof(t->read_plan));
 	t->read_name = NULL;
+	t->id_default = NULL;
+	t->created_default = NULL;
 
 	if (relkind != RELKIND_PARTITIONED_TABLE && relkind != RELKIND_RELATION)
 		return;

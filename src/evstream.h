@@ -139,6 +139,8 @@ typedef struct EvsTopic
 	List	   *aggregates;		/* EvsAggregate *, in CacheMemoryContext */
 	EvsPlan		read_plan;		/* events after a position (consumer.c) */
 	char	   *read_name;		/* the topic name read_plan was made for */
+	Node	   *id_default;		/* defaults forced on INSERT (guards.c) */
+	Node	   *created_default;
 } EvsTopic;
 
 extern void EvsCatalogInit(void);
@@ -160,6 +162,7 @@ extern void EvsBecomeSuperuserLight(EvsSuperuserState *st);
 extern void EvsRestoreUserLight(EvsSuperuserState *st);
 extern struct _SPI_plan *EvsPrepare(EvsPlan *p);
 extern struct _SPI_plan *EvsTopicReadPlan(EvsTopic *t);
+extern void EvsTopicSetDefaults(EvsTopic *t, Node *id_default, Node *created_default);
 extern int64 EvsSpiInt64(const char *sql, int nargs, Oid *types, Datum *values,
 						 bool *isnull);
 extern void EvsSpiExec(const char *sql, int nargs, Oid *types, Datum *values,

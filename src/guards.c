@@ -74,23 +74,17 @@ evs_topic_of(Oid relid)
 
 /* Replace a target entry's expression by the topic's column default */
 static void
-evs_force_default(Query *query, Relation topicrel, AttrNumber topic_attno,
-				  AttrNumber target_attno)
+evs_force_default(Query *query, Node *def, AttrNumber target_attno)
 {
 	ListCell   *lc;
 
 	foreach(lc, query->targetList)
 	{
 		TargetEntry *tle = lfirst_node(TargetEntry, lc);
-		Node	   *def;
 
 		if (tle->resjunk || tle->resno != target_attno)
 			continue;
-		def = build_column_default(topicrel, topic_attno);
-		if (def == NULL)
-			elog(ERROR, "column %d of topic \"%s\" has no default",
-				 topic_attno, RelationGetRelationName(topicrel));
-		tle->expr = (Expr *) def;
+		tle->expr = (Expr *) copyObject(def);
 		return;
 	}
 }
@@ -116,14 +110,37 @@ evs_guard_query(Query *query)
 	{
 		RangeTblEntry *rte = rt_fetch(query->resultRelation, query->rtable);
 		Oid			topic = evs_topic_of(rte->relid);
-		Relation	topicrel;
+		EvsTopic   *t;
 
 		if (!OidIsValid(topic) || evs_restore_mode)
 			return;
-		topicrel = table_open(topic, NoLock);
-		evs_force_default(query, topicrel, 1, get_attnum(rte->relid, "id"));
-		evs_force_default(query, topicrel, 4, get_attnum(rte->relid, "created_at"));
-		table_close(topicrel, NoLock);
+		t = EvsLookupTopic(topic);
+		if (t->id_default == NULL || t->created_default == NULL)
+		{
+			Relation	topicrel = table_open(topic, NoLock);
+			Node	   *id_def = build_column_default(topicrel, 1);
+			Node	   *created_def = build_column_default(topicrel, 4);
+
+			table_close(topicrel, NoLock);
+			if (id_def == NULL || created_def == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("topic \"%s\" lost the defaults of its id or created_at column",
+								get_rel_name(topic)),
+						 errhint("Recreate the topic with evstream.create_topic().")));
+			t = EvsLookupTopic(topic);	/* opening may have reset the cache */
+			EvsTopicSetDefaults(t, id_def, created_def);
+		}
+		if (rte->relid == topic)
+		{
+			evs_force_default(query, t->id_default, 1);
+			evs_force_default(query, t->created_default, 4);
+		}
+		else
+		{
+			evs_force_default(query, t->id_default, get_attnum(rte->relid, "id"));
+			evs_force_default(query, t->created_default, get_attnum(rte->relid, "created_at"));
+		}
 	}
 	else if (query->commandType == CMD_UPDATE ||
 			 query->commandType == CMD_DELETE ||
