@@ -517,7 +517,8 @@ evs_flush_once(void)
 		if (e->count != 0)
 		{
 			all[n++] = e;
-			notify |= e->notify;
+			/* the worker merges soon: for pushes and changelog corrections */
+			notify |= e->notify || OidIsValid(e->output_topic);
 		}
 	/* output topics first (one statement per aggregate): rows record it */
 	memcpy(mine, all, sizeof(DeltaEntry *) * n);

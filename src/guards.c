@@ -22,7 +22,9 @@
  *	  - TRUNCATE ... RESTART IDENTITY would reuse ids: refused on topics.
  *	  - ATTACH PARTITION of a table not using the evstream access method
  *		would make a topic partition mutable: refused.
- *	  - DROP DATABASE: the database's worker is stopped first (worker.c).
+ *	  - DROP DATABASE, and CREATE DATABASE copying a template: the
+ *		database's worker is stopped first and kept away for a while
+ *		(worker.c), since both need the database without connections.
  *
  * Copyright (c) 2026, The evstream authors
  *
@@ -37,6 +39,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "commands/dbcommands.h"
+#include "commands/defrem.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/parsenodes.h"
@@ -374,6 +377,19 @@ evs_process_utility(PlannedStmt *pstmt, const char *queryString,
 		}
 		else if (IsA(stmt, DropdbStmt))
 			EvsStopDatabaseWorker(((DropdbStmt *) stmt)->dbname);
+		else if (IsA(stmt, CreatedbStmt))
+		{
+			/* copying a database needs it without other connections */
+			ListCell   *lc;
+
+			foreach(lc, ((CreatedbStmt *) stmt)->options)
+			{
+				DefElem    *opt = lfirst_node(DefElem, lc);
+
+				if (strcmp(opt->defname, "template") == 0 && opt->arg != NULL)
+					EvsStopDatabaseWorker(defGetString(opt));
+			}
+		}
 		else if (IsA(stmt, CreateStmt))
 		{
 			if (evs_fix_partition_create((CreateStmt *) stmt, readOnlyTree, &pstmt))
