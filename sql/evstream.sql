@@ -311,6 +311,8 @@ BEGIN
             IF t.retention IS NOT NULL THEN
                 FOR p IN SELECT * FROM evstream._partitions(t.topic) x
                           WHERE NOT x.is_default AND x.hi <= pg_catalog.now() - t.retention LOOP
+                    -- parent first, as producers and consumers lock: no deadlock
+                    EXECUTE pg_catalog.format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', t.topic);
                     EXECUTE pg_catalog.format('DROP TABLE %s', p.part);
                 END LOOP;
                 FOR p IN SELECT * FROM evstream._partitions(t.topic) x WHERE x.is_default LOOP

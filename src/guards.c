@@ -40,6 +40,7 @@
 #include "catalog/pg_class.h"
 #include "commands/dbcommands.h"
 #include "commands/defrem.h"
+#include "commands/extension.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/parsenodes.h"
@@ -352,6 +353,32 @@ evs_fix_partition_create(CreateStmt *cs, bool readOnlyTree, PlannedStmt **pstmt)
 	return copied;
 }
 
+/*
+ * DROP EXTENSION evstream CASCADE: drop every topic first.  Topics depend
+ * on the extension (create_topic records it), but a restored database
+ * does not have that dependency, and its parents would stay behind.
+ */
+static void
+evs_drop_extension_cascade(DropStmt *stmt)
+{
+	ListCell   *lc;
+
+	foreach(lc, stmt->objects)
+	{
+		Node	   *obj = lfirst(lc);
+
+		if (IsA(obj, String) && strcmp(strVal(obj), "evstream") == 0 &&
+			OidIsValid(get_extension_oid("evstream", true)))
+		{
+			EvsSpiExec("DO $$DECLARE t regclass; BEGIN "
+					   "FOR t IN SELECT topic FROM evstream._topic LOOP "
+					   "EXECUTE pg_catalog.format('DROP TABLE IF EXISTS %s CASCADE', t); "
+					   "END LOOP; END$$", 0, NULL, NULL, 0);
+			CommandCounterIncrement();
+		}
+	}
+}
+
 static void
 evs_process_utility(PlannedStmt *pstmt, const char *queryString,
 					bool readOnlyTree, ProcessUtilityContext context,
@@ -390,6 +417,10 @@ evs_process_utility(PlannedStmt *pstmt, const char *queryString,
 					EvsStopDatabaseWorker(defGetString(opt));
 			}
 		}
+		else if (IsA(stmt, DropStmt) &&
+				 ((DropStmt *) stmt)->removeType == OBJECT_EXTENSION &&
+				 ((DropStmt *) stmt)->behavior == DROP_CASCADE)
+			evs_drop_extension_cascade((DropStmt *) stmt);
 		else if (IsA(stmt, CreateStmt))
 		{
 			if (evs_fix_partition_create((CreateStmt *) stmt, readOnlyTree, &pstmt))
