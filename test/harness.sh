@@ -63,7 +63,8 @@ make -s -C "$top" PG_CONFIG="$PG_CONFIG" >/dev/null
 W=$(mktemp -d /tmp/evs.XXXXXX)
 cleanup() {
   # stop any server left behind by an interrupted run
-  for pidf in "$W"/*/postmaster.pid "$W"/src/tmp_check*/data/postmaster.pid "$W"/src/tmp_check/t_*/pgdata/postmaster.pid; do
+  for pidf in "$W"/*/postmaster.pid "$W"/tmp/*/*/postmaster.pid "$W"/tmp/*/postmaster.pid \
+              "$W"/src/tmp_check*/data/postmaster.pid "$W"/src/tmp_check/t_*/pgdata/postmaster.pid; do
     [ -f "$pidf" ] && kill -QUIT "$(head -1 "$pidf")" 2>/dev/null || true
   done
   if [ "${KEEP:-0}" = 1 ]; then say "kept $W"; else rm -rf "$W"; fi
