@@ -257,6 +257,21 @@ evs_check_utility(Node *stmt)
 	}
 }
 
+/* The next ProcessUtility in the chain */
+static void
+evs_next_utility(PlannedStmt *pstmt, const char *queryString,
+				 bool readOnlyTree, ProcessUtilityContext context,
+				 ParamListInfo params, QueryEnvironment *queryEnv,
+				 DestReceiver *dest, QueryCompletion *qc)
+{
+	if (prev_ProcessUtility)
+		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+							params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+}
+
 /*
  * A COPY into a topic that lists the id column is a restore: only the
  * topic's owner may do it, and afterwards the topic's sequence is moved
@@ -285,12 +300,8 @@ evs_copy_into_topic(Oid relid, Oid topic, CopyStmt *stmt, PlannedStmt *pstmt,
 	evs_copy_max_id = 0;
 	PG_TRY();
 	{
-		if (prev_ProcessUtility)
-			prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
-								params, queryEnv, dest, qc);
-		else
-			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
-									params, queryEnv, dest, qc);
+		evs_next_utility(pstmt, queryString, readOnlyTree, context,
+						 params, queryEnv, dest, qc);
 	}
 	PG_FINALLY();
 	{
@@ -430,12 +441,8 @@ evs_process_utility(PlannedStmt *pstmt, const char *queryString,
 			evs_check_utility(stmt);
 	}
 
-	if (prev_ProcessUtility)
-		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
-							params, queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
-								params, queryEnv, dest, qc);
+	evs_next_utility(pstmt, queryString, readOnlyTree, context,
+					 params, queryEnv, dest, qc);
 }
 
 void
