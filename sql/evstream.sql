@@ -290,24 +290,32 @@ END
 $$;
 REVOKE ALL ON FUNCTION evstream._rehome_default(regclass) FROM PUBLIC;
 
--- One maintenance pass over every topic: premake partitions, apply
--- retention (whole partitions only), fold aggregate deltas into counts.
--- Lock waits are bounded by lock_timeout: a topic that is busy is skipped
--- and retried at the next pass, so producers never queue behind us for long.
+-- One maintenance pass over every topic: move rows out of the default
+-- partition, premake partitions, apply retention (whole partitions only),
+-- fold aggregate deltas into counts.  Lock waits are bounded by
+-- lock_timeout: a busy topic is skipped and retried at the next pass, so
+-- producers never queue behind maintenance for long.  One topic's failure
+-- does not stop the others.  Returns the errors met (NULL when none; lock
+-- timeouts, which are normal under load, only raise a NOTICE); the worker
+-- shows them in evstream.workers.last_error.
 CREATE FUNCTION evstream.run_maintenance(premake integer DEFAULT 3)
-    RETURNS void LANGUAGE plpgsql
+    RETURNS text LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    t    record;
-    p    record;
-    errs text := '';
+    t      record;
+    p      record;
+    v_old  boolean;
+    errs   text := '';
 BEGIN
     PERFORM pg_catalog.set_config('lock_timeout', '200ms', true);
     FOR t IN SELECT * FROM evstream._topic ORDER BY topic::oid LOOP
         BEGIN
+            IF pg_catalog.to_regclass(t.topic::oid::text) IS NULL THEN
+                CONTINUE;   -- dropped meanwhile
+            END IF;
             PERFORM evstream._rehome_default(t.topic);
             PERFORM evstream._ensure_partitions(t.topic, pg_catalog.now(),
-                                                   pg_catalog.now() + t.partition_interval * premake);
+                                                pg_catalog.now() + t.partition_interval * premake);
             IF t.retention IS NOT NULL THEN
                 FOR p IN SELECT * FROM evstream._partitions(t.topic) x
                           WHERE NOT x.is_default AND x.hi <= pg_catalog.now() - t.retention LOOP
@@ -318,20 +326,30 @@ BEGIN
                 FOR p IN SELECT * FROM evstream._partitions(t.topic) x WHERE x.is_default LOOP
                     EXECUTE pg_catalog.format(
                         'SELECT pg_catalog.max(created_at) < pg_catalog.now() - $1 FROM %s', p.part)
-                        INTO p.is_default USING t.retention;
-                    IF p.is_default THEN
+                        INTO v_old USING t.retention;
+                    IF v_old THEN
                         EXECUTE pg_catalog.format('TRUNCATE %s', p.part);
                     END IF;
                 END LOOP;
             END IF;
-        EXCEPTION WHEN lock_not_available OR undefined_table THEN
-            errs := errs || pg_catalog.format('%s: %s; ', t.topic, SQLERRM);
+        EXCEPTION
+            WHEN lock_not_available THEN
+                RAISE NOTICE 'evstream maintenance: topic % is busy, retrying at the next pass', t.topic;
+            WHEN OTHERS THEN
+                errs := errs || pg_catalog.format('topic %s: %s; ', t.topic, SQLERRM);
         END;
     END LOOP;
-    PERFORM evstream._merge_deltas();
+    BEGIN
+        PERFORM evstream._merge_deltas();
+    EXCEPTION
+        WHEN lock_not_available OR deadlock_detected THEN
+            RAISE NOTICE 'evstream maintenance: delta merge deferred to the next pass';
+    END;
     IF errs <> '' THEN
-        RAISE WARNING 'evstream maintenance skipped: %', errs;
+        RAISE WARNING 'evstream maintenance: %', errs;
+        RETURN errs;
     END IF;
+    RETURN NULL;
 END
 $$;
 REVOKE ALL ON FUNCTION evstream.run_maintenance(integer) FROM PUBLIC;
@@ -446,15 +464,16 @@ BEGIN
               WHERE classid = 'pg_catalog.pg_class'::regclass AND objsubid = 0 LOOP
         PERFORM evstream._invalidate(a.topic::oid::regclass) FROM evstream._aggregate a
           WHERE a.aggregate::oid = o.objid AND a.topic::oid <> o.objid;
-        DELETE FROM evstream._count WHERE agg IN
-            (SELECT a.id FROM evstream._aggregate a WHERE a.aggregate::oid = o.objid);
+        -- _delta before _count: the order the merge locks them in
         DELETE FROM evstream._delta WHERE agg IN
+            (SELECT a.id FROM evstream._aggregate a WHERE a.aggregate::oid = o.objid);
+        DELETE FROM evstream._count WHERE agg IN
             (SELECT a.id FROM evstream._aggregate a WHERE a.aggregate::oid = o.objid);
         DELETE FROM evstream._aggregate a WHERE a.aggregate::oid = o.objid;
         UPDATE evstream._aggregate a SET output_topic = NULL WHERE a.output_topic::oid = o.objid;
-        DELETE FROM evstream._count WHERE agg IN
-            (SELECT a.id FROM evstream._aggregate a WHERE a.topic::oid = o.objid);
         DELETE FROM evstream._delta WHERE agg IN
+            (SELECT a.id FROM evstream._aggregate a WHERE a.topic::oid = o.objid);
+        DELETE FROM evstream._count WHERE agg IN
             (SELECT a.id FROM evstream._aggregate a WHERE a.topic::oid = o.objid);
         DELETE FROM evstream._aggregate a WHERE a.topic::oid = o.objid;
         DELETE FROM evstream._topic t WHERE t.topic::oid = o.objid;

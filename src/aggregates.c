@@ -878,6 +878,8 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 		(void) EvsBucketUsecs(bucket, "bucket");
 	}
 	(void) EvsRequireTopic(topic, "create_aggregate");
+	/* the backfill must see every event committed before the lock */
+	EvsRequireReadCommitted("create_aggregate");
 	acl = pg_class_aclcheck(topic, GetUserId(), ACL_SELECT);
 	if (acl != ACLCHECK_OK)
 		aclcheck_error(acl, OBJECT_TABLE, get_rel_name(topic));

@@ -54,7 +54,7 @@ EvsRequireReadCommitted(const char *fn)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("evstream.%s requires the READ COMMITTED isolation level", fn),
-				 errdetail("A REPEATABLE READ or SERIALIZABLE snapshot is older than the stable offset, so events that commit late could be skipped."),
+				 errdetail("A REPEATABLE READ or SERIALIZABLE snapshot can miss events that committed after it was taken; they would be skipped."),
 				 errhint("Run evstream.%s in a READ COMMITTED transaction.", fn)));
 }
 

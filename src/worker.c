@@ -520,6 +520,7 @@ static void
 evs_worker_maintain(void)
 {
 	char		sql[128];
+	char	   *errors;
 
 	snprintf(sql, sizeof(sql), "SELECT evstream.run_maintenance(%d)", evs_premake);
 	SetCurrentStatementStartTimestamp();
@@ -527,8 +528,11 @@ evs_worker_maintain(void)
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, sql);
-	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "evstream maintenance failed");
+	errors = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (errors != NULL)
+		errors = MemoryContextStrdup(TopMemoryContext, errors);
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -537,8 +541,13 @@ evs_worker_maintain(void)
 
 	LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
 	worker_db->last_maintenance = GetCurrentTimestamp();
-	worker_db->last_error[0] = '\0';
+	if (errors)
+		strlcpy(worker_db->last_error, errors, sizeof(worker_db->last_error));
+	else
+		worker_db->last_error[0] = '\0';
 	LWLockRelease(evs_shared->lock);
+	if (errors)
+		pfree(errors);
 }
 
 /* Run a step; on error log it, keep it for evstream.workers, go on */
