@@ -276,12 +276,17 @@ EvsWakeLauncherAtCommit(void)
 	xact_wake_launcher = true;
 }
 
-/* After commit: record what advanced and wake the worker */
+/*
+ * At transaction end: record the notifying topics whose stable offset may
+ * have advanced, and wake the worker.  After a commit that is every topic
+ * produced to; after an abort too, since an aborted transaction holding the
+ * lowest in-flight id was holding back events others committed.
+ */
 static void
-evs_after_commit(void)
+evs_after_end(bool committed)
 {
 	bool		wake = false;
-	bool		any = xact_deltas;
+	bool		any = committed && xact_deltas;
 	int			i;
 
 	for (i = 0; i < xact_ntopics && !any; i++)
@@ -311,7 +316,7 @@ evs_after_commit(void)
 		else
 			my_db->dirty_overflow = true;
 	}
-	if (xact_deltas)
+	if (committed && xact_deltas)
 	{
 		my_db->deltas_pending = true;
 		wake = true;
@@ -356,7 +361,9 @@ evs_xact_callback(XactEvent event, void *arg)
 			if (xact_ntopics > 0)
 				evs_clear_slot();
 			if (event == XACT_EVENT_COMMIT && (xact_ntopics > 0 || xact_deltas))
-				evs_after_commit();
+				evs_after_end(true);
+			else if (event == XACT_EVENT_ABORT && xact_ntopics > 0)
+				evs_after_end(false);
 			xact_ntopics = 0;
 			xact_deltas = false;
 			if (event == XACT_EVENT_COMMIT && xact_wake_launcher && evs_shared)

@@ -176,6 +176,7 @@ evs_launcher_scan(bool rescan)
 	List	   *dbs = NIL;
 	ListCell   *lc;
 	TimestampTz now = GetCurrentTimestamp();
+	MemoryContext cxt = CurrentMemoryContext;	/* outlives the transaction */
 	int			i;
 
 	SetCurrentStatementStartTimestamp();
@@ -186,10 +187,13 @@ evs_launcher_scan(bool rescan)
 	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
 	{
 		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+		MemoryContext old;
 
 		if (db->datistemplate || !db->datallowconn)
 			continue;
+		old = MemoryContextSwitchTo(cxt);
 		dbs = lappend_oid(dbs, db->oid);
+		MemoryContextSwitchTo(old);
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
@@ -239,6 +243,7 @@ void
 EvsLauncherMain(Datum arg)
 {
 	TimestampTz last_scan = 0;
+	MemoryContext launcher_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -249,12 +254,16 @@ EvsLauncherMain(Datum arg)
 	evs_shared->launcher_procno = MyProc->pgprocno;
 	evs_shared->rescan = true;
 
+	launcher_cxt = AllocSetContextCreate(TopMemoryContext, "evstream launcher",
+										 ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
 		TimestampTz now;
 		bool		rescan;
 
 		CHECK_FOR_INTERRUPTS();
+		MemoryContextSwitchTo(launcher_cxt);
+		MemoryContextReset(launcher_cxt);
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
@@ -353,8 +362,10 @@ evs_notify_topic(Oid topic)
 		return;
 	stable = EvsStableId(topic);
 	e = hash_search(sent_ids, &topic, HASH_ENTER, &found);
-	if (found && e->last_id >= stable)
-		return;
+	if (!found)
+		e->last_id = 0;
+	if (stable <= e->last_id)
+		return;					/* nothing new to read (yet) */
 	e->last_id = stable;
 	initStringInfo(&payload);
 	appendStringInfoString(&payload, "{\"topic\": ");
