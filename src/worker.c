@@ -21,8 +21,9 @@
  *	  exits).  It loops on its latch (WL_EXIT_ON_PM_DEATH, no busy loops):
  *	  - push: producers' commit callbacks record the topics that advanced
  *		(and whether aggregate deltas were written) in the database entry and
- *		set the worker's latch; at most every evstream.notify_interval the
- *		worker sends one NOTIFY per advanced topic, channel = topic name,
+ *		set the worker's latch; the worker coalesces what commits within
+ *		half of evstream.notify_interval (so nothing waits longer than about
+ *		the interval) and sends one NOTIFY per advanced topic, channel = topic name,
  *		payload {"topic": name, "last_id": stable_id}.  stable_id is
  *		computed after the producers' commits are visible, so a listener
  *		that polls on a notification always finds every announced event.
@@ -626,6 +627,14 @@ EvsWorkerMain(Datum arg)
 	}
 	pgstat_report_appname("evstream worker");
 
+	/*
+	 * Our transactions need no durability of their own: a lost push only
+	 * loses notifications (never durable anyway), a lost merge or
+	 * maintenance pass is redone whole from what is still there.  Not
+	 * waiting for the WAL flush keeps pushes fast.
+	 */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(Oid);
 	ctl.entrysize = sizeof(SentEntry);
@@ -665,7 +674,11 @@ EvsWorkerMain(Datum arg)
 		pending = worker_db->ndirty > 0 || worker_db->dirty_overflow || worker_db->deltas_pending;
 		if (pending)
 		{
-			if (TimestampDifferenceExceeds(last_push, now, evs_notify_interval))
+			/*
+			 * Pushes are at least half an interval apart, so what commits
+			 * right after a push waits at most about notify_interval.
+			 */
+			if (TimestampDifferenceExceeds(last_push, now, evs_notify_interval / 2))
 			{
 				evs_worker_step(evs_worker_push);
 				last_push = GetCurrentTimestamp();
@@ -677,7 +690,7 @@ EvsWorkerMain(Datum arg)
 				int			usecs;
 
 				TimestampDifference(now,
-									TimestampTzPlusMilliseconds(last_push, evs_notify_interval),
+									TimestampTzPlusMilliseconds(last_push, evs_notify_interval / 2),
 									&secs, &usecs);
 				timeout = Max(1, secs * 1000 + usecs / 1000);
 			}
