@@ -310,7 +310,7 @@ BEGIN
     PERFORM pg_catalog.set_config('lock_timeout', '200ms', true);
     FOR t IN SELECT * FROM evstream._topic ORDER BY topic::oid LOOP
         BEGIN
-            IF pg_catalog.to_regclass(t.topic::oid::text) IS NULL THEN
+            IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = t.topic::oid) THEN
                 CONTINUE;   -- dropped meanwhile
             END IF;
             PERFORM evstream._rehome_default(t.topic);

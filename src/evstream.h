@@ -107,6 +107,7 @@ extern EvsDatabase *EvsDatabaseEntry(Oid dboid, bool create);
 extern void EvsWakeWorker(EvsDatabase *db);
 extern void EvsMarkDeltasCommitted(void);
 extern void EvsWakeLauncherAtCommit(void);
+extern void EvsNoteSuppliedIds(Relation rel, TupleTableSlot **slots, int nslots);
 
 /* catalog.c */
 typedef struct EvsAggregate

@@ -71,6 +71,7 @@
 #include "storage/bufmgr.h"
 #include "storage/proc.h"
 #include "utils/acl.h"
+#include "utils/fmgrprotos.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
@@ -79,6 +80,8 @@
 /* topics this transaction has taken ids from, in slot order */
 static Oid	xact_topics[EVS_MAX_XACT_TOPICS];
 static bool xact_notify[EVS_MAX_XACT_TOPICS];
+static Oid	xact_seq[EVS_MAX_XACT_TOPICS];
+static int64 xact_supplied_max[EVS_MAX_XACT_TOPICS];	/* replication */
 static int	xact_ntopics = 0;
 static bool xact_deltas = false;	/* this transaction wrote aggregate deltas */
 static bool xact_wake_launcher = false;
@@ -154,9 +157,12 @@ EvsWakeWorker(EvsDatabase *db)
 		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
 }
 
-/* Publish the slot for a topic (steps W1-W2) */
+/*
+ * Publish the slot for a topic (steps W1-W2).  cap bounds the lower bound
+ * from above, for ids that are supplied rather than taken (replication).
+ */
 static void
-evs_publish(Oid topic, Oid seqrelid, bool notify)
+evs_publish(Oid topic, Oid seqrelid, bool notify, int64 cap)
 {
 	EvsBackendSlot *slot = &evs_shared->slots[MyProc->pgprocno];
 	int			i = xact_ntopics;
@@ -169,7 +175,9 @@ evs_publish(Oid topic, Oid seqrelid, bool notify)
 						EVS_MAX_XACT_TOPICS),
 				 errhint("Split the transaction.")));
 
-	low = EvsSequenceLastValue(seqrelid) + 1;
+	low = Min(EvsSequenceLastValue(seqrelid) + 1, cap);
+	if (low < 1)
+		low = 1;
 	if (pg_atomic_read_u32(&slot->dboid) != MyDatabaseId)
 		pg_atomic_write_u32(&slot->dboid, MyDatabaseId);
 	pg_atomic_write_u64(&slot->min_id[i], (uint64) low);
@@ -180,6 +188,8 @@ evs_publish(Oid topic, Oid seqrelid, bool notify)
 	pg_memory_barrier();
 	xact_topics[i] = topic;
 	xact_notify[i] = notify;
+	xact_seq[i] = seqrelid;
+	xact_supplied_max[i] = 0;
 	xact_ntopics = i + 1;
 }
 
@@ -206,9 +216,66 @@ evstream_next_id(PG_FUNCTION_ARGS)
 
 		if (acl != ACLCHECK_OK)
 			aclcheck_error(acl, OBJECT_TABLE, get_rel_name(topic));
-		evs_publish(topic, t->seqrelid, t->notify);
+		evs_publish(topic, t->seqrelid, t->notify, PG_INT64_MAX);
 	}
 	PG_RETURN_INT64(nextval_internal(t->seqrelid, false));
+}
+
+/*
+ * Rows applied by logical replication keep the publisher's ids, which the
+ * local sequence never handed out.  The applying transaction publishes a
+ * slot bounded by the smallest id it stores (rows of one publisher
+ * transaction arrive in id order per topic), and before committing moves
+ * the sequence past the largest (evs_advance_sequences), so stable_id
+ * covers the rows exactly when they become visible.  A publisher
+ * transaction that committed after a later id was already applied and
+ * consumed here can still arrive behind it: consume on the publisher when
+ * that matters (README, Limitations).
+ */
+void
+EvsNoteSuppliedIds(Relation rel, TupleTableSlot **slots, int nslots)
+{
+	EvsTopic   *t = EvsLookupTopic(RelationGetRelid(rel));
+	int64		lo = PG_INT64_MAX;
+	int64		hi = 0;
+	int			i;
+	int			k;
+
+	if (!OidIsValid(t->topic) || !OidIsValid(t->seqrelid))
+		return;
+	for (i = 0; i < nslots; i++)
+	{
+		bool		isnull;
+		Datum		d = slot_getattr(slots[i], 1, &isnull);
+
+		if (isnull)
+			continue;
+		lo = Min(lo, DatumGetInt64(d));
+		hi = Max(hi, DatumGetInt64(d));
+	}
+	if (hi == 0)
+		return;
+	for (k = xact_ntopics - 1; k >= 0; k--)
+		if (xact_topics[k] == t->topic)
+			break;
+	if (k < 0)
+	{
+		evs_publish(t->topic, t->seqrelid, t->notify, lo);
+		k = xact_ntopics - 1;
+	}
+	xact_supplied_max[k] = Max(xact_supplied_max[k], hi);
+}
+
+/* Before commit: sequences past every supplied id (see above) */
+static void
+evs_advance_sequences(void)
+{
+	int			i;
+
+	for (i = 0; i < xact_ntopics; i++)
+		if (xact_supplied_max[i] > EvsSequenceLastValue(xact_seq[i]))
+			DirectFunctionCall2(setval_oid, ObjectIdGetDatum(xact_seq[i]),
+								Int64GetDatum(xact_supplied_max[i]));
 }
 
 /* Steps R1-R3 */
@@ -347,6 +414,10 @@ evs_xact_callback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
+		case XACT_EVENT_PRE_COMMIT:
+			if (xact_ntopics > 0)
+				evs_advance_sequences();
+			break;
 		case XACT_EVENT_PRE_PREPARE:
 			if (xact_ntopics > 0)
 				ereport(ERROR,

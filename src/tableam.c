@@ -7,6 +7,9 @@
  *	  Because the refusal lives in the access method, it holds with triggers
  *	  disabled and under session_replication_role = replica.
  *
+ *	  Rows applied by logical replication keep the publisher's ids; the
+ *	  insert paths report them (offsets.c) so stable_id covers them.
+ *
  *	  The insert paths also feed the continuous aggregates (aggregates.c):
  *	  every row that reaches storage, by INSERT, COPY or replication, is
  *	  counted in the backend's per-statement deltas.
@@ -28,6 +31,7 @@
 #include "access/tableam.h"
 #include "catalog/pg_am_d.h"
 #include "fmgr.h"
+#include "replication/logicalworker.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
@@ -93,6 +97,8 @@ evs_tuple_insert(Relation rel, TupleTableSlot *slot, CommandId cid,
 				 int options, struct BulkInsertStateData *bistate)
 {
 	GetHeapamTableAmRoutine()->tuple_insert(rel, slot, cid, options, bistate);
+	if (IsLogicalWorker())
+		EvsNoteSuppliedIds(rel, &slot, 1);
 	EvsAccumulate(rel, &slot, 1);
 }
 
@@ -102,6 +108,8 @@ evs_multi_insert(Relation rel, TupleTableSlot **slots, int nslots,
 				 CommandId cid, int options, struct BulkInsertStateData *bistate)
 {
 	GetHeapamTableAmRoutine()->multi_insert(rel, slots, nslots, cid, options, bistate);
+	if (IsLogicalWorker())
+		EvsNoteSuppliedIds(rel, slots, nslots);
 	EvsAccumulate(rel, slots, nslots);
 }
 
