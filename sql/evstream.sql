@@ -516,9 +516,8 @@ SELECT t.topic,
           JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = t.topic) AS events,
        (SELECT pg_catalog.sum(pg_catalog.pg_total_relation_size(i.inhrelid))::bigint
           FROM pg_catalog.pg_inherits i WHERE i.inhparent = t.topic) AS bytes,
-       f.first_id, f.oldest, l.last_id, l.newest,
-       evstream.stable_id(t.topic) AS stable_id,
-       t.retention, t.partition_interval, t.notify
+       f.first_id, l.last_id, evstream.stable_id(t.topic) AS stable_id,
+       f.oldest, l.newest, t.retention, t.partition_interval, t.notify
   FROM evstream._topic t
   LEFT JOIN LATERAL evstream._edge(t.topic, true) f(first_id, oldest) ON true
   LEFT JOIN LATERAL evstream._edge(t.topic, false) l(last_id, newest) ON true;
@@ -533,11 +532,12 @@ SELECT g.topic, g.consumer_group, g.committed_id,
   LEFT JOIN LATERAL evstream._edge(g.topic, true) f ON true;
 
 CREATE VIEW evstream.aggregates AS
-SELECT a.aggregate AS name, a.topic, a.group_by, a.bucket, a.output_topic, a.notify,
+SELECT a.aggregate AS name, a.topic, a.group_by, a.bucket, a.output_topic,
        (SELECT pg_catalog.count(*) FROM (
             SELECT c.group_key, c.bucket_start FROM evstream._count c WHERE c.agg = a.id
             UNION
-            SELECT d.group_key, d.bucket_start FROM evstream._delta d WHERE d.agg = a.id) g) AS groups
+            SELECT d.group_key, d.bucket_start FROM evstream._delta d WHERE d.agg = a.id) g) AS groups,
+       a.notify
   FROM evstream._aggregate a;
 
 CREATE VIEW evstream.workers AS
