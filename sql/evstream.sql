@@ -357,6 +357,14 @@ REVOKE ALL ON FUNCTION evstream.run_maintenance(integer) FROM PUBLIC;
 -- Folds the committed deltas of every aggregate (or one) into its counts,
 -- atomically, and returns the new count of each group that changed.
 --
+-- Push: for aggregates with notify, the new counts are sent on channel =
+-- the aggregate's relation name, payload {"aggregate": name, "changes":
+-- [{"group_key": ..., ["bucket_start": ...,] "count": n}, ...]}, split to
+-- stay under the 8000-byte payload limit.  Whoever merges (the worker, or
+-- a maintenance pass) notifies, so every change is announced once.  A
+-- single change too large for any payload (a group key of ~8 kB) is
+-- reported with a WARNING instead.
+--
 -- Output topics: producers publish the count their transaction sees, so
 -- two producers of one group committing concurrently both publish n + 1
 -- and the group's latest event is stale.  _count remembers, per group, the
@@ -369,10 +377,13 @@ CREATE FUNCTION evstream._merge_deltas(only_agg integer DEFAULT NULL,
     RETURNS SETOF record LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    r       record;
-    v_out   regclass;
-    v_win   boolean;
-    v_id    bigint;
+    r         record;
+    a         record;
+    v_id      bigint;
+    v_cur     integer;
+    v_change  text;
+    v_head    text;
+    v_buf     text := '';
 BEGIN
     FOR r IN
         WITH d AS (
@@ -383,31 +394,68 @@ BEGIN
                    pg_catalog.max(d.published_id) AS pid,
                    (pg_catalog.array_agg(d.published ORDER BY d.published_id DESC NULLS LAST))[1] AS pcount
               FROM d GROUP BY 1, 2, 3
+        ), u AS (
+            INSERT INTO evstream._count AS c (agg, group_key, bucket_start, count, last_id, last_count)
+            SELECT s.agg, s.group_key, s.bucket_start, s.n, s.pid, s.pcount FROM s
+            ON CONFLICT ON CONSTRAINT _count_key DO UPDATE
+               SET count = c.count + excluded.count,
+                   last_id = CASE WHEN excluded.last_id > COALESCE(c.last_id, 0) THEN excluded.last_id ELSE c.last_id END,
+                   last_count = CASE WHEN excluded.last_id > COALESCE(c.last_id, 0) THEN excluded.last_count ELSE c.last_count END
+            RETURNING c.ctid AS row_ctid, c.agg, c.group_key, c.bucket_start, c.count, c.last_id, c.last_count
         )
-        INSERT INTO evstream._count AS c (agg, group_key, bucket_start, count, last_id, last_count)
-        SELECT s.agg, s.group_key, s.bucket_start, s.n, s.pid, s.pcount FROM s
-        ON CONFLICT ON CONSTRAINT _count_key DO UPDATE
-           SET count = c.count + excluded.count,
-               last_id = CASE WHEN excluded.last_id > COALESCE(c.last_id, 0) THEN excluded.last_id ELSE c.last_id END,
-               last_count = CASE WHEN excluded.last_id > COALESCE(c.last_id, 0) THEN excluded.last_count ELSE c.last_count END
-        RETURNING c.ctid AS row_ctid, c.agg, c.group_key, c.bucket_start, c.count, c.last_id, c.last_count
+        SELECT * FROM u ORDER BY u.agg
     LOOP
         agg := r.agg; group_key := r.group_key; bucket_start := r.bucket_start; count := r.count;
         RETURN NEXT;
-        IF r.last_id IS NOT NULL AND r.last_count IS DISTINCT FROM r.count THEN
-            SELECT a.output_topic, a.bucket IS NOT NULL INTO v_out, v_win
-              FROM evstream._aggregate a WHERE a.id = r.agg;
-            IF v_out IS NOT NULL THEN
-                EXECUTE pg_catalog.format(
-                    'INSERT INTO %s (key, payload) VALUES ($1, pg_catalog.jsonb_build_object(''count'', $2)'
-                    || CASE WHEN v_win THEN ' || pg_catalog.jsonb_build_object(''bucket_start'', $3)' ELSE '' END
-                    || ') RETURNING id', v_out)
-                   INTO v_id USING r.group_key, r.count, r.bucket_start;
-                UPDATE evstream._count c SET last_id = v_id, last_count = r.count
-                 WHERE c.ctid = r.row_ctid;
+
+        IF v_cur IS DISTINCT FROM r.agg THEN
+            IF v_buf <> '' THEN
+                PERFORM pg_catalog.pg_notify(a.channel, v_head || v_buf || ']}');
+            END IF;
+            v_cur := r.agg;
+            v_buf := '';
+            SELECT x.output_topic, x.bucket IS NOT NULL AS windowed, x.notify,
+                   c.relname::text AS channel
+              INTO a
+              FROM evstream._aggregate x JOIN pg_catalog.pg_class c ON c.oid = x.aggregate
+             WHERE x.id = r.agg;
+            v_head := '{"aggregate": ' || pg_catalog.to_json(a.channel)::text || ', "changes": [';
+        END IF;
+
+        -- changelog correction (see above)
+        IF a.output_topic IS NOT NULL AND r.last_id IS NOT NULL
+           AND r.last_count IS DISTINCT FROM r.count THEN
+            EXECUTE pg_catalog.format(
+                'INSERT INTO %s (key, payload) VALUES ($1, pg_catalog.jsonb_build_object(''count'', $2)'
+                || CASE WHEN a.windowed THEN ' || pg_catalog.jsonb_build_object(''bucket_start'', $3)' ELSE '' END
+                || ') RETURNING id', a.output_topic)
+               INTO v_id USING r.group_key, r.count, r.bucket_start;
+            UPDATE evstream._count c SET last_id = v_id, last_count = r.count
+             WHERE c.ctid = r.row_ctid;
+        END IF;
+
+        -- push
+        IF a.notify THEN
+            v_change := '{"group_key": ' || COALESCE(pg_catalog.to_json(r.group_key)::text, 'null')
+                || CASE WHEN a.windowed
+                        THEN ', "bucket_start": ' || COALESCE(pg_catalog.to_json(r.bucket_start)::text, 'null')
+                        ELSE '' END
+                || ', "count": ' || r.count || '}';
+            IF pg_catalog.octet_length(v_head || v_change) + 2 > 7900 THEN
+                RAISE WARNING 'evstream: change of group % of aggregate % is too large to notify',
+                    pg_catalog.left(r.group_key, 40), a.channel;
+            ELSE
+                IF v_buf <> '' AND pg_catalog.octet_length(v_head || v_buf || v_change) + 4 > 7900 THEN
+                    PERFORM pg_catalog.pg_notify(a.channel, v_head || v_buf || ']}');
+                    v_buf := '';
+                END IF;
+                v_buf := v_buf || CASE WHEN v_buf = '' THEN '' ELSE ', ' END || v_change;
             END IF;
         END IF;
     END LOOP;
+    IF v_buf <> '' THEN
+        PERFORM pg_catalog.pg_notify(a.channel, v_head || v_buf || ']}');
+    END IF;
 END
 $$;
 REVOKE ALL ON FUNCTION evstream._merge_deltas(integer) FROM PUBLIC;
@@ -523,13 +571,18 @@ SELECT t.topic,
   LEFT JOIN LATERAL evstream._edge(t.topic, false) l(last_id, newest) ON true;
 
 CREATE VIEW evstream.consumer_groups AS
+-- lag_events: ids between the position and the last stable event (an
+-- estimate when aborted transactions left gaps in between; cheap: two
+-- index probes, whatever the lag).
 SELECT g.topic, g.consumer_group, g.committed_id,
-       GREATEST(s.stable - GREATEST(g.committed_id, COALESCE(f.id, s.stable + 1) - 1), 0) AS lag_events,
+       GREATEST(LEAST(s.stable, COALESCE(l.id, 0))
+                - GREATEST(g.committed_id, COALESCE(f.id, s.stable + 1) - 1), 0) AS lag_events,
        COALESCE(EXTRACT(epoch FROM pg_catalog.now() - evstream._time_after(g.topic, g.committed_id)), 0)::double precision AS lag_seconds,
        g.updated_at
   FROM evstream._group g
   CROSS JOIN LATERAL (SELECT evstream.stable_id(g.topic) AS stable) s
-  LEFT JOIN LATERAL evstream._edge(g.topic, true) f ON true;
+  LEFT JOIN LATERAL evstream._edge(g.topic, true) f ON true
+  LEFT JOIN LATERAL evstream._edge(g.topic, false) l ON true;
 
 CREATE VIEW evstream.aggregates AS
 SELECT a.aggregate AS name, a.topic, a.group_by, a.bucket, a.output_topic,

@@ -75,7 +75,11 @@ evs_shmem_startup(void)
 		evs_shared->launcher_procno = -1;
 		evs_shared->rescan = true;
 		for (i = 0; i < EVS_MAX_DATABASES; i++)
+		{
 			evs_shared->databases[i].worker_procno = -1;
+			pg_atomic_init_u32(&evs_shared->databases[i].take_gen, 0);
+			pg_atomic_init_u32(&evs_shared->databases[i].wake_pending, 0);
+		}
 		for (i = 0; i < MaxBackends; i++)
 		{
 			EvsBackendSlot *s = &evs_shared->slots[i];

@@ -75,6 +75,8 @@ typedef struct EvsDatabase
 	TimestampTz last_maintenance;
 	char		last_error[256];
 	/* topics with newly committed events, for push (worker.c) */
+	pg_atomic_uint32 take_gen;	/* bumped each time the worker takes them */
+	pg_atomic_uint32 wake_pending;	/* the worker's latch was set, not served */
 	int			ndirty;
 	bool		dirty_overflow; /* "every topic may have advanced" */
 	bool		deltas_pending; /* aggregate deltas committed since last merge */

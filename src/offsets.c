@@ -141,20 +141,60 @@ EvsDatabaseEntry(Oid dboid, bool create)
 		memset(free_entry, 0, sizeof(EvsDatabase));
 		free_entry->dboid = dboid;
 		free_entry->worker_procno = -1;
+		pg_atomic_init_u32(&free_entry->take_gen, 0);
+		pg_atomic_init_u32(&free_entry->wake_pending, 0);
 		found = free_entry;
 	}
 	LWLockRelease(evs_shared->lock);
 	return found;
 }
 
-/* Wake a database's worker, if it runs */
+/*
+ * Wake a database's worker, if it runs and nobody did since it last served
+ * a wake-up (it clears wake_pending when it takes the pending work): at most
+ * one SetLatch per push, however many producers commit meanwhile.
+ */
 void
 EvsWakeWorker(EvsDatabase *db)
 {
 	int			procno = db->worker_procno;
 
-	if (procno >= 0)
+	if (procno >= 0 && pg_atomic_exchange_u32(&db->wake_pending, 1) == 0)
 		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
+/*
+ * Are all of this transaction's notifying topics already marked?  Read
+ * without the lock; valid only if the worker did not take the marks in
+ * between (take_gen unchanged), in which case it will take them after our
+ * slot was cleared and see our events in its stable_id.
+ */
+static bool
+evs_already_marked(EvsDatabase *db)
+{
+	uint32		gen = pg_atomic_read_u32(&db->take_gen);
+	int			n;
+	int			i;
+
+	pg_read_barrier();
+	n = *((volatile int *) &db->ndirty);
+	if (!*((volatile bool *) &db->dirty_overflow))
+	{
+		for (i = 0; i < xact_ntopics; i++)
+		{
+			int			k;
+
+			if (!xact_notify[i])
+				continue;
+			for (k = 0; k < n && k < EVS_DIRTY_TOPICS; k++)
+				if (((volatile Oid *) db->dirty)[k] == xact_topics[i])
+					break;
+			if (k >= n || k >= EVS_DIRTY_TOPICS)
+				return false;
+		}
+	}
+	pg_read_barrier();
+	return pg_atomic_read_u32(&db->take_gen) == gen;
 }
 
 /*
@@ -364,6 +404,14 @@ evs_after_end(bool committed)
 		my_db = EvsDatabaseEntry(MyDatabaseId, true);
 	if (my_db == NULL)
 		return;					/* too many databases: no push, nothing else lost */
+
+	/* the common case under load: already marked, skip the lock */
+	pg_memory_barrier();
+	if (!(committed && xact_deltas) && evs_already_marked(my_db))
+	{
+		EvsWakeWorker(my_db);
+		return;
+	}
 
 	LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
 	for (i = 0; i < xact_ntopics; i++)
