@@ -1,0 +1,1297 @@
+#!/usr/bin/env python3
+"""test/bench/bench.py — the cases of `make bench`, run by bench.sh.
+
+Owns: every benchmark case, the baselines it compares against, and the one
+markdown table of results.  bench.sh owns the cluster; this script gets it
+through the libpq environment (PGHOST, PGPORT, PGDATABASE=evbench, with the
+extensions evstream and pgq already created) and writes nothing outside that
+database, $BENCH_WORK (scratch) and $BENCH_OUT (results).
+
+How it measures (the shape of the baseline notes, shared/BENCH.md):
+  * Event shape everywhere: key 'k1'..'k1000', payload jsonb of ~95 bytes,
+    id and created_at assigned by the table.  Baselines are created here: a
+    plain table range-partitioned by created_at (7 daily partitions premade,
+    bigserial id, btree on id), the same with a naive AFTER INSERT FOR EACH
+    ROW counter trigger (INSERT .. ON CONFLICT DO UPDATE count+1), the same
+    with a pg_notify-per-row trigger, and PgQ queues.
+  * Transactional cases: pgbench -n -M prepared -c 4 -j 2 -T $BENCH_T with a
+    generated -f script, TRUNCATE + CHECKPOINT before every run, all cases of
+    a phase run once per round, rounds interleaved (A,B,C,A,B,C,...; the
+    multi-row, COPY and consume cases rotate their order each round);
+    synchronous_commit is set per session through PGOPTIONS.  While pgbench
+    runs, pg_stat_activity is sampled every 100 ms (top waits in "notes").
+  * Bulk: COPY of $BENCH_N rows from a server-side file made once with
+    COPY .. TO.  Consumption: a psycopg2 client reads $BENCH_N events in
+    pages of 1000, one transaction per page (evstream.consume; keyset
+    pagination + UPDATE of a position row; PgQ next_batch/get_batch_events/
+    finish_batch over batches of 1000 made with pgq.ticker()).
+  * Push latency: four psycopg2 producer threads commit single-row inserts at
+    ~1000/s together (synchronous_commit on) and record commit-ack times; a
+    LISTENer process (its own connection) records arrivals; each event id is
+    matched to the first notification whose last_id >= it (notifications
+    are coalesced).  The contrast, a pg_notify per row, is matched by id.
+  * Aggregate read under a backlog: an aggregate with notify => false (with
+    notify the worker merges deltas at every push), maintenance_interval set
+    to 24h, ~100k pending rows in evstream._delta made by INSERT .. SELECTs.
+  * stable_id: a server-side plpgsql loop of 5000 calls, timed with
+    clock_timestamp(), repeated while pgbench runs 32 producer sessions; a
+    loop of a trivial function call under the same load shows the overhead.
+  * Figures are medians over rounds; a ratio is the median of the per-round
+    ratios (both sides measured in the same round).  A case that errors
+    prints ERROR, the rest go on.
+
+Knobs (environment): BENCH_T (s per pgbench run, default 5), BENCH_ROUNDS
+(default 3), BENCH_N (events per COPY/consume, default 1000000), BENCH_CASES
+(comma list of phases: single,multi,bulk,stable,backlog,latency; default all).
+"""
+import bisect
+import json
+import multiprocessing as mp
+import os
+import re
+import select
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+import psycopg2
+import psycopg2.extras
+
+T = int(os.environ.get("BENCH_T", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+N = int(os.environ.get("BENCH_N", "1000000"))
+OUT = os.environ.get("BENCH_OUT", ".")
+WORK = os.environ.get("BENCH_WORK", os.environ.get("TMPDIR", "/tmp"))
+PHASES = [p.strip() for p in os.environ.get(
+    "BENCH_CASES", "single,multi,bulk,stable,backlog,latency").split(",") if p.strip()]
+CLIENTS, JOBS = 4, 2
+PAGE = 1000
+
+# ~95 bytes of JSON; {k} is a key number, {u} a user number (SQL expressions)
+PAYLOAD = ("""('{{"user": ' || {u} || ', "action": "click", "page": "/products/item-' || {k} """
+           """|| '", "ts": 1764500000, "ok": true}}')""")
+
+
+def log(msg):
+    print("== " + msg, file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- database helpers
+
+def connect(autocommit=True, sync="on", app="evbench"):
+    conn = psycopg2.connect("", application_name=app)
+    conn.autocommit = autocommit
+    with conn.cursor() as cur:
+        cur.execute("SET synchronous_commit = %s", (sync,))
+        cur.execute("SET statement_timeout = '15min'")
+    if not autocommit:
+        conn.commit()
+    # payload as text: no client-side JSON parsing cost (PgQ returns text too)
+    psycopg2.extras.register_default_jsonb(conn_or_curs=conn, loads=lambda s: s)
+    return conn
+
+
+def wait_ready(timeout=60):
+    """Waits until the server accepts connections (e.g. after a crash restart)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            c = psycopg2.connect("", connect_timeout=5)
+            c.close()
+            return
+        except psycopg2.Error:
+            if time.monotonic() > deadline:
+                raise BenchError("server not accepting connections")
+            time.sleep(0.5)
+
+
+class Admin:
+    """An autocommit connection that reconnects after a server crash."""
+
+    def __init__(self):
+        self.conn = None
+
+    def _conn(self):
+        if self.conn is None or self.conn.closed:
+            wait_ready()
+            self.conn = connect()
+        return self.conn
+
+    def run(self, q, args=None):
+        try:
+            with self._conn().cursor() as cur:
+                cur.execute(q, args)
+                return cur.fetchall() if cur.description else None
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+            self.conn = None
+            raise
+
+    def one(self, q, args=None):
+        rows = self.run(q, args)
+        return rows[0][0] if rows else None
+
+
+DB = Admin()
+
+
+def short(e):
+    s = str(e).strip().splitlines()
+    return (s[0] if s else type(e).__name__)[:160]
+
+
+# ---------------------------------------------------------------- results
+
+class Figure:
+    def __init__(self, key, label, unit, sync="on", issue=""):
+        self.key, self.label, self.unit, self.sync, self.issue = key, label, unit, sync, issue
+        self.runs = {}        # round -> value
+        self.errors = []
+        self.notes = []
+        self.rnotes = {}      # round -> note of that round
+        self.waits = {}       # label -> samples
+
+    def median(self):
+        v = [x for x in self.runs.values() if x is not None]
+        return statistics.median(v) if v else None
+
+
+FIG = {}
+
+
+def fig(key, label, unit, sync="on"):
+    if key not in FIG:
+        FIG[key] = Figure(key, label, unit, sync)
+    return FIG[key]
+
+
+def rnote(key, rnd, text):
+    """A note about one round (shown once if all rounds say the same)."""
+    FIG[key].rnotes[rnd] = text
+
+
+def record(key, rnd, value=None, error=None, note=None, waits=None):
+    f = FIG[key]
+    if error is not None:
+        f.errors.append(error)
+        f.runs.setdefault(rnd, None)
+    else:
+        f.runs[rnd] = value
+    if note and note not in f.notes:
+        f.notes.append(note)
+    if waits:
+        for k, v in waits.items():
+            f.waits[k] = f.waits.get(k, 0) + v
+
+
+# ---------------------------------------------------------------- pgbench
+
+def write_script(name, text):
+    path = os.path.join(WORK, "pgb_" + name + ".sql")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+class WaitSampler(threading.Thread):
+    """Samples pg_stat_activity of the pgbench backends every 100 ms."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.counts = {}
+
+    def run(self):
+        try:
+            conn = connect(app="evbench-sampler")
+        except psycopg2.Error:
+            return
+        q = ("SELECT wait_event_type, wait_event, state FROM pg_stat_activity "
+             "WHERE application_name = 'pgbench' AND backend_type = 'client backend'")
+        try:
+            while not self.stop.wait(0.1):
+                with conn.cursor() as cur:
+                    cur.execute(q)
+                    for wtype, wev, state in cur.fetchall():
+                        if wtype == "Client" and state and state.startswith("idle"):
+                            lab = "Client:ClientRead" if wev == "ClientRead" else "idle"
+                        elif wtype:
+                            lab = "%s:%s" % (wtype, wev)
+                        elif state == "active":
+                            lab = "CPU(running)"
+                        else:
+                            lab = state or "?"
+                        self.counts[lab] = self.counts.get(lab, 0) + 1
+        except psycopg2.Error:
+            pass
+        finally:
+            conn.close()
+
+
+def top_waits(counts, n=3):
+    tot = sum(counts.values())
+    if not tot:
+        return ""
+    items = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+    return ", ".join("%s %d%%" % (k, round(100.0 * v / tot)) for k, v in items)
+
+
+def pgbench(name, script, clients=CLIENTS, sync="on", secs=None, xacts=None, extra=(),
+            sample=True):
+    """Runs pgbench; returns dict(tps, lat_ms, xacts, failed, retried, deadlocks, waits)."""
+    path = write_script(name, script)
+    cmd = ["pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(JOBS, clients)),
+           "-f", path]
+    if xacts is not None:
+        cmd += ["-t", str(xacts)]
+    else:
+        cmd += ["-T", str(secs or T)]
+    cmd += list(extra)
+    env = dict(os.environ, PGOPTIONS="-c synchronous_commit=%s" % sync)
+    sampler = WaitSampler() if sample else None
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if sampler:
+        sampler.start()
+    try:
+        out, err = p.communicate(timeout=(secs or T) + 180 if xacts is None else 600)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise BenchError("pgbench timed out")
+    finally:
+        if sampler:
+            sampler.stop.set()
+            sampler.join(5)
+    wait_backends_gone()
+    with open(os.path.join(WORK, "pgbench.log"), "a") as f:
+        f.write("### %s sync=%s\n%s\n%s\n" % (" ".join(cmd), sync, out, err))
+    aborted = [l for l in err.splitlines() if "aborted" in l or "error" in l.lower()]
+    m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+    if p.returncode != 0 and (aborted or not m):
+        raise BenchError((aborted[0] if aborted else err.strip()[-200:]) or "pgbench failed")
+    if not m:
+        raise BenchError("no tps in pgbench output")
+
+    def num(pat):
+        mm = re.search(pat, out)
+        return int(mm.group(1)) if mm else 0
+
+    lat = re.search(r"latency average = ([\d.]+) ms", out)
+    return dict(tps=float(m.group(1)), lat_ms=float(lat.group(1)) if lat else None,
+                xacts=num(r"number of transactions actually processed: (\d+)"),
+                failed=num(r"number of failed transactions: (\d+)"),
+                retried=num(r"number of transactions retried: (\d+)"),
+                retries=num(r"total number of retries: (\d+)"),
+                deadlocks=num(r"number of deadlock failures: (\d+)"),
+                waits=sampler.counts if sampler else {})
+
+
+def wait_backends_gone(timeout=15):
+    """After pgbench: waits until its backends have exited (a backend blocked on
+    a lock notices the closed connection late), so runs do not overlap and
+    their statistics are flushed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not DB.one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'"):
+                break
+        except psycopg2.Error:
+            break
+        time.sleep(0.1)
+    time.sleep(0.1)
+
+
+def prep(stmts, sleep=0.0):
+    """Runs the set-up statements of a run, then CHECKPOINT.  A TRUNCATE that
+    fails is not fatal (the run goes on with the table as it is)."""
+    for s in stmts:
+        try:
+            DB.run(s)
+        except psycopg2.Error as e:
+            if not s.startswith("TRUNCATE") and s not in SOFT:
+                raise
+            log("%s: %s (going on without it)" % (s, short(e)))
+    if sleep:
+        time.sleep(sleep)
+    DB.run("CHECKPOINT")
+
+
+# ---------------------------------------------------------------- listener process
+
+def listener_main(channels, counters, stop, ready, result_q, keep):
+    """Child process: LISTENs on channels, drains notifications, counts them;
+    with keep, returns (arrival monotonic time, channel, payload) of each."""
+    got = []
+    try:
+        for attempt in range(60):   # the server may be restarting after a crash
+            try:
+                conn = psycopg2.connect("", application_name="evbench-listener")
+                break
+            except psycopg2.OperationalError:
+                if attempt == 59:
+                    raise
+                time.sleep(0.5)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for ch in channels:
+                cur.execute('LISTEN "%s"' % ch.replace('"', '""'))
+        ready.set()
+        while not stop.is_set():
+            if select.select([conn], [], [], 0.05)[0]:
+                conn.poll()
+                now = time.monotonic()
+                notes = conn.notifies[:]
+                del conn.notifies[:]
+                for n in notes:
+                    i = channels.index(n.channel) if n.channel in channels else None
+                    if i is not None:
+                        with counters.get_lock():
+                            counters[i] += 1
+                    if keep:
+                        got.append((now, n.channel, n.payload))
+        conn.close()
+    except psycopg2.Error as e:   # the server went away: report what we have
+        print("== listener: %s" % str(e).strip().splitlines()[0], file=sys.stderr)
+    result_q.put(got)
+
+
+class Listener:
+    def __init__(self, channels, keep=False):
+        ctx = mp.get_context("spawn")
+        self.channels = list(channels)
+        self.counters = ctx.Array("q", len(self.channels))
+        self.stop_evt, self.ready = ctx.Event(), ctx.Event()
+        self.q = ctx.Queue()
+        self.p = ctx.Process(target=listener_main, daemon=True,
+                             args=(self.channels, self.counters, self.stop_evt, self.ready,
+                                   self.q, keep))
+        wait_ready()
+        self.p.start()
+        deadline = time.monotonic() + 40
+        while not self.ready.wait(0.2):
+            if not self.p.is_alive() or time.monotonic() > deadline:
+                self.p.terminate()
+                raise BenchError("listener did not start")
+
+    def count(self, ch):
+        return self.counters[self.channels.index(ch)]
+
+    def alive(self):
+        return self.p.is_alive()
+
+    def close(self):
+        self.stop_evt.set()
+        got = []
+        try:
+            got = self.q.get(timeout=30)
+        except Exception:
+            pass
+        self.p.join(10)
+        if self.p.is_alive():
+            self.p.terminate()
+        return got
+
+
+# ---------------------------------------------------------------- setup
+
+def part_table(name):
+    """A plain table range-partitioned by created_at, 7 daily partitions, btree on id."""
+    s = ["CREATE TABLE %s (id bigserial, key text, payload jsonb, "
+         "created_at timestamptz NOT NULL DEFAULT now()) PARTITION BY RANGE (created_at)" % name]
+    for d in range(-1, 6):
+        s.append("CREATE TABLE %s_d%d PARTITION OF %s FOR VALUES FROM "
+                 "(date_trunc('day', now()) + interval '%d day') TO "
+                 "(date_trunc('day', now()) + interval '%d day')" % (name, d + 1, name, d, d + 1))
+    s.append("CREATE INDEX ON %s (id)" % name)
+    return s
+
+
+SETUP = {
+    # baselines
+    "plain": part_table("plain_p") + part_table("plain_c") + [
+        "CREATE TABLE bench_pos (name text PRIMARY KEY, last_id bigint NOT NULL)"],
+    "naive": part_table("naive_p") + [
+        "CREATE TABLE naive_count (key text PRIMARY KEY, count bigint NOT NULL)",
+        """CREATE FUNCTION naive_count_trg() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             INSERT INTO naive_count AS c (key, count) VALUES (NEW.key, 1)
+               ON CONFLICT (key) DO UPDATE SET count = c.count + 1;
+             RETURN NULL;
+           END $$""",
+        "CREATE TRIGGER naive_count AFTER INSERT ON naive_p FOR EACH ROW "
+        "EXECUTE FUNCTION naive_count_trg()"],
+    "notify_p": part_table("notify_p") + [
+        """CREATE FUNCTION notify_trg() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN PERFORM pg_notify(TG_ARGV[0], NEW.id::text); RETURN NULL; END $$""",
+        "CREATE TRIGGER notify_p AFTER INSERT ON notify_p FOR EACH ROW "
+        "EXECUTE FUNCTION notify_trg('notify_p')"],
+    "pgq": ["SELECT pgq.create_queue('bq')",
+            "SELECT pgq.create_queue('bqc')",
+            "SELECT pgq.set_queue_config('bqc', 'ticker_max_count', '1000')",
+            "SELECT pgq.register_consumer('bqc', 'c')"],
+    "timers": [
+        """CREATE FUNCTION bench_us_stable_id(t regclass, n int) RETURNS float8
+           LANGUAGE plpgsql AS $$
+           DECLARE t0 timestamptz := clock_timestamp();
+           BEGIN
+             FOR i IN 1..n LOOP PERFORM evstream.stable_id(t); END LOOP;
+             RETURN extract(epoch FROM clock_timestamp() - t0) * 1e6 / n;
+           END $$""",
+        """CREATE FUNCTION bench_us_noop(n int) RETURNS float8 LANGUAGE plpgsql AS $$
+           DECLARE t0 timestamptz := clock_timestamp();
+           BEGIN
+             FOR i IN 1..n LOOP PERFORM pg_backend_pid(); END LOOP;
+             RETURN extract(epoch FROM clock_timestamp() - t0) * 1e6 / n;
+           END $$"""],
+    # evstream objects, each on its own so one failure leaves the others
+    "bt": ["SELECT evstream.create_topic('bt')"],
+    "ba": ["SELECT evstream.create_topic('ba')",
+           "SELECT evstream.create_aggregate('ba_count', 'ba'::regclass)"],
+    # the backlog case: an aggregate with notify => false, whose deltas only
+    # the maintenance pass merges (with notify the worker merges at each push)
+    "bb": ["SELECT evstream.create_topic('bb')",
+           "SELECT evstream.create_aggregate('bb_count', 'bb'::regclass, notify => false)"],
+    "bn": ["SELECT evstream.create_topic('bn', notify => true)"],
+    "bx": ["SELECT evstream.create_topic('bx', notify => false)"],
+    "bm1": ["SELECT evstream.create_topic('bm1', partition_interval => '1 second', "
+            "retention => '5 seconds')"],
+    "bm0": ["SELECT evstream.create_topic('bm0')"],
+    "bc": ["SELECT evstream.create_topic('bc')"],
+    "bca": ["SELECT evstream.create_topic('bca')",
+            "SELECT evstream.create_aggregate('bca_count', 'bca'::regclass)"],
+    "bl": ["SELECT evstream.create_topic('bl', notify => true)"],
+}
+SETUP_ERR = {}
+
+
+def setup():
+    for name, stmts in SETUP.items():
+        try:
+            for s in stmts:
+                DB.run(s)
+        except psycopg2.Error as e:
+            SETUP_ERR[name] = short(e)
+            log("setup %s failed: %s" % (name, short(e)))
+    DB.run("ANALYZE")
+
+
+# ---------------------------------------------------------------- scripts
+
+def ins_script(table, key="'k' || :k"):
+    return ("\\set k random(1, 1000)\n\\set u random(1, 1000000)\n"
+            "INSERT INTO %s (key, payload) VALUES (%s, %s::jsonb);\n"
+            % (table, key, PAYLOAD.format(u=":u", k=":k")))
+
+
+PGQ_SCRIPT = ("\\set k random(1, 1000)\n\\set u random(1, 1000000)\n"
+              "SELECT pgq.insert_event('bq', 'k' || :k, %s);\n" % PAYLOAD.format(u=":u", k=":k"))
+
+
+def sleep_script(table, hot):
+    # one event per transaction, ~5 ms of work held before commit
+    return ("\\set k %s\n\\set u random(1, 1000000)\n"
+            "BEGIN;\n"
+            "INSERT INTO %s (key, payload) VALUES (%s, %s::jsonb);\n"
+            "SELECT pg_sleep(0.005);\n"
+            "END;\n" % ("1" if hot else "random(1, 1000)", table,
+                        "'hot'" if hot else "'k' || :k", PAYLOAD.format(u=":u", k=":k")))
+
+
+def multi_script(table):
+    # 1000 events per statement, keys in random order
+    return ("INSERT INTO %s (key, payload) SELECT 'k' || k, %s::jsonb "
+            "FROM (SELECT g, 1 + floor(random() * 1000)::int AS k "
+            "FROM generate_series(1, 1000) g) s;\n" % (table, PAYLOAD.format(u="g", k="k")))
+
+
+def pgq_table(queue):
+    return DB.one("SELECT queue_data_pfx FROM pgq.queue WHERE queue_name = %s", (queue,))
+
+
+# ---------------------------------------------------------------- phases
+
+def run_pgbench_case(key, rnd, script, truncate, sync="on", clients=CLIENTS, extra=(),
+                     before=None, after=None, rows_per_xact=1, note_fn=None):
+    try:
+        stmts = ["TRUNCATE " + t for t in truncate]
+        sleep = 0.0
+        if before:
+            stmts, sleep = before(stmts)
+        prep(stmts, sleep)
+        r = pgbench(key + ".r%d" % rnd, script, clients=clients, sync=sync, extra=extra)
+        note = note_fn(r) if note_fn else None
+        record(key, rnd, r["tps"] * rows_per_xact, waits=r["waits"])
+        if note:
+            rnote(key, rnd, note)
+        return r
+    except (psycopg2.Error, BenchError, OSError) as e:
+        log("%s round %d: ERROR %s" % (key, rnd, short(e)))
+        record(key, rnd, error=short(e))
+    finally:
+        if after:
+            try:
+                after()
+            except psycopg2.Error as e:
+                log("%s cleanup: %s" % (key, short(e)))
+
+
+MERGE = "SELECT count(*) FROM evstream._merge_deltas()"
+SOFT = {MERGE}   # set-up statements whose failure does not fail the run
+
+
+def set_maint(interval):
+    """Before a maintenance-cost run: fold the deltas other cases left (so the
+    first pass does not merge them inside the measured window), then set the
+    worker's interval."""
+    def before(stmts):
+        return ([MERGE, "ALTER SYSTEM SET evstream.maintenance_interval = '%s'" % interval,
+                 "SELECT pg_reload_conf()"] + stmts, 2.0)
+    return before
+
+
+def reset_maint():
+    DB.run("ALTER SYSTEM RESET evstream.maintenance_interval")
+    DB.run("SELECT pg_reload_conf()")
+
+
+def phase_single():
+    """Single-row INSERT transactions, 4 clients: issues 2, 3 and 4."""
+    log("phase single: single-row INSERT transactions")
+    pgq_tab = None
+    try:
+        pgq_tab = pgq_table("bq")
+    except psycopg2.Error:
+        pass
+    cases = []
+
+    def add(key, label, script, truncate, sync="on", **kw):
+        fig(key, label, "TPS", sync)
+        cases.append((key, script, truncate, sync, kw))
+
+    for sync in ("on", "off"):
+        add("ins.topic." + sync, "INSERT 1 row/txn: evstream topic", ins_script("bt"), ["bt"], sync)
+        add("ins.part." + sync, "INSERT 1 row/txn: plain partitioned + btree(id)",
+            ins_script("plain_p"), ["plain_p"], sync)
+        add("ins.pgq." + sync, "pgq.insert_event 1 event/txn", PGQ_SCRIPT,
+            [pgq_tab] if pgq_tab else [], sync)
+        if sync == "on":
+            add("ins.agg", "INSERT 1 row/txn: topic + 1 aggregate (1000 keys)", ins_script("ba"), ["ba"])
+            add("ins.naive", "INSERT 1 row/txn: partitioned + naive row-trigger upsert count",
+                ins_script("naive_p"), ["naive_p", "naive_count"])
+            add("hot.agg", "hot key, 5 ms/txn: topic + aggregate, ONE key",
+                sleep_script("ba", True), ["ba"])
+            add("dist.agg", "hot key, 5 ms/txn: topic + aggregate, 1000 keys",
+                sleep_script("ba", False), ["ba"])
+            add("hot.naive", "hot key, 5 ms/txn: naive trigger, ONE key",
+                sleep_script("naive_p", True), ["naive_p", "naive_count"])
+            add("dist.naive", "hot key, 5 ms/txn: naive trigger, 1000 keys",
+                sleep_script("naive_p", False), ["naive_p", "naive_count"])
+            add("ntf.on", "INSERT 1 row/txn: topic notify=>true + 1 listener",
+                ins_script("bn"), ["bn"], note="listener")
+            add("ntf.off", "INSERT 1 row/txn: topic notify=>false", ins_script("bx"), ["bx"])
+            add("ntf.trig", "INSERT 1 row/txn: partitioned + pg_notify row trigger + 1 listener",
+                ins_script("notify_p"), ["notify_p"], note="listener")
+            add("maint.on", "INSERT 1 row/txn: 1 s partitions, retention 5 s, maintenance every 1 s",
+                ins_script("bm1"), ["bm1"], before=set_maint("1s"), after=reset_maint)
+            add("maint.off", "INSERT 1 row/txn: 1 day partitions, maintenance every 1 h",
+                ins_script("bm0"), ["bm0"], before=set_maint("1h"), after=reset_maint)
+    # the listener stays attached to the notifying channels for the whole phase
+    lst = None
+    try:
+        lst = Listener(["bn", "notify_p"])
+    except Exception as e:
+        log("listener: %s" % short(e))
+    try:
+        for rnd in range(ROUNDS):
+            for key, script, truncate, sync, kw in cases:
+                kw = dict(kw)
+                ch = None
+                if kw.pop("note", None) == "listener":
+                    if lst is None or not lst.alive():   # e.g. after a server crash
+                        try:
+                            if lst:
+                                lst.close()
+                            wait_ready()
+                            lst = Listener(["bn", "notify_p"])
+                        except Exception as e:
+                            record(key, rnd, error="listener: " + short(e))
+                            continue
+                    ch = "bn" if key == "ntf.on" else "notify_p"
+                    c0 = lst.count(ch)
+                if kw.get("before") and key.startswith("maint.on"):
+                    kw["note_fn"] = lambda r: maint_note()
+                run_pgbench_case(key, rnd, script, truncate, sync, **kw)
+                if ch is not None:
+                    time.sleep(0.3)
+                    rnote(key, rnd, "listener got %d notifications" % (lst.count(ch) - c0))
+    finally:
+        if lst:
+            lst.close()
+
+
+def maint_note():
+    try:
+        n = DB.one("SELECT count(*) FROM evstream._partitions('bm1')")
+        err = DB.one("SELECT string_agg(last_error, '; ') FROM evstream.workers "
+                     "WHERE last_error IS NOT NULL")
+        return "bm1 had %s partitions after the run%s" % (n, (", worker error: " + err[:80]) if err else "")
+    except psycopg2.Error as e:
+        return "views: " + short(e)
+
+
+def phase_multi():
+    """INSERT .. SELECT 1000 events/txn in random key order, 4 clients: issue 3."""
+    log("phase multi: INSERT .. SELECT 1000 events/txn")
+    cases = [("mr.topic", "INSERT..SELECT 1000 rows/txn: topic", "bt", ["bt"]),
+             ("mr.agg", "INSERT..SELECT 1000 rows/txn: topic + aggregate", "ba", ["ba"]),
+             ("mr.naive", "INSERT..SELECT 1000 rows/txn: naive row trigger, random key order",
+              "naive_p", ["naive_p", "naive_count"])]
+    for key, label, _, _ in cases:
+        fig(key, label, "rows/s")
+    for rnd in range(ROUNDS):
+        for key, label, table, trunc in rotated(cases, rnd):
+            try:
+                d0 = DB.one("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+            except psycopg2.Error:
+                d0 = None
+
+            def note(r, d0=d0):
+                try:
+                    time.sleep(0.5)
+                    d1 = DB.one("SELECT deadlocks FROM pg_stat_database "
+                                "WHERE datname = current_database()")
+                except psycopg2.Error:
+                    d1 = None
+                dl = max(0, d1 - d0) if (d0 is not None and d1 is not None) else 0
+                f = FIG[key]
+                f.fails = getattr(f, "fails", 0) + r["failed"]
+                f.retries = getattr(f, "retries", 0) + r["retries"]
+                f.deadlocks = getattr(f, "deadlocks", 0) + dl
+                return None
+
+            run_pgbench_case(key, rnd, multi_script(table), trunc, rows_per_xact=1000,
+                             extra=("--max-tries=3", "--failures-detailed"), note_fn=note)
+    for key, _, _, _ in cases:
+        f = FIG[key]
+        if hasattr(f, "fails"):
+            f.notes.append("all rounds: %d deadlocks (pg_stat_database), pgbench: %d failed "
+                           "txns, %d retries" % (f.deadlocks, f.fails, f.retries))
+
+
+def rotated(items, rnd):
+    """The cases of a round, rotated by the round number so no case always
+    runs first or right after the same other case."""
+    k = rnd % len(items)
+    return items[k:] + items[:k]
+
+
+def timed(fn):
+    t0 = time.monotonic()
+    n = fn()
+    return n, time.monotonic() - t0
+
+
+def phase_bulk():
+    """COPY 1M (issues 2, 3) and consumption of 1M in pages of 1000 (issue 2)."""
+    log("phase bulk: COPY %d events, consume %d events in pages of %d" % (N, N, PAGE))
+    datafile = os.path.join(WORK, "events.copy")
+    try:
+        DB.run("COPY (SELECT 'k' || k, %s::jsonb FROM (SELECT g, 1 + floor(random() * 1000)::int AS k "
+               "FROM generate_series(1, %d) g) s) TO '%s'" % (PAYLOAD.format(u="g", k="k"), N, datafile))
+    except psycopg2.Error as e:
+        log("bulk: cannot write the COPY file: %s" % short(e))
+        return
+    copies = [("copy.part", "COPY %d rows (server file) -> plain partitioned" % N, "plain_c"),
+              ("copy.topic", "COPY %d rows (server file) -> topic" % N, "bc"),
+              ("copy.agg", "COPY %d rows (server file) -> topic + aggregate" % N, "bca")]
+    for key, label, _ in copies:
+        fig(key, label, "rows/s")
+    consumers = [("cons.evs", "consume %d: evstream.consume(.., 1000), 1 txn/page" % N),
+                 ("cons.keyset", "consume %d: keyset id > $last LIMIT 1000 + UPDATE position, 1 txn/page" % N),
+                 ("cons.pgq", "consume %d: PgQ next_batch/get_batch_events/finish_batch, "
+                  "batches of 1000" % N)]
+    for key, label in consumers:
+        fig(key, label, "events/s")
+
+    for rnd in range(ROUNDS):
+        for key, label, table in rotated(copies, rnd):
+            try:
+                prep(["TRUNCATE " + table])
+                conn = connect()
+                try:
+                    with conn.cursor() as cur:
+                        _, dt = timed(lambda: cur.execute(
+                            "COPY %s (key, payload) FROM '%s'" % (table, datafile)))
+                finally:
+                    conn.close()
+                record(key, rnd, N / dt)
+            except (psycopg2.Error, BenchError) as e:
+                log("%s round %d: ERROR %s" % (key, rnd, short(e)))
+                record(key, rnd, error=short(e))
+        # PgQ: load N events in batches of 1000 with a tick after each.  Not a
+        # measured case (producing is compared in the single-row phase), so the
+        # rows go straight into the queue's current event table, as
+        # pgq.insert_event_raw does, with synchronous_commit off.
+        pgq_err = None
+        try:
+            tbl = DB.one("SELECT queue_data_pfx || '_' || queue_cur_table FROM pgq.queue "
+                         "WHERE queue_name = 'bqc'")
+            if not tbl:
+                raise BenchError("no PgQ queue bqc")
+            conn = connect(autocommit=False, sync="off")
+            try:
+                with conn.cursor() as cur:
+                    for _ in range(N // PAGE):
+                        cur.execute("INSERT INTO %s (ev_time, ev_type, ev_data) "
+                                    "SELECT now(), 'k' || k, %s FROM (SELECT g, 1 + floor(random() * 1000)::int AS k "
+                                    "FROM generate_series(1, %d) g) s"
+                                    % (tbl, PAYLOAD.format(u="g", k="k"), PAGE))
+                        conn.commit()
+                        cur.execute("SELECT pgq.ticker('bqc')")
+                        conn.commit()
+            finally:
+                conn.close()
+        except (psycopg2.Error, BenchError) as e:
+            log("pgq load round %d: %s" % (rnd, short(e)))
+            pgq_err = short(e)
+        for key, label in rotated(consumers, rnd):
+            try:
+                if key == "cons.pgq" and pgq_err:
+                    raise BenchError("loading the queue: " + pgq_err)
+                prep([])
+                got, dt = timed(lambda: CONSUME[key](rnd))
+                if got < N:
+                    raise BenchError("read only %d of %d events" % (got, N))
+                record(key, rnd, got / dt)
+            except (psycopg2.Error, BenchError) as e:
+                log("%s round %d: ERROR %s" % (key, rnd, short(e)))
+                record(key, rnd, error=short(e))
+
+
+def consume_evs(rnd):
+    conn = connect(autocommit=False)
+    group = "g%d" % rnd  # a new group starts before the oldest retained event
+    got = 0
+    try:
+        with conn.cursor() as cur:
+            deadline = time.monotonic() + 600
+            while got < N and time.monotonic() < deadline:
+                cur.execute("SELECT id, key, payload, created_at FROM evstream.consume('bc', %s, %s)",
+                            (group, PAGE))
+                rows = cur.fetchall()
+                conn.commit()
+                if not rows:
+                    break
+                got += len(rows)
+    finally:
+        conn.close()
+    return got
+
+
+def consume_keyset(rnd):
+    DB.run("INSERT INTO bench_pos VALUES ('c', 0) ON CONFLICT (name) DO UPDATE SET last_id = 0")
+    conn = connect(autocommit=False)
+    got, last = 0, 0
+    try:
+        with conn.cursor() as cur:
+            while got < N:
+                cur.execute("SELECT id, key, payload, created_at FROM plain_c WHERE id > %s "
+                            "ORDER BY id LIMIT %s", (last, PAGE))
+                rows = cur.fetchall()
+                if not rows:
+                    conn.commit()
+                    break
+                last = rows[-1][0]
+                cur.execute("UPDATE bench_pos SET last_id = %s WHERE name = 'c'", (last,))
+                conn.commit()
+                got += len(rows)
+    finally:
+        conn.close()
+    return got
+
+
+def consume_pgq(rnd):
+    conn = connect(autocommit=False)
+    got = 0
+    try:
+        with conn.cursor() as cur:
+            while got < N:
+                cur.execute("SELECT pgq.next_batch('bqc', 'c')")
+                bid = cur.fetchone()[0]
+                if bid is None:
+                    conn.commit()
+                    break
+                cur.execute("SELECT * FROM pgq.get_batch_events(%s)", (bid,))
+                rows = cur.fetchall()
+                cur.execute("SELECT pgq.finish_batch(%s)", (bid,))
+                conn.commit()
+                got += len(rows)
+    finally:
+        conn.close()
+    return got
+
+
+CONSUME = {"cons.evs": consume_evs, "cons.keyset": consume_keyset, "cons.pgq": consume_pgq}
+
+
+def phase_stable():
+    """stable_id latency while 32 producer sessions insert (issue 2)."""
+    log("phase stable: stable_id under 32 producers")
+    fig("sid.idle", "stable_id('bt'), idle server (server-side loop)", "µs/call")
+    fig("sid.load", "stable_id('bt') while 32 sessions insert into bt", "µs/call")
+    fig("sid.noop", "trivial function call, same load (loop overhead)", "µs/call")
+    fig("sid.tps", "the 32 producers meanwhile", "TPS")
+    for rnd in range(ROUNDS):
+        try:
+            prep(["TRUNCATE bt"])
+            record("sid.idle", rnd, DB.one("SELECT bench_us_stable_id('bt', 20000)"))
+            secs = T + 2
+            res = {}
+
+            def producers():
+                try:
+                    res["r"] = pgbench("sid.r%d" % rnd, ins_script("bt"), clients=32, secs=secs,
+                                       sample=False)
+                except Exception as e:  # reported below
+                    res["e"] = e
+            th = threading.Thread(target=producers)
+            th.start()
+            time.sleep(1)
+            loads, noops = [], []
+            t_end = time.monotonic() + secs - 2
+            while time.monotonic() < t_end and th.is_alive():
+                loads.append(DB.one("SELECT bench_us_stable_id('bt', 5000)"))
+                noops.append(DB.one("SELECT bench_us_noop(5000)"))
+            th.join()
+            if "e" in res:
+                raise res["e"]
+            if not loads:
+                raise BenchError("no measurement while the producers ran")
+            record("sid.load", rnd, statistics.median(loads))
+            rnote("sid.load", rnd, "median of %d loops of 5000 calls" % len(loads))
+            record("sid.noop", rnd, statistics.median(noops))
+            record("sid.tps", rnd, res["r"]["tps"])
+        except (psycopg2.Error, BenchError) as e:
+            log("stable round %d: ERROR %s" % (rnd, short(e)))
+            for k in ("sid.idle", "sid.load", "sid.noop", "sid.tps"):
+                if rnd not in FIG[k].runs:
+                    record(k, rnd, error=short(e))
+
+
+def stop_maintenance():
+    """Keeps the maintenance worker from merging deltas: a very long interval."""
+    err = None
+    for ivl in ("24h", "6h", "1h"):
+        try:
+            DB.run("ALTER SYSTEM SET evstream.maintenance_interval = '%s'" % ivl)
+            DB.run("SELECT pg_reload_conf()")
+            return ivl
+        except psycopg2.Error as e:
+            err = e
+    raise err
+
+
+def fill_deltas(target):
+    """Builds a backlog of about `target` pending delta rows for bb_count: each
+    INSERT .. SELECT of 1000 events over random keys appends one delta per
+    group it touches (~630), in autocommit; about 100 of them for 'k1'."""
+    conn = connect(sync="off")
+    try:
+        with conn.cursor() as cur:
+            pending = 0
+            for i in range(2 * target // 500):
+                cur.execute(multi_script("bb"))
+                if i % 20 == 19:
+                    cur.execute("SELECT count(*) FROM evstream._delta")
+                    pending = cur.fetchone()[0]
+                    if pending >= target:
+                        break
+            cur.execute("SELECT count(*) FROM evstream._delta")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def phase_backlog():
+    """Read latency of one group's count with the worker stopped (issue 3)."""
+    log("phase backlog: aggregate read latency with 100k pending deltas")
+    fig("bl.merged", "SELECT count FROM bb_count WHERE group_key = 'k1', deltas merged "
+        "(aggregate notify=>false)", "µs")
+    fig("bl.pending", "same read with the worker stopped and ~100k pending deltas", "µs")
+    fig("bl.rows", "pending rows in evstream._delta during that read", "rows")
+    read = "SELECT count FROM bb_count WHERE group_key = 'k1';\n"
+    try:
+        stop_maintenance()
+        time.sleep(1.5)
+        for rnd in range(ROUNDS):
+            try:
+                DB.run("SELECT count(*) FROM evstream._merge_deltas()")
+                prep(["VACUUM evstream._delta", "VACUUM evstream._count"])
+                r = pgbench("bl.merged.r%d" % rnd, read, clients=1, secs=min(T, 3), sample=False)
+                record("bl.merged", rnd, r["lat_ms"] * 1000)
+                pending = fill_deltas(100000)
+                record("bl.rows", rnd, pending)
+                if pending < 50000:
+                    raise BenchError("no backlog: %d pending deltas after 100k inserts "
+                                     "(merged by the worker?)" % pending)
+                DB.run("ANALYZE evstream._delta")
+                r = pgbench("bl.pending.r%d" % rnd, read, clients=1, secs=min(T, 3), sample=False)
+                record("bl.pending", rnd, r["lat_ms"] * 1000)
+                after = DB.one("SELECT count(*) FROM evstream._delta")
+                rnote("bl.pending", rnd, "%d pending before, %d after the read" % (pending, after))
+            except (psycopg2.Error, BenchError) as e:
+                log("backlog round %d: ERROR %s" % (rnd, short(e)))
+                for k in ("bl.merged", "bl.pending", "bl.rows"):
+                    if rnd not in FIG[k].runs:
+                        record(k, rnd, error=short(e))
+    except psycopg2.Error as e:
+        for k in ("bl.merged", "bl.pending", "bl.rows"):
+            record(k, 0, error=short(e))
+    finally:
+        try:
+            reset_maint()
+            DB.run("SELECT count(*) FROM evstream._merge_deltas()")
+        except psycopg2.Error:
+            pass
+
+
+def pct(vals, p):
+    if not vals:
+        return None
+    s = sorted(vals)
+    i = min(len(s) - 1, max(0, int(round(p / 100.0 * len(s) + 0.5)) - 1))
+    return s[i]
+
+
+def latency_run(table, channel, rate=1000, secs=None, producers=4):
+    """`producers` threads (own connections) commit single-row inserts, together
+    paced at `rate`/s for `secs` s (fewer if commits are slow); returns per-event
+    latencies (ms) to the listener's receipt, from commit-ack and from the
+    COMMIT being sent, plus counts."""
+    secs = secs or max(5, T)
+    prep(["TRUNCATE " + table])
+    lst = Listener([channel], keep=True)
+    q = ("INSERT INTO %s (key, payload) VALUES ('k' || %%s, %s::jsonb) RETURNING id"
+         % (table, PAYLOAD.format(u="%s", k="%s")))
+    sent, errors, counts = [], [], []
+    t_start = time.monotonic() + 0.2
+    t_stop = t_start + secs
+
+    def produce(me):
+        try:
+            conn = connect(autocommit=False)
+        except psycopg2.Error as e:
+            errors.append(e)
+            return
+        i = 0
+        try:
+            with conn.cursor() as cur:
+                while True:
+                    d = t_start + (i * producers + me) / rate - time.monotonic()
+                    if d > 0:
+                        time.sleep(d)
+                    if time.monotonic() >= t_stop:
+                        break
+                    k = 1 + i % 1000
+                    cur.execute(q, (k, i, k))
+                    eid = cur.fetchone()[0]
+                    t0 = time.monotonic()
+                    conn.commit()
+                    sent.append((eid, t0, time.monotonic()))
+                    i += 1
+        except psycopg2.Error as e:
+            errors.append(e)
+        finally:
+            counts.append(i)
+            conn.close()
+
+    try:
+        threads = [threading.Thread(target=produce, args=(m,)) for m in range(producers)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        achieved = sum(counts) / secs
+        time.sleep(1.0)
+    finally:
+        got = lst.close()
+    if errors:
+        raise BenchError("producer: " + short(errors[0]))
+    # evstream: {"topic": .., "last_id": N} stands for every id <= N (stable_id),
+    # so an event is announced by the first notification reaching its id;
+    # plain NOTIFY: the payload is the event's own id.
+    arr, marks, exact = [], [], {}
+    hi = None
+    for t, ch, payload in got:
+        try:
+            v = json.loads(payload)
+        except ValueError:
+            continue
+        if isinstance(v, dict) and "last_id" in v:
+            last = int(v["last_id"])
+            hi = last if hi is None or last > hi else hi
+            arr.append(t)
+            marks.append(hi)
+        elif isinstance(v, int):
+            exact.setdefault(v, t)
+    ack, com, missing = [], [], 0
+    for eid, t0, t1 in sent:
+        if exact:
+            ta = exact.get(eid)
+        else:
+            j = bisect.bisect_left(marks, eid)
+            ta = arr[j] if j < len(marks) else None
+        if ta is None:
+            missing += 1
+            continue
+        ack.append((ta - t1) * 1000)
+        com.append((ta - t0) * 1000)
+    return dict(ack=ack, com=com, missing=missing, sent=len(sent), notes=len(got),
+                rate=achieved)
+
+
+def phase_latency():
+    """Commit-to-listener latency at ~1000 events/s (issue 4)."""
+    log("phase latency: commit-to-listener at ~1000 events/s")
+    for key, label in (("lat.evs", "topic bl (notify=>true) -> listener"),
+                       ("lat.pg", "plain NOTIFY per row (trigger on partitioned) -> listener")):
+        fig(key + ".p50", label + ", p50 from commit-ack", "ms")
+        fig(key + ".p99", label + ", p99 from commit-ack", "ms")
+    for rnd in range(ROUNDS):
+        for key, table, ch in (("lat.evs", "bl", "bl"), ("lat.pg", "notify_p", "notify_p")):
+            try:
+                r = latency_run(table, ch)
+                if not r["ack"]:
+                    raise BenchError("no notification received (%d sent)" % r["sent"])
+                note = ("4 producers, ~%.0f ev/s, %d events, %d notifications, %d never announced; "
+                        "from COMMIT sent: p50 %.2f / p99 %.2f ms"
+                        % (r["rate"], r["sent"], r["notes"], r["missing"],
+                           pct(r["com"], 50), pct(r["com"], 99)))
+                record(key + ".p50", rnd, pct(r["ack"], 50))
+                record(key + ".p99", rnd, pct(r["ack"], 99))
+                rnote(key + ".p50", rnd, note)
+            except (psycopg2.Error, BenchError) as e:
+                log("%s round %d: ERROR %s" % (key, rnd, short(e)))
+                record(key + ".p50", rnd, error=short(e))
+                record(key + ".p99", rnd, error=short(e))
+
+
+# ---------------------------------------------------------------- the table
+
+def ratio(num, den):
+    a, b = FIG.get(num), FIG.get(den)
+    if not a or not b:
+        return None, []
+    per = []
+    for r in sorted(set(a.runs) | set(b.runs)):
+        x, y = a.runs.get(r), b.runs.get(r)
+        if x is not None and y:
+            per.append(x / y)
+    return (statistics.median(per) if per else None), per
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "ERROR"
+    if unit in ("TPS", "rows/s", "events/s", "rows"):
+        return "{:,.0f}".format(v)
+    if unit in ("µs/call", "µs"):
+        return "%.1f" % v
+    if unit == "ms":
+        return "%.2f" % v
+    return "%.3f" % v
+
+
+ROWS = []   # (id, measure, sync, value, unit, per round, target, result, notes)
+
+
+def add_fig(rid, key, target=None, ok=None, extra_note=""):
+    f = FIG.get(key)
+    if f is None:
+        return
+    m = f.median()
+    per = ", ".join(fmt(f.runs[r], f.unit) for r in sorted(f.runs))
+    notes = list(f.notes)
+    if f.rnotes:
+        rn = [f.rnotes[r] for r in sorted(f.rnotes)]
+        notes.append(rn[0] if len(set(rn)) == 1 else
+                     "by round: " + " / ".join("r%d: %s" % (r + 1, f.rnotes[r]) for r in sorted(f.rnotes)))
+    if f.waits:
+        notes.append("waits: " + top_waits(f.waits, 2))
+    if f.errors:
+        notes.append("error: " + f.errors[-1])
+    if extra_note:
+        notes.append(extra_note)
+    res = "—"
+    if target:
+        res = "ERROR" if m is None else ("PASS" if ok(m) else "MISS")
+    ROWS.append((rid, f.label, f.sync, fmt(m, f.unit), f.unit, per, target or "—", res,
+                 "; ".join(notes)))
+
+
+def add_ratio(rid, label, num, den, sync="on", target=None, info=None):
+    v, per = ratio(num, den)
+    res = "—"
+    tgt = info or "—"
+    if target is not None:
+        tgt = "≥ %.2f" % target + (" (%s)" % info if info else "")
+        res = "ERROR" if v is None else ("PASS" if v >= target else "MISS")
+    errs = [e for k in (num, den) if k in FIG for e in FIG[k].errors]
+    ROWS.append((rid, "**ratio** " + label, sync, fmt(v), "×", ", ".join("%.3f" % x for x in per),
+                 tgt, res, ("error: " + errs[-1]) if (v is None and errs) else ""))
+
+
+def section(title):
+    ROWS.append(("", "**%s**" % title, "", "", "", "", "", "", ""))
+
+
+def build_table():
+    section("issue 2 — core log: produce, COPY, consume, stable_id")
+    for s in ("on", "off"):
+        add_fig("2.1", "ins.topic." + s)
+        add_fig("2.1", "ins.part." + s)
+        add_fig("2.1", "ins.pgq." + s)
+    for s in ("on", "off"):
+        add_ratio("2.2", "topic / plain partitioned", "ins.topic." + s, "ins.part." + s, s, 0.90)
+    for s in ("on", "off"):
+        add_ratio("2.3", "topic / pgq.insert_event", "ins.topic." + s, "ins.pgq." + s, s, 1.3)
+    for s in ("on", "off"):
+        add_ratio("2.4", "pgq.insert_event / plain partitioned", "ins.pgq." + s, "ins.part." + s, s,
+                  info="info: BENCH.md 0.67–0.72")
+    add_fig("2.5", "copy.part")
+    add_fig("2.5", "copy.topic")
+    add_ratio("2.6", "COPY: topic / plain partitioned", "copy.topic", "copy.part", "on", 0.85)
+    add_fig("2.7", "cons.evs")
+    add_fig("2.7", "cons.keyset")
+    add_fig("2.7", "cons.pgq")
+    add_ratio("2.8", "consume: evstream / keyset + position UPDATE", "cons.evs", "cons.keyset", "on", 0.8)
+    add_ratio("2.8", "consume: evstream / PgQ consumer", "cons.evs", "cons.pgq", "on", 1.4)
+    add_ratio("2.8", "consume: PgQ / keyset + position UPDATE", "cons.pgq", "cons.keyset", "on",
+              info="info: BENCH.md ~0.6")
+    add_fig("2.9", "sid.idle")
+    add_fig("2.9", "sid.load", "≤ 50 µs (µs, not a scan)", lambda m: m <= 50)
+    add_fig("2.9", "sid.noop")
+    add_fig("2.9", "sid.tps")
+
+    section("issue 3 — continuous aggregates")
+    add_fig("3.1", "ins.agg")
+    add_fig("3.1", "ins.naive")
+    add_ratio("3.2", "topic + aggregate / same topic without (1000 keys)", "ins.agg", "ins.topic.on",
+              "on", 0.85)
+    add_ratio("3.2", "naive row trigger / plain partitioned", "ins.naive", "ins.part.on", "on",
+              info="info: BENCH.md 0.69")
+    for k in ("hot.agg", "dist.agg", "hot.naive", "dist.naive"):
+        add_fig("3.3", k)
+    add_ratio("3.4", "hot key / 1000 keys, topic + aggregate", "hot.agg", "dist.agg", "on", 0.8)
+    add_ratio("3.4", "hot key / 1000 keys, naive trigger", "hot.naive", "dist.naive", "on",
+              info="info: expected < 0.5 (Lock:transactionid)")
+    for k in ("mr.topic", "mr.agg", "mr.naive"):
+        add_fig("3.5", k)
+    add_ratio("3.6", "multi-row: topic + aggregate / topic", "mr.agg", "mr.topic", "on", 0.8)
+    f = FIG.get("mr.agg")
+    if f is not None:
+        dl = getattr(f, "deadlocks", None)
+        fl = getattr(f, "fails", 0)
+        rt = getattr(f, "retries", 0)
+        bad = None if (dl is None or f.median() is None) else dl + fl
+        ROWS.append(("3.6", "multi-row with aggregate: deadlocks + failed txns (all rounds)", "on",
+                     "ERROR" if bad is None else str(bad), "count", "", "= 0",
+                     "ERROR" if bad is None else ("PASS" if bad == 0 else "MISS"),
+                     "" if bad is None else "%d deadlocks, %d failed, %d retried" % (dl, fl, rt)))
+    add_ratio("3.6", "multi-row: naive row trigger (random order) / topic", "mr.naive", "mr.topic",
+              "on", info="info: BENCH.md ~0.000 (deadlocks)")
+    add_fig("3.7", "copy.agg")
+    add_ratio("3.7", "COPY: topic + aggregate / topic", "copy.agg", "copy.topic", "on", 0.7)
+    add_fig("3.8", "bl.merged")
+    add_fig("3.8", "bl.pending", "≤ 1000 µs (O(1)-ish)", lambda m: m <= 1000)
+    add_fig("3.8", "bl.rows")
+    add_ratio("3.8", "read latency: 100k pending / merged", "bl.pending", "bl.merged", "on",
+              info="info")
+
+    section("issue 4 — workers and push")
+    add_fig("4.1", "ntf.on")
+    add_fig("4.1", "ntf.off")
+    add_fig("4.1", "ntf.trig")
+    add_ratio("4.2", "notify=>true + listener / notify=>false", "ntf.on", "ntf.off", "on", 0.95)
+    add_ratio("4.2", "pg_notify row trigger + listener / plain partitioned", "ntf.trig", "ins.part.on",
+              "on", info="info: BENCH.md 0.40")
+    add_fig("4.3", "lat.evs.p50")
+    add_fig("4.3", "lat.evs.p99", "≤ 10 ms", lambda m: m <= 10)
+    add_fig("4.3", "lat.pg.p50")
+    add_fig("4.3", "lat.pg.p99")
+    add_fig("4.4", "maint.on")
+    add_fig("4.4", "maint.off")
+    add_ratio("4.4", "maintenance every 1 s / maintenance idle", "maint.on", "maint.off", "on", 0.95)
+
+
+def render(env_line):
+    head = ("| id | measure | sync | value | unit | per round | target | result | notes |\n"
+            "|---|---|---|---:|---|---|---|---|---|\n")
+    body = "".join("| " + " | ".join(str(c).replace("|", "/") for c in r) + " |\n" for r in ROWS)
+    return env_line + "\n\n" + head + body
+
+
+def env_line(t_total):
+    try:
+        ver = DB.one("SHOW server_version")
+        pgq = DB.one("SELECT extversion FROM pg_extension WHERE extname = 'pgq'")
+        evs = DB.one("SELECT extversion FROM pg_extension WHERE extname = 'evstream'")
+    except psycopg2.Error:
+        ver = pgq = evs = "?"
+    try:
+        mem = [l for l in open("/proc/meminfo") if l.startswith("MemTotal")][0].split()[1]
+        mem = "%.0f GiB" % (int(mem) / 1048576.0)
+    except Exception:
+        mem = "?"
+    return ("evstream %s bench: PostgreSQL %s, PgQ %s, %d CPUs, %s; shared_buffers=1GB, "
+            "max_wal_size=4GB; pgbench -n -M prepared -c %d -j %d -T %d, %d interleaved rounds, "
+            "TRUNCATE + CHECKPOINT before each run; N=%d; ratios = median of per-round ratios; "
+            "runtime %.0f s." % (evs, ver, pgq, os.cpu_count() or 0, mem, CLIENTS, JOBS, T, ROUNDS,
+                                 N, t_total))
+
+
+def main():
+    t0 = time.monotonic()
+    wait_ready()
+    setup()
+    for name in ("single", "multi", "bulk", "stable", "backlog", "latency"):
+        if name not in PHASES:
+            continue
+        t1 = time.monotonic()
+        try:
+            globals()["phase_" + name]()
+        except Exception as e:   # never let one phase take the others down
+            log("phase %s crashed: %s" % (name, short(e)))
+            traceback.print_exc(file=sys.stderr)
+        log("phase %s took %.0f s" % (name, time.monotonic() - t1))
+    build_table()
+    text = render(env_line(time.monotonic() - t0))
+    if SETUP_ERR:
+        text += "\nSetup errors: " + "; ".join("%s: %s" % kv for kv in SETUP_ERR.items()) + "\n"
+    print(text, flush=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    try:
+        for name in ("bench-%s.md" % stamp, "latest.md"):
+            with open(os.path.join(OUT, name), "w") as f:
+                f.write(text)
+        with open(os.path.join(OUT, "bench-%s.json" % stamp), "w") as f:
+            json.dump({k: dict(label=v.label, unit=v.unit, sync=v.sync, runs=v.runs,
+                               errors=v.errors, notes=v.notes, waits=v.waits)
+                       for k, v in FIG.items()}, f, indent=1, default=str)
+        log("results in %s/latest.md" % OUT)
+    except OSError as e:
+        log("cannot write results to %s: %s" % (OUT, e))
+
+
+if __name__ == "__main__":
+    main()
