@@ -305,9 +305,16 @@ DECLARE
     t      record;
     p      record;
     v_old  boolean;
+    v_dump boolean;
     errs   text := '';
 BEGIN
     PERFORM pg_catalog.set_config('lock_timeout', '200ms', true);
+    -- pg_dump reads the catalog first and locks the tables one by one: a
+    -- partition dropped in between makes it fail.  No retention meanwhile.
+    SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                    WHERE a.datname = pg_catalog.current_database()
+                      AND a.application_name IN ('pg_dump', 'pg_dumpall'))
+      INTO v_dump;
     FOR t IN SELECT * FROM evstream._topic ORDER BY topic::oid LOOP
         BEGIN
             IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = t.topic::oid) THEN
@@ -316,7 +323,7 @@ BEGIN
             PERFORM evstream._rehome_default(t.topic);
             PERFORM evstream._ensure_partitions(t.topic, pg_catalog.now(),
                                                 pg_catalog.now() + t.partition_interval * premake);
-            IF t.retention IS NOT NULL THEN
+            IF t.retention IS NOT NULL AND NOT v_dump THEN
                 FOR p IN SELECT * FROM evstream._partitions(t.topic) x
                           WHERE NOT x.is_default AND x.hi <= pg_catalog.now() - t.retention LOOP
                     -- parent first, as producers and consumers lock: no deadlock

