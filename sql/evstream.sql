@@ -366,7 +366,8 @@ REVOKE ALL ON FUNCTION evstream.run_maintenance(integer) FROM PUBLIC;
 --
 -- Push: for aggregates with notify, the new counts are sent on channel =
 -- the aggregate's relation name, payload {"aggregate": name, "changes":
--- [{"group_key": ..., ["bucket_start": ...,] "count": n}, ...]}, split to
+-- [{"group_key": ..., "bucket_start": ... (null without bucket), "count":
+-- n}, ...]}, split to
 -- stay under the 8000-byte payload limit.  Whoever merges (the worker, or
 -- a maintenance pass) notifies, so every change is announced once.  A
 -- single change too large for any payload (a group key of ~8 kB) is
@@ -444,9 +445,7 @@ BEGIN
         -- push
         IF a.notify THEN
             v_change := '{"group_key": ' || COALESCE(pg_catalog.to_json(r.group_key)::text, 'null')
-                || CASE WHEN a.windowed
-                        THEN ', "bucket_start": ' || COALESCE(pg_catalog.to_json(r.bucket_start)::text, 'null')
-                        ELSE '' END
+                || ', "bucket_start": ' || COALESCE(pg_catalog.to_json(r.bucket_start)::text, 'null')
                 || ', "count": ' || r.count || '}';
             IF pg_catalog.octet_length(v_head || v_change) + 2 > 7900 THEN
                 RAISE WARNING 'evstream: change of group % of aggregate % is too large to notify',

@@ -9,8 +9,10 @@
  *	  relation users query is a view summing both per group.  Producers
  *	  only ever INSERT delta rows, so producers of one hot key never wait
  *	  for each other; the worker folds committed deltas into _count in one
- *	  transaction (DELETE ... RETURNING feeding an upsert), so the view's
- *	  sum is the same before and after, and exact at every instant.
+ *	  transaction (evstream._merge_deltas: DELETE ... RETURNING feeding an
+ *	  upsert; every 250 ms at most under load, and at each maintenance
+ *	  pass), so the view's sum is the same before and after, and exact at
+ *	  every instant.
  *
  *	  Counting: the access method's insert paths (tableam.c) call
  *	  EvsAccumulate for every row stored in a topic partition — INSERT,
@@ -31,6 +33,10 @@
  *	  Output topics: when an aggregate has one, each flush also inserts,
  *	  per changed group, an event (key = group, payload {"count": n} plus
  *	  "bucket_start" when windowed) with the count the transaction sees.
+ *	  Concurrent producers of one group can each publish a count that
+ *	  misses the other's; the delta rows remember what they published, and
+ *	  the merge publishes a correction so that the latest event of every
+ *	  group carries its exact count.
  *
  * Copyright (c) 2026, The evstream authors
  *
@@ -48,7 +54,6 @@
 #include "catalog/index.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_inherits.h"
-#include "storage/lmgr.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/executor.h"
@@ -64,6 +69,7 @@
 #include "parser/parse_relation.h"
 #include "parser/parser.h"
 #include "rewrite/rewriteManip.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -164,12 +170,6 @@ pending_reset(void)
 	pending = hash_create("evstream pending deltas", 256, &ctl,
 						  HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
 	pending_n = 0;
-}
-
-bool
-EvsHavePendingDeltas(void)
-{
-	return pending_n > 0;
 }
 
 /*

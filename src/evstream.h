@@ -76,7 +76,6 @@ typedef struct EvsDatabase
 	char		last_error[256];
 	/* topics with newly committed events, for push (worker.c) */
 	pg_atomic_uint32 take_gen;	/* bumped each time the worker takes them */
-	pg_atomic_uint32 wake_pending;	/* the worker's latch was set, not served */
 	int			ndirty;
 	bool		dirty_overflow; /* "every topic may have advanced" */
 	bool		deltas_pending; /* aggregate deltas committed since last merge */
@@ -150,7 +149,6 @@ extern void EvsCatalogInit(void);
 extern EvsTopic *EvsLookupTopic(Oid relid);
 extern EvsTopic *EvsRequireTopic(Oid relid, const char *fn);
 extern List *EvsTopicAggregates(EvsTopic *t);
-extern Oid	EvsExtensionSchema(void);
 extern void EvsCheckName(const char *what, const char *value);
 
 typedef struct EvsSuperuserState
@@ -179,7 +177,6 @@ extern void EvsRequireReadCommitted(const char *fn);
 extern void EvsAggregatesInit(void);
 extern void EvsAccumulate(Relation rel, TupleTableSlot **slots, int nslots);
 extern void EvsFlushDeltas(void);
-extern bool EvsHavePendingDeltas(void);
 extern int64 EvsBucketUsecs(Interval *ivl, const char *what);
 extern void EvsDropAggregate(Oid view);
 

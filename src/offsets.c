@@ -142,41 +142,40 @@ EvsDatabaseEntry(Oid dboid, bool create)
 		free_entry->dboid = dboid;
 		free_entry->worker_procno = -1;
 		pg_atomic_init_u32(&free_entry->take_gen, 0);
-		pg_atomic_init_u32(&free_entry->wake_pending, 0);
 		found = free_entry;
 	}
 	LWLockRelease(evs_shared->lock);
 	return found;
 }
 
-/*
- * Wake a database's worker, if it runs and nobody did since it last served
- * a wake-up (it clears wake_pending when it takes the pending work): at most
- * one SetLatch per push, however many producers commit meanwhile.
- */
+/* Wake a database's worker, if it runs */
 void
 EvsWakeWorker(EvsDatabase *db)
 {
 	int			procno = db->worker_procno;
 
-	if (procno >= 0 && pg_atomic_exchange_u32(&db->wake_pending, 1) == 0)
+	if (procno >= 0)
 		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
 }
 
 /*
- * Are all of this transaction's notifying topics already marked?  Read
- * without the lock; valid only if the worker did not take the marks in
- * between (take_gen unchanged), in which case it will take them after our
- * slot was cleared and see our events in its stable_id.
+ * Does the worker already know everything this transaction's end would
+ * tell it: all its notifying topics marked, and pending deltas flagged if
+ * it wrote any?  Read without the lock; valid only if the worker did not
+ * take the marks in between (take_gen unchanged), in which case it takes
+ * them later, after our slot was cleared, and sees our events in its
+ * stable_id.  It was woken when the marks were set.
  */
 static bool
-evs_already_marked(EvsDatabase *db)
+evs_already_marked(EvsDatabase *db, bool deltas)
 {
 	uint32		gen = pg_atomic_read_u32(&db->take_gen);
 	int			n;
 	int			i;
 
 	pg_read_barrier();
+	if (deltas && !*((volatile bool *) &db->deltas_pending))
+		return false;
 	n = *((volatile int *) &db->ndirty);
 	if (!*((volatile bool *) &db->dirty_overflow))
 	{
@@ -245,11 +244,12 @@ evstream_next_id(PG_FUNCTION_ARGS)
 	EvsTopic   *t;
 	int			i;
 
+	/* fast path: every row after the transaction's first for this topic */
 	for (i = xact_ntopics - 1; i >= 0; i--)
 		if (xact_topics[i] == topic)
-			break;
+			PG_RETURN_INT64(nextval_internal(xact_seq[i], false));
+
 	t = EvsRequireTopic(topic, "_next_id");
-	if (i < 0)
 	{
 		/* only producers may hold back the topic's stable offset */
 		AclResult	acl = pg_class_aclcheck(topic, GetUserId(), ACL_INSERT);
@@ -405,14 +405,12 @@ evs_after_end(bool committed)
 	if (my_db == NULL)
 		return;					/* too many databases: no push, nothing else lost */
 
-	/* the common case under load: already marked, skip the lock */
+	/* the common case under load: the worker knows already, skip the lock */
 	pg_memory_barrier();
-	if (!(committed && xact_deltas) && evs_already_marked(my_db))
-	{
-		EvsWakeWorker(my_db);
+	if (evs_already_marked(my_db, committed && xact_deltas))
 		return;
-	}
 
+	/* wake the worker only for news: at most once per push it makes */
 	LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
 	for (i = 0; i < xact_ntopics; i++)
 	{
@@ -420,7 +418,6 @@ evs_after_end(bool committed)
 
 		if (!xact_notify[i])
 			continue;
-		wake = true;
 		for (k = 0; k < my_db->ndirty; k++)
 			if (my_db->dirty[k] == xact_topics[i])
 				break;
@@ -428,10 +425,13 @@ evs_after_end(bool committed)
 			continue;
 		if (my_db->ndirty < EVS_DIRTY_TOPICS)
 			my_db->dirty[my_db->ndirty++] = xact_topics[i];
-		else
+		else if (!my_db->dirty_overflow)
 			my_db->dirty_overflow = true;
+		else
+			continue;
+		wake = true;
 	}
-	if (committed && xact_deltas)
+	if (committed && xact_deltas && !my_db->deltas_pending)
 	{
 		my_db->deltas_pending = true;
 		wake = true;

@@ -394,10 +394,6 @@ evs_worker_push(void)
 	bool		deltas;
 	int			i;
 
-	/* from now on, a producer's commit must set our latch again */
-	pg_atomic_write_u32(&worker_db->wake_pending, 0);
-	pg_memory_barrier();
-
 	LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
 	pg_atomic_fetch_add_u32(&worker_db->take_gen, 1);
 	ndirty = worker_db->ndirty;

@@ -142,7 +142,7 @@ ok( $node->poll_query_until(
 my $bg = listen_session($node, 'dst', 'ev', 'by_key');
 my $id = $node->safe_psql('dst', q{INSERT INTO ev (key) VALUES ('k2') RETURNING id});
 my $k2 = $node->safe_psql('dst', q{SELECT count FROM by_key WHERE group_key = 'k2'});
-my $k2_note = sub { $_[0]->{channel} eq 'by_key' && $_[0]->{payload} =~ /"group_key": "k2", "count": $k2\}/ };
+my $k2_note = sub { $_[0]->{channel} eq 'by_key' && $_[0]->{payload} =~ /"group_key": "k2", "bucket_start": null, "count": $k2\}/ };
 my $notes = collect_notifications($bg,
 	sub { (grep { $_->{channel} eq 'ev' && $_->{payload} =~ /"last_id": $id\}/ } @{ $_[0] })
 		  && (grep { $k2_note->($_) } @{ $_[0] }) }, 30);
