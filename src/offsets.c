@@ -50,8 +50,18 @@
  *	  Cost: W1-W2 once per topic per transaction; stable_id is one buffer
  *	  read plus a scan of MaxBackends slots — O(backends), never O(events).
  *
- *	  The transaction callbacks here also mark, at commit, the topics with
- *	  new events for the notifying worker, and wake it through its latch.
+ *	  The transaction callbacks here also mark, after the slot is cleared,
+ *	  the notifying topics whose stable offset may have moved (at commit,
+ *	  and at abort too: an aborted lowest id unblocks others' events) in
+ *	  the database's shared entry, and wake the worker when that is news.
+ *	  Why no event goes unannounced: the mark is made after our slot is
+ *	  cleared; the worker takes the marks (bumping take_gen) under the lock
+ *	  before computing stable_id, so a mark it takes yields a stable_id that
+ *	  covers our ids.  A commit that finds its topics already marked skips
+ *	  the lock only if take_gen did not move while it looked, i.e. the
+ *	  worker has yet to take those marks, hence takes them after our clear.
+ *
+ *	  Logical replication: see EvsNoteSuppliedIds.
  *
  * Copyright (c) 2026, The evstream authors
  *
