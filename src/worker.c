@@ -350,6 +350,7 @@ static void
 evs_notify_topic(Oid topic)
 {
 	char	   *name = get_rel_name(topic);
+	EvsTopic   *t;
 	int64		stable;
 	SentEntry  *e;
 	bool		found;
@@ -357,7 +358,8 @@ evs_notify_topic(Oid topic)
 
 	if (name == NULL)
 		return;
-	if (!OidIsValid(EvsLookupTopic(topic)->topic) || !EvsLookupTopic(topic)->notify)
+	t = EvsLookupTopic(topic);
+	if (t->topic != topic || !t->notify)
 		return;
 	stable = EvsStableId(topic);
 	e = hash_search(sent_ids, &topic, HASH_ENTER, &found);
@@ -640,9 +642,6 @@ EvsWorkerMain(Datum arg)
 			evs_worker_step(evs_worker_maintain);
 			next_maintenance = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														   (int64) evs_maintenance_interval * 1000);
-			LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
-			worker_db->last_maintenance = GetCurrentTimestamp();
-			LWLockRelease(evs_shared->lock);
 			continue;
 		}
 		else
