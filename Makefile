@@ -2,13 +2,14 @@
 # (see test/harness.sh); `make bench` runs the benchmarks (test/bench/).
 
 EXTENSION   = evstream
-EXTVERSION  = 0.1
+EXTVERSION  = 0.2
 MODULE_big  = evstream
 OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 PGFILEDESC  = "evstream - event streaming inside PostgreSQL"
 
 DATA_built  = sql/evstream--$(EXTVERSION).sql
-DATA        = $(wildcard sql/evstream--*--*.sql)
+# every released version's install script and every update script
+DATA        = $(filter-out sql/evstream--$(EXTVERSION).sql,$(wildcard sql/evstream--*.sql))
 
 PG_CONFIG  ?= $(shell test -x /usr/lib/postgresql/15/bin/pg_config && echo /usr/lib/postgresql/15/bin/pg_config || echo pg_config)
 PG_CFLAGS  += -Wall -Wextra -Werror -Wno-unused-parameter -Wno-sign-compare \

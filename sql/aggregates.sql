@@ -209,7 +209,13 @@ pear
 BEGIN;
 INSERT INTO words (key) VALUES ('rolled back');
 ROLLBACK;
--- one event per changed group and statement, with the count the producer saw
+-- change events come from the merge, after commit: none yet
+SELECT count(*) FROM word_totals_out;
+-- one event per group changed since the last merge, with its new total
+SELECT evstream._merge_deltas() >= 0 AS merged;
+SELECT key, payload FROM word_totals_out ORDER BY key COLLATE "C" NULLS FIRST, id;
+INSERT INTO words (key) VALUES ('apple');
+SELECT evstream._merge_deltas() >= 0 AS merged;
 SELECT key, payload FROM word_totals_out ORDER BY key COLLATE "C" NULLS FIRST, id;
 SELECT * FROM word_totals ORDER BY group_key COLLATE "C" NULLS FIRST;
 -- consumable like any topic
@@ -218,12 +224,14 @@ SELECT key, payload FROM evstream.consume('word_totals_out', 'out_reader', 3) OR
 SELECT evstream.create_topic('click_changes');
 SELECT evstream.create_aggregate('clicks_out', 'clicks', bucket => '1 hour', output_topic => 'click_changes');
 INSERT INTO clicks (key) VALUES ('z'), ('z');
+SELECT evstream._merge_deltas() >= 0 AS merged;
 SELECT key, payload - 'bucket_start' AS payload,
        (payload->>'bucket_start')::timestamptz = date_bin('1 hour', now(), 'epoch') AS bucket_start_ok
   FROM click_changes ORDER BY id;
 -- aggregates on an output topic: a pipeline
 SELECT evstream.create_aggregate('changes_per_word', 'word_totals_out');
 INSERT INTO words (key) VALUES ('fig');
+SELECT evstream._merge_deltas() >= 0 AS merged;
 SELECT * FROM changes_per_word ORDER BY group_key COLLATE "C" NULLS FIRST;
 SELECT evstream.drop_aggregate('changes_per_word');
 -- bad output topics
@@ -377,15 +385,19 @@ CREATE ROLE regress_evs_stranger;
 GRANT CREATE, USAGE ON SCHEMA stats TO regress_evs_analyst;
 GRANT USAGE ON SCHEMA stats TO regress_evs_stranger;
 SET ROLE regress_evs_analyst;
--- creating an aggregate needs SELECT on the topic
+-- creating an aggregate needs ownership of the topic: its expression runs
+-- inside every producer's INSERT
 SELECT evstream.create_aggregate('stats.analyst_counts', 'clicks');
 \echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 GRANT SELECT ON clicks TO regress_evs_analyst;
 SET ROLE regress_evs_analyst;
+-- SELECT is not enough
+SELECT evstream.create_aggregate('stats.analyst_counts', 'clicks', group_by => 'upper(key)');
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
 SELECT evstream.create_aggregate('stats.analyst_counts', 'clicks', group_by => 'upper(key)');
 SELECT * FROM stats.analyst_counts ORDER BY group_key COLLATE "C" NULLS FIRST;
-RESET ROLE;
 -- producers need no privileges on the aggregate
 GRANT INSERT ON clicks TO regress_evs_stranger;
 SET ROLE regress_evs_stranger;
@@ -415,7 +427,9 @@ RESET ROLE;
 SELECT * FROM stats.analyst_counts ORDER BY group_key COLLATE "C" NULLS FIRST;
 SET ROLE regress_evs_analyst;
 SELECT evstream.drop_aggregate('stats.analyst_counts');
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
+SELECT evstream.drop_aggregate('stats.analyst_counts');
 REVOKE ALL ON clicks FROM regress_evs_analyst, regress_evs_stranger;
 REVOKE ALL ON SCHEMA stats FROM regress_evs_analyst, regress_evs_stranger;
 DROP ROLE regress_evs_analyst, regress_evs_stranger;

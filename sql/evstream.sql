@@ -3,7 +3,9 @@
 -- Rules (from timescaledb's): everything schema-qualified, search_path
 -- pinned on every function, internal catalog tables owned by the installing
 -- superuser and written only through the C functions (which check the
--- caller's privileges on the topic first).
+-- caller's privileges on the topic first).  Nothing here is SECURITY
+-- DEFINER except the sql_drop event trigger's function, which reads only
+-- pg_event_trigger_dropped_objects() and writes only evstream's tables.
 
 \echo Use "CREATE EXTENSION evstream" to load this file. \quit
 
@@ -37,7 +39,8 @@ CREATE TABLE evstream._group (
     consumer_group text NOT NULL,
     committed_id   bigint NOT NULL,
     updated_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    PRIMARY KEY (topic, consumer_group)
+    PRIMARY KEY (topic, consumer_group),
+    owner          regrole NOT NULL                   -- (0.2) who may move it
 );
 
 CREATE SEQUENCE evstream._aggregate_id_seq;
@@ -83,6 +86,11 @@ SELECT pg_catalog.pg_extension_config_dump('evstream._delta', '');
 
 GRANT SELECT ON evstream._topic, evstream._group, evstream._aggregate,
                 evstream._count, evstream._delta TO PUBLIC;
+
+-- Group positions are readable only by roles that can read the topic.
+ALTER TABLE evstream._group ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readable_groups ON evstream._group FOR SELECT USING
+    (pg_catalog.has_table_privilege(topic, 'SELECT'));
 
 -- Counts are readable only by roles that can read the aggregate's topic
 -- (an aggregate's view reads them with its owner's rights).
@@ -180,8 +188,9 @@ $$;
 -- up to the one holding `upto`.  Partitions are aligned on the epoch like
 -- date_bin(partition_interval, created_at, 'epoch'), named
 -- <topic>_pYYYYMMDD_HH24MISS (UTC lower bound), use the evstream access
--- method and belong to the topic's owner.  A range that the default
--- partition already holds rows for is left to the default partition.
+-- method and belong to the topic's owner (the worker runs this as the
+-- owner).  A range between the oldest and the newest row of the default
+-- partition is left to it: _rehome_default attaches those rows whole.
 CREATE FUNCTION evstream._ensure_partitions(topic regclass, from_ts timestamptz, upto timestamptz)
     RETURNS integer LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp AS $$
@@ -193,40 +202,41 @@ DECLARE
     v_lo      timestamptz;
     v_hi      timestamptz;
     v_made    integer := 0;
-    v_busy    boolean;
     v_default regclass;
+    v_dmin    timestamptz;
+    v_dmax    timestamptz;
     v_name    text;
 BEGIN
-    SELECT t.partition_interval INTO v_ivl FROM evstream._topic t WHERE t.topic = $1;
+    SELECT t.partition_interval INTO v_ivl FROM evstream._topic t WHERE t.topic OPERATOR(pg_catalog.=) $1;
     IF v_ivl IS NULL THEN
         RAISE EXCEPTION 'relation "%" is not an evstream topic', $1 USING ERRCODE = 'undefined_table';
     END IF;
     SELECT n.nspname, c.relname, pg_catalog.pg_get_userbyid(c.relowner) INTO v_nsp, v_rel, v_owner
-      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.oid = $1;
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+     WHERE c.oid OPERATOR(pg_catalog.=) $1;
     SELECT p.part INTO v_default FROM evstream._partitions($1) p WHERE p.is_default;
+    IF v_default IS NOT NULL THEN
+        EXECUTE pg_catalog.format('SELECT pg_catalog.min(created_at), pg_catalog.max(created_at) FROM %s', v_default)
+           INTO v_dmin, v_dmax;
+    END IF;
     v_lo := pg_catalog.date_bin(v_ivl, from_ts, 'epoch'::timestamptz);
-    WHILE v_lo <= upto LOOP
-        v_hi := v_lo + v_ivl;
-        IF NOT EXISTS (SELECT 1 FROM evstream._partitions($1) p
-                        WHERE NOT p.is_default AND p.lo < v_hi AND p.hi > v_lo) THEN
-            v_busy := false;
-            IF v_default IS NOT NULL THEN
-                EXECUTE pg_catalog.format('SELECT EXISTS (SELECT 1 FROM %s WHERE created_at >= $1 AND created_at < $2)', v_default)
-                   INTO STRICT v_busy USING v_lo, v_hi;
+    WHILE v_lo OPERATOR(pg_catalog.<=) upto LOOP
+        v_hi := v_lo OPERATOR(pg_catalog.+) v_ivl;
+        IF NOT EXISTS (SELECT FROM evstream._partitions($1) p
+                        WHERE NOT p.is_default AND p.lo OPERATOR(pg_catalog.<) v_hi
+                          AND p.hi OPERATOR(pg_catalog.>) v_lo)
+           AND (v_dmin IS NULL OR v_hi OPERATOR(pg_catalog.<=) v_dmin OR v_lo OPERATOR(pg_catalog.>) v_dmax) THEN
+            v_name := v_rel OPERATOR(pg_catalog.||) '_p' OPERATOR(pg_catalog.||)
+                      pg_catalog.to_char(v_lo AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MISS');
+            EXECUTE pg_catalog.format(
+                'CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L) USING evstream',
+                v_nsp, v_name, v_nsp, v_rel,
+                pg_catalog.to_char(v_lo AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS+00'),
+                pg_catalog.to_char(v_hi AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS+00'));
+            IF v_owner OPERATOR(pg_catalog.<>) current_user THEN
+                EXECUTE pg_catalog.format('ALTER TABLE %I.%I OWNER TO %I', v_nsp, v_name, v_owner);
             END IF;
-            IF NOT v_busy THEN
-                v_name := v_rel || '_p' || pg_catalog.to_char(v_lo AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MISS');
-                EXECUTE pg_catalog.format(
-                    'CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L) USING evstream',
-                    v_nsp, v_name, v_nsp, v_rel,
-                    pg_catalog.to_char(v_lo AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS+00'),
-                    pg_catalog.to_char(v_hi AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS+00'));
-                IF v_owner <> current_user THEN
-                    EXECUTE pg_catalog.format('ALTER TABLE %I.%I OWNER TO %I', v_nsp, v_name, v_owner);
-                END IF;
-                v_made := v_made + 1;
-            END IF;
+            v_made := v_made OPERATOR(pg_catalog.+) 1;
         END IF;
         v_lo := v_hi;
     END LOOP;
@@ -234,12 +244,16 @@ BEGIN
 END
 $$;
 
--- Moves the events that landed in a topic's default partition (because
--- their partition did not exist yet, e.g. while the worker was stopped)
--- into proper partitions, keeping their ids and times, in one transaction
--- under a short ACCESS EXCLUSIVE lock (bounded by the caller's
--- lock_timeout).  Consumers see the events either in the old place or in
--- the new one, never both or neither.  Aggregates are not recounted.
+-- Gives the events that landed in a topic's default partition (because
+-- their partition did not exist yet, e.g. while the worker was stopped) a
+-- proper partition without moving a row: under a short ACCESS EXCLUSIVE
+-- lock (bounded by the caller's lock_timeout) the default partition is
+-- detached, renamed after the range its rows span, and attached back for
+-- that range, and a new empty default partition is made.  No row is
+-- rewritten, so no trigger fires and ids, times and aggregates stay as
+-- they are; consumers see the events in the old place or in the new one,
+-- never both or neither.  Rows spanning a range that already has
+-- partitions are left in the default partition (retention truncates it).
 CREATE FUNCTION evstream._rehome_default(topic regclass)
     RETURNS bigint LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp AS $$
@@ -247,251 +261,132 @@ DECLARE
     v_default regclass;
     v_nsp     name;
     v_rel     name;
-    v_owner   name;
-    v_tmp     text;
     v_ivl     interval;
-    v_bins    timestamptz[];
-    v_bin     timestamptz;
-    v_moved   bigint;
+    v_lo      timestamptz;
+    v_hi      timestamptz;
+    v_n       bigint;
+    v_any     boolean;
+    v_name    text;
 BEGIN
     SELECT p.part INTO v_default FROM evstream._partitions($1) p WHERE p.is_default;
     IF v_default IS NULL THEN
         RETURN 0;
     END IF;
-    SELECT t.partition_interval INTO v_ivl FROM evstream._topic t WHERE t.topic = $1;
-    EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(DISTINCT pg_catalog.date_bin($1, created_at, ''epoch''::timestamptz)) FROM %s',
-                              v_default) INTO v_bins USING v_ivl;
-    IF v_bins IS NULL OR pg_catalog.cardinality(v_bins) > 1000 THEN
-        RETURN 0;   -- nothing to move, or too many partitions to make: leave it
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %s)', v_default) INTO v_any;
+    IF NOT v_any THEN
+        RETURN 0;
     END IF;
-    SELECT n.nspname, c.relname, pg_catalog.pg_get_userbyid(c.relowner) INTO v_nsp, v_rel, v_owner
-      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.oid = $1;
+    SELECT t.partition_interval INTO v_ivl FROM evstream._topic t WHERE t.topic OPERATOR(pg_catalog.=) $1;
+    SELECT n.nspname, c.relname INTO v_nsp, v_rel
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+     WHERE c.oid OPERATOR(pg_catalog.=) $1;
     EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', $1);
-    v_tmp := 'evstream_rehome_' || $1::oid;
-    EXECUTE pg_catalog.format('ALTER TABLE %s DETACH PARTITION %s', $1, v_default);
-    EXECUTE pg_catalog.format('ALTER TABLE %s RENAME TO %I', v_default, v_tmp);
-    EXECUTE pg_catalog.format('CREATE TABLE %I.%I PARTITION OF %s DEFAULT USING evstream',
-                              v_nsp, v_rel || '_default', $1);
-    IF v_owner <> current_user THEN
-        EXECUTE pg_catalog.format('ALTER TABLE %I.%I OWNER TO %I', v_nsp, v_rel || '_default', v_owner);
+    EXECUTE pg_catalog.format('SELECT pg_catalog.min(created_at), pg_catalog.max(created_at), pg_catalog.count(*) FROM %s',
+                              v_default) INTO v_lo, v_hi, v_n;
+    IF v_n OPERATOR(pg_catalog.=) 0 THEN
+        RETURN 0;
     END IF;
-    FOREACH v_bin IN ARRAY v_bins LOOP
-        PERFORM evstream._ensure_partitions($1, v_bin, v_bin);
-    END LOOP;
-    PERFORM pg_catalog.set_config('evstream.restore_mode', 'on', true);
-    EXECUTE pg_catalog.format('INSERT INTO %s SELECT id, key, payload, created_at FROM %I.%I',
-                              $1, v_nsp, v_tmp);
-    GET DIAGNOSTICS v_moved = ROW_COUNT;
-    PERFORM pg_catalog.set_config('evstream.restore_mode', 'off', true);
-    EXECUTE pg_catalog.format('DROP TABLE %I.%I', v_nsp, v_tmp);
-    RETURN v_moved;
+    v_lo := pg_catalog.date_bin(v_ivl, v_lo, 'epoch'::timestamptz);
+    v_hi := pg_catalog.date_bin(v_ivl, v_hi, 'epoch'::timestamptz) OPERATOR(pg_catalog.+) v_ivl;
+    IF EXISTS (SELECT FROM evstream._partitions($1) p
+                WHERE NOT p.is_default AND p.lo OPERATOR(pg_catalog.<) v_hi AND p.hi OPERATOR(pg_catalog.>) v_lo) THEN
+        RETURN 0;
+    END IF;
+    v_name := v_rel OPERATOR(pg_catalog.||) '_p' OPERATOR(pg_catalog.||)
+              pg_catalog.to_char(v_lo AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MISS');
+    EXECUTE pg_catalog.format('ALTER TABLE %s DETACH PARTITION %s', $1, v_default);
+    EXECUTE pg_catalog.format('ALTER TABLE %s RENAME TO %I', v_default, v_name);
+    EXECUTE pg_catalog.format('CREATE TABLE %I.%I PARTITION OF %s DEFAULT USING evstream',
+                              v_nsp, v_rel OPERATOR(pg_catalog.||) '_default', $1);
+    EXECUTE pg_catalog.format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
+                              $1, v_nsp, v_name,
+                              pg_catalog.to_char(v_lo AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS+00'),
+                              pg_catalog.to_char(v_hi AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS+00'));
+    RETURN v_n;
 END
 $$;
-REVOKE ALL ON FUNCTION evstream._rehome_default(regclass) FROM PUBLIC;
 
--- One maintenance pass over every topic: move rows out of the default
--- partition, premake partitions, apply retention (whole partitions only),
--- fold aggregate deltas into counts.  Lock waits are bounded by
--- lock_timeout: a busy topic is skipped and retried at the next pass, so
--- producers never queue behind maintenance for long.  One topic's failure
--- does not stop the others.  Returns the errors met (NULL when none; lock
--- timeouts, which are normal under load, only raise a NOTICE); the worker
--- shows them in evstream.workers.last_error.
-CREATE FUNCTION evstream.run_maintenance(premake integer DEFAULT 3)
-    RETURNS text LANGUAGE plpgsql
+-- One topic's upkeep; the worker runs it as the topic's owner under
+-- SECURITY_RESTRICTED_OPERATION, one topic per subtransaction: rehome the
+-- default partition, premake partitions, and unless allow_drop is false
+-- (pg_dump is running) drop partitions past retention (whole partitions
+-- only; the default partition is truncated once all its rows are old) and
+-- empty partitions more than one interval in the past (so 1-second
+-- partitions do not pile up).  Parent locked first, as producers and
+-- consumers lock: no deadlock.
+CREATE FUNCTION evstream._maintain_topic(topic regclass, premake integer, allow_drop boolean)
+    RETURNS void LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t      record;
     p      record;
     v_old  boolean;
-    v_dump boolean;
-    errs   text := '';
+    v_any  boolean;
 BEGIN
-    PERFORM pg_catalog.set_config('lock_timeout', '200ms', true);
-    -- pg_dump reads the catalog first and locks the tables one by one: a
-    -- partition dropped in between makes it fail.  No retention meanwhile.
-    SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
-                    WHERE a.datname = pg_catalog.current_database()
-                      AND a.application_name IN ('pg_dump', 'pg_dumpall'))
-      INTO v_dump;
-    FOR t IN SELECT * FROM evstream._topic ORDER BY topic::oid LOOP
-        BEGIN
-            IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = t.topic::oid) THEN
-                CONTINUE;   -- dropped meanwhile
-            END IF;
-            PERFORM evstream._rehome_default(t.topic);
-            PERFORM evstream._ensure_partitions(t.topic, pg_catalog.now(),
-                                                pg_catalog.now() + t.partition_interval * premake);
-            IF t.retention IS NOT NULL AND NOT v_dump THEN
-                FOR p IN SELECT * FROM evstream._partitions(t.topic) x
-                          WHERE NOT x.is_default AND x.hi <= pg_catalog.now() - t.retention LOOP
-                    -- parent first, as producers and consumers lock: no deadlock
-                    EXECUTE pg_catalog.format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', t.topic);
-                    EXECUTE pg_catalog.format('DROP TABLE %s', p.part);
-                END LOOP;
-                FOR p IN SELECT * FROM evstream._partitions(t.topic) x WHERE x.is_default LOOP
-                    EXECUTE pg_catalog.format(
-                        'SELECT pg_catalog.max(created_at) < pg_catalog.now() - $1 FROM %s', p.part)
-                        INTO v_old USING t.retention;
-                    IF v_old THEN
-                        EXECUTE pg_catalog.format('TRUNCATE %s', p.part);
-                    END IF;
-                END LOOP;
-            END IF;
-        EXCEPTION
-            WHEN lock_not_available THEN
-                RAISE NOTICE 'evstream maintenance: topic % is busy, retrying at the next pass', t.topic;
-            WHEN OTHERS THEN
-                errs := errs || pg_catalog.format('topic %s: %s; ', t.topic, SQLERRM);
-        END;
-    END LOOP;
-    BEGIN
-        PERFORM evstream._merge_deltas();
-    EXCEPTION
-        WHEN lock_not_available OR deadlock_detected THEN
-            RAISE NOTICE 'evstream maintenance: delta merge deferred to the next pass';
-    END;
-    IF errs <> '' THEN
-        RAISE WARNING 'evstream maintenance: %', errs;
-        RETURN errs;
+    SELECT x.*, c.relowner INTO t FROM evstream._topic x
+      JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) x.topic::pg_catalog.oid
+     WHERE x.topic OPERATOR(pg_catalog.=) $1;
+    IF NOT FOUND THEN
+        RETURN;     -- dropped meanwhile
     END IF;
-    RETURN NULL;
+    IF NOT pg_catalog.pg_has_role(t.relowner, 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of topic %', $1 USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    PERFORM evstream._rehome_default($1);
+    PERFORM evstream._ensure_partitions($1, pg_catalog.now(),
+                                        pg_catalog.now() OPERATOR(pg_catalog.+) (t.partition_interval OPERATOR(pg_catalog.*) premake));
+    IF NOT allow_drop THEN
+        RETURN;
+    END IF;
+    IF t.retention IS NOT NULL THEN
+        FOR p IN SELECT * FROM evstream._partitions($1) x
+                  WHERE NOT x.is_default AND x.hi OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) t.retention) LOOP
+            EXECUTE pg_catalog.format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', $1);
+            EXECUTE pg_catalog.format('DROP TABLE %s', p.part);
+        END LOOP;
+        FOR p IN SELECT * FROM evstream._partitions($1) x WHERE x.is_default LOOP
+            EXECUTE pg_catalog.format(
+                'SELECT pg_catalog.max(created_at) OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $1) FROM %s', p.part)
+                INTO v_old USING t.retention;
+            IF v_old THEN
+                EXECUTE pg_catalog.format('TRUNCATE %s', p.part);
+            END IF;
+        END LOOP;
+    END IF;
+    FOR p IN SELECT * FROM evstream._partitions($1) x
+              WHERE NOT x.is_default
+                AND x.hi OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) t.partition_interval)
+              ORDER BY x.lo LOOP
+        EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %s)', p.part) INTO v_any;
+        CONTINUE WHEN v_any;
+        EXECUTE pg_catalog.format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', $1);
+        EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p.part);
+        -- an insert that was in flight has ended now: look again
+        EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %s)', p.part) INTO v_any;
+        IF NOT v_any THEN
+            EXECUTE pg_catalog.format('DROP TABLE %s', p.part);
+        END IF;
+    END LOOP;
 END
 $$;
+
+-- One maintenance pass over every topic (what the worker runs every
+-- evstream.maintenance_interval): forget catalog rows of dropped
+-- relations, each topic's upkeep as its owner (evstream._maintain_topic),
+-- then the aggregate delta merge.  Lock waits are bounded by lock_timeout:
+-- a busy topic is skipped and retried at the next pass.  One topic's or
+-- aggregate's failure does not stop the others.  Returns the errors met
+-- (NULL when none); the worker shows them in evstream.workers.last_error.
+CREATE FUNCTION evstream.run_maintenance(premake integer DEFAULT 3)
+    RETURNS text LANGUAGE C AS 'MODULE_PATHNAME', 'evstream_run_maintenance';
 REVOKE ALL ON FUNCTION evstream.run_maintenance(integer) FROM PUBLIC;
 
 -- Folds the committed deltas of every aggregate (or one) into its counts,
--- atomically, and returns the new count of each group that changed.
---
--- Push: for aggregates with notify, the new counts are sent on channel =
--- the aggregate's relation name, payload {"aggregate": name, "changes":
--- [{"group_key": ..., "bucket_start": ... (null without bucket), "count":
--- n}, ...]}, split to
--- stay under the 8000-byte payload limit.  Whoever merges (the worker, or
--- a maintenance pass) notifies, so every change is announced once.  A
--- single change too large for any payload (a group key of ~8 kB) is
--- reported with a WARNING instead.
---
--- Output topics: producers publish the count their transaction sees, so
--- two producers of one group committing concurrently both publish n + 1
--- and the group's latest event is stale.  _count remembers, per group, the
--- latest output event (highest id) and its count; when, after folding, that
--- event's count differs from the merged total, a correction event with the
--- total is published.  Ids grow in insertion order, so the latest event of
--- every group ends up carrying its exact count.
-CREATE FUNCTION evstream._merge_deltas(only_agg integer DEFAULT NULL,
-        OUT agg integer, OUT group_key text, OUT bucket_start timestamptz, OUT count bigint)
-    RETURNS SETOF record LANGUAGE plpgsql
-    SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    r         record;
-    a         record;
-    v_id      bigint;
-    v_cur     integer;
-    v_change  text;
-    v_head    text;
-    v_buf     text := '';
-BEGIN
-    FOR r IN
-        WITH d AS (
-            DELETE FROM evstream._delta x WHERE $1 IS NULL OR x.agg = $1
-            RETURNING x.agg, x.group_key, x.bucket_start, x.delta, x.published, x.published_id
-        ), s AS (
-            SELECT d.agg, d.group_key, d.bucket_start, pg_catalog.sum(d.delta)::bigint AS n,
-                   pg_catalog.max(d.published_id) AS pid,
-                   (pg_catalog.array_agg(d.published ORDER BY d.published_id DESC NULLS LAST))[1] AS pcount
-              FROM d GROUP BY 1, 2, 3
-        ), u AS (
-            INSERT INTO evstream._count AS c (agg, group_key, bucket_start, count, last_id, last_count)
-            SELECT s.agg, s.group_key, s.bucket_start, s.n, s.pid, s.pcount FROM s
-            ON CONFLICT ON CONSTRAINT _count_key DO UPDATE
-               SET count = c.count + excluded.count,
-                   last_id = CASE WHEN excluded.last_id > COALESCE(c.last_id, 0) THEN excluded.last_id ELSE c.last_id END,
-                   last_count = CASE WHEN excluded.last_id > COALESCE(c.last_id, 0) THEN excluded.last_count ELSE c.last_count END
-            RETURNING c.ctid AS row_ctid, c.agg, c.group_key, c.bucket_start, c.count, c.last_id, c.last_count
-        )
-        SELECT * FROM u ORDER BY u.agg
-    LOOP
-        agg := r.agg; group_key := r.group_key; bucket_start := r.bucket_start; count := r.count;
-        RETURN NEXT;
-
-        IF v_cur IS DISTINCT FROM r.agg THEN
-            IF v_buf <> '' THEN
-                PERFORM pg_catalog.pg_notify(a.channel, v_head || v_buf || ']}');
-            END IF;
-            v_cur := r.agg;
-            v_buf := '';
-            SELECT x.output_topic, x.bucket IS NOT NULL AS windowed, x.notify,
-                   c.relname::text AS channel
-              INTO a
-              FROM evstream._aggregate x JOIN pg_catalog.pg_class c ON c.oid = x.aggregate
-             WHERE x.id = r.agg;
-            v_head := '{"aggregate": ' || pg_catalog.to_json(a.channel)::text || ', "changes": [';
-        END IF;
-
-        -- changelog correction (see above)
-        IF a.output_topic IS NOT NULL AND r.last_id IS NOT NULL
-           AND r.last_count IS DISTINCT FROM r.count THEN
-            EXECUTE pg_catalog.format(
-                'INSERT INTO %s (key, payload) VALUES ($1, pg_catalog.jsonb_build_object(''count'', $2)'
-                || CASE WHEN a.windowed THEN ' || pg_catalog.jsonb_build_object(''bucket_start'', $3)' ELSE '' END
-                || ') RETURNING id', a.output_topic)
-               INTO v_id USING r.group_key, r.count, r.bucket_start;
-            UPDATE evstream._count c SET last_id = v_id, last_count = r.count
-             WHERE c.ctid = r.row_ctid;
-        END IF;
-
-        -- push
-        IF a.notify THEN
-            v_change := '{"group_key": ' || COALESCE(pg_catalog.to_json(r.group_key)::text, 'null')
-                || ', "bucket_start": ' || COALESCE(pg_catalog.to_json(r.bucket_start)::text, 'null')
-                || ', "count": ' || r.count || '}';
-            IF pg_catalog.octet_length(v_head || v_change) + 2 > 7900 THEN
-                RAISE WARNING 'evstream: change of group % of aggregate % is too large to notify',
-                    pg_catalog.left(r.group_key, 40), a.channel;
-            ELSE
-                IF v_buf <> '' AND pg_catalog.octet_length(v_head || v_buf || v_change) + 4 > 7900 THEN
-                    PERFORM pg_catalog.pg_notify(a.channel, v_head || v_buf || ']}');
-                    v_buf := '';
-                END IF;
-                v_buf := v_buf || CASE WHEN v_buf = '' THEN '' ELSE ', ' END || v_change;
-            END IF;
-        END IF;
-    END LOOP;
-    IF v_buf <> '' THEN
-        PERFORM pg_catalog.pg_notify(a.channel, v_head || v_buf || ']}');
-    END IF;
-END
-$$;
+-- announces the changed groups and publishes them to the output topic
+-- (see aggregates.c); returns how many groups changed.
+CREATE FUNCTION evstream._merge_deltas(only_agg integer DEFAULT NULL)
+    RETURNS integer LANGUAGE C CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'evstream_merge_deltas';
 REVOKE ALL ON FUNCTION evstream._merge_deltas(integer) FROM PUBLIC;
-
--- The count of one group as the calling transaction sees it (merged
--- counts plus pending deltas): what output topics publish.
-CREATE FUNCTION evstream._current_count(agg integer, k text, b timestamptz)
-    RETURNS bigint LANGUAGE plpgsql STABLE
-    SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    n bigint;
-BEGIN
-    IF k IS NULL THEN
-        SELECT COALESCE(sum(x.n), 0) INTO n FROM (
-            SELECT c.count AS n FROM evstream._count c
-             WHERE c.agg = $1 AND c.group_key IS NULL AND c.bucket_start IS NOT DISTINCT FROM $3
-            UNION ALL
-            SELECT d.delta FROM evstream._delta d
-             WHERE d.agg = $1 AND d.group_key IS NULL AND d.bucket_start IS NOT DISTINCT FROM $3) x;
-    ELSE
-        SELECT COALESCE(sum(x.n), 0) INTO n FROM (
-            SELECT c.count AS n FROM evstream._count c
-             WHERE c.agg = $1 AND c.group_key = $2 AND c.bucket_start IS NOT DISTINCT FROM $3
-            UNION ALL
-            SELECT d.delta FROM evstream._delta d
-             WHERE d.agg = $1 AND d.group_key = $2 AND d.bucket_start IS NOT DISTINCT FROM $3) x;
-    END IF;
-    RETURN n;
-END
-$$;
 
 ------------------------------------------------------------------ workers
 CREATE FUNCTION evstream._workers(OUT database name, OUT pid integer,
@@ -502,12 +397,14 @@ CREATE FUNCTION evstream._workers(OUT database name, OUT pid integer,
 -- database gets its maintenance worker within a second or so.
 CREATE FUNCTION evstream._wake_launcher() RETURNS void
     LANGUAGE C AS 'MODULE_PATHNAME', 'evstream_wake_launcher';
+REVOKE ALL ON FUNCTION evstream._wake_launcher() FROM PUBLIC;
 SELECT evstream._wake_launcher();
 
 ------------------------------------------------------------------ cleanup of dropped objects
 -- A plain DROP TABLE of a topic or of an aggregate's view forgets it.
 CREATE FUNCTION evstream._invalidate(topic regclass) RETURNS void
     LANGUAGE C AS 'MODULE_PATHNAME', 'evstream_invalidate';
+REVOKE ALL ON FUNCTION evstream._invalidate(regclass) FROM PUBLIC;
 
 CREATE FUNCTION evstream._on_sql_drop() RETURNS event_trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -537,67 +434,56 @@ $$;
 CREATE EVENT TRIGGER evstream_sql_drop ON sql_drop EXECUTE FUNCTION evstream._on_sql_drop();
 
 ------------------------------------------------------------------ views
--- First or last event of a topic (by id: one index probe per partition).
--- SECURITY DEFINER so the monitoring views work for every role; they only
--- show ids and times, never payloads.
+-- First or last event of a topic, and the time of the next stable event
+-- after a position, for the monitoring views: ids and times only, never
+-- payloads.  Topics only; read as the topic's owner (topics.c).
 CREATE FUNCTION evstream._edge(topic regclass, first boolean, OUT id bigint, OUT created_at timestamptz)
-    RETURNS record LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    EXECUTE pg_catalog.format('SELECT id, created_at FROM %s ORDER BY id %s LIMIT 1',
-                              topic, CASE WHEN first THEN 'ASC' ELSE 'DESC' END)
-       INTO id, created_at;
-END
-$$;
-
--- Creation time of the oldest event after a position.
+    RETURNS record LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'evstream_edge';
 CREATE FUNCTION evstream._time_after(topic regclass, after_id bigint)
-    RETURNS timestamptz LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    ts timestamptz;
-BEGIN
-    EXECUTE pg_catalog.format('SELECT created_at FROM %s WHERE id > $1 AND id <= $2 ORDER BY id LIMIT 1', topic)
-       INTO ts USING after_id, evstream.stable_id(topic);
-    RETURN ts;
-END
-$$;
+    RETURNS timestamptz LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'evstream_time_after';
 
 CREATE VIEW evstream.topics AS
 SELECT t.topic,
        (SELECT pg_catalog.count(*) FROM evstream._partitions(t.topic))::integer AS partitions,
        (SELECT pg_catalog.sum(GREATEST(c.reltuples, 0))::bigint FROM pg_catalog.pg_inherits i
-          JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = t.topic) AS events,
+          JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.inhrelid
+         WHERE i.inhparent OPERATOR(pg_catalog.=) t.topic::pg_catalog.oid) AS events,
        (SELECT pg_catalog.sum(pg_catalog.pg_total_relation_size(i.inhrelid))::bigint
-          FROM pg_catalog.pg_inherits i WHERE i.inhparent = t.topic) AS bytes,
+          FROM pg_catalog.pg_inherits i WHERE i.inhparent OPERATOR(pg_catalog.=) t.topic::pg_catalog.oid) AS bytes,
        f.first_id, l.last_id, evstream.stable_id(t.topic) AS stable_id,
        f.oldest, l.newest, t.retention, t.partition_interval, t.notify
   FROM evstream._topic t
+  JOIN pg_catalog.pg_class tc ON tc.oid OPERATOR(pg_catalog.=) t.topic::pg_catalog.oid
   LEFT JOIN LATERAL evstream._edge(t.topic, true) f(first_id, oldest) ON true
   LEFT JOIN LATERAL evstream._edge(t.topic, false) l(last_id, newest) ON true;
 
-CREATE VIEW evstream.consumer_groups AS
 -- lag_events: ids between the position and the last stable event (an
 -- estimate when aborted transactions left gaps in between; cheap: two
--- index probes, whatever the lag).
+-- index probes, whatever the lag).  Groups of topics the viewer cannot
+-- read are not shown.
+CREATE VIEW evstream.consumer_groups AS
 SELECT g.topic, g.consumer_group, g.committed_id,
        GREATEST(LEAST(s.stable, COALESCE(l.id, 0))
-                - GREATEST(g.committed_id, COALESCE(f.id, s.stable + 1) - 1), 0) AS lag_events,
-       COALESCE(EXTRACT(epoch FROM pg_catalog.now() - evstream._time_after(g.topic, g.committed_id)), 0)::double precision AS lag_seconds,
-       g.updated_at
+                OPERATOR(pg_catalog.-) GREATEST(g.committed_id, COALESCE(f.id, s.stable OPERATOR(pg_catalog.+) 1) OPERATOR(pg_catalog.-) 1), 0) AS lag_events,
+       COALESCE(EXTRACT(epoch FROM pg_catalog.now() OPERATOR(pg_catalog.-) evstream._time_after(g.topic, g.committed_id)), 0)::double precision AS lag_seconds,
+       g.updated_at,
+       g.owner
   FROM evstream._group g
+  JOIN pg_catalog.pg_class tc ON tc.oid OPERATOR(pg_catalog.=) g.topic::pg_catalog.oid
   CROSS JOIN LATERAL (SELECT evstream.stable_id(g.topic) AS stable) s
   LEFT JOIN LATERAL evstream._edge(g.topic, true) f ON true
-  LEFT JOIN LATERAL evstream._edge(g.topic, false) l ON true;
+  LEFT JOIN LATERAL evstream._edge(g.topic, false) l ON true
+ WHERE pg_catalog.has_table_privilege(g.topic, 'SELECT');
 
 CREATE VIEW evstream.aggregates AS
 SELECT a.aggregate AS name, a.topic, a.group_by, a.bucket, a.output_topic,
        (SELECT pg_catalog.count(*) FROM (
-            SELECT c.group_key, c.bucket_start FROM evstream._count c WHERE c.agg = a.id
+            SELECT c.group_key, c.bucket_start FROM evstream._count c WHERE c.agg OPERATOR(pg_catalog.=) a.id
             UNION
-            SELECT d.group_key, d.bucket_start FROM evstream._delta d WHERE d.agg = a.id) g) AS groups,
+            SELECT d.group_key, d.bucket_start FROM evstream._delta d WHERE d.agg OPERATOR(pg_catalog.=) a.id) g) AS groups,
        a.notify
-  FROM evstream._aggregate a;
+  FROM evstream._aggregate a
+  JOIN pg_catalog.pg_class ac ON ac.oid OPERATOR(pg_catalog.=) a.aggregate::pg_catalog.oid;
 
 CREATE VIEW evstream.workers AS
 SELECT * FROM evstream._workers();

@@ -83,7 +83,8 @@ SELECT a.backend_type, a.datname = current_database() AS this_database
  WHERE w.database = current_database();
 
 ------------------------------------------------------------------ privileges
--- the views are for every role: ids and times only, never payloads
+-- the views are for every role: ids and times only, never payloads; group
+-- positions only of topics the role can read
 CREATE ROLE regress_evs_monitor;
 SET ROLE regress_evs_monitor;
 SELECT topic, first_id, last_id, stable_id FROM evstream.topics WHERE topic::text LIKE 'v\_%' ORDER BY topic::text;

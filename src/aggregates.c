@@ -25,18 +25,19 @@
  *	  written by the same command), and roll back together.
  *
  *	  Subtransactions: pending counts are keyed by the nesting level at
- *	  which the rows were inserted.  A subtransaction abort drops the counts
+ *	  which the rows were inserted; a statement end writes only the counts
+ *	  of its own level (and deeper), never an enclosing statement's.  A subtransaction abort drops the counts
  *	  of its level and deeper (their rows are gone); a subtransaction commit
  *	  hands them to its parent.  Counts already written as delta rows follow
  *	  their subtransaction like any row.
  *
- *	  Output topics: when an aggregate has one, each flush also inserts,
- *	  per changed group, an event (key = group, payload {"count": n} plus
- *	  "bucket_start" when windowed) with the count the transaction sees.
- *	  Concurrent producers of one group can each publish a count that
- *	  misses the other's; the delta rows remember what they published, and
- *	  the merge publishes a correction so that the latest event of every
- *	  group carries its exact count.
+ *	  Output topics and notifications come from the merge (see "merge"
+ *	  below), after the producers' commits: producers only write delta rows.
+ *
+ *	  Privileges: only a topic's owner may create an aggregate on it (its
+ *	  expression runs inside every producer's INSERT).  An expression that
+ *	  calls non-built-in functions runs as the aggregate's owner with
+ *	  SECURITY_RESTRICTED_OPERATION and the pinned search_path.
  *
  * Copyright (c) 2026, The evstream authors
  *
@@ -85,6 +86,9 @@
 #include "utils/snapmgr.h"
 #include "utils/varlena.h"
 #include "access/relation.h"
+#include "commands/async.h"
+#include "utils/json.h"
+#include "utils/datetime.h"
 
 #include "evstream.h"
 
@@ -104,19 +108,15 @@ typedef struct DeltaEntry
 {
 	DeltaKey	key;
 	int64		count;
-	bool		notify;
-	Oid			output_topic;
+	bool		push;			/* the worker should merge soon (notify/output) */
 	bool		bucketed;
-	bool		published;		/* an output event was produced for it */
-	int64		published_count;	/* the count that event carries */
-	int64		published_id;	/* and its id in the output topic */
 } DeltaEntry;
 
 static HTAB *pending = NULL;
 static MemoryContext pending_cxt = NULL;
 static int64 pending_n = 0;
 static ExprContext *accum_econtext = NULL;
-static bool flushing = false;
+static bool accumulating = false;	/* inside EvsAccumulate: no nesting */
 
 static ExecutorFinish_hook_type prev_ExecutorFinish = NULL;
 
@@ -207,19 +207,100 @@ evs_bin(TimestampTz ts, int64 stride)
 	return ts - rem;
 }
 
-/* Count stored rows in the pending deltas of their topic's aggregates */
+/* Does the partition still have a topic's columns (names aside)? */
+static void
+evs_check_shape(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	static const Oid types[4] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID};
+	int			i;
+
+	if (desc->natts != 4)
+		goto bad;
+	for (i = 0; i < 4; i++)
+		if (TupleDescAttr(desc, i)->attisdropped ||
+			TupleDescAttr(desc, i)->atttypid != types[i])
+			goto bad;
+	return;
+bad:
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("partition \"%s\" does not have the columns of an evstream topic",
+					RelationGetRelationName(rel)),
+			 errhint("Recreate the topic with evstream.create_topic().")));
+}
+
+/* Count a batch of rows in one aggregate's pending deltas */
+static void
+evs_accumulate_agg(EvsAggregate *a, TupleTableSlot **slots, int nslots, int level)
+{
+	int			i;
+
+	for (i = 0; i < nslots; i++)
+	{
+		TupleTableSlot *slot = slots[i];
+		DeltaKey	key;
+		DeltaEntry *e;
+		bool		found;
+		bool		isnull;
+		Datum		d;
+		char	   *tmp;
+
+		CHECK_FOR_INTERRUPTS();
+		ResetExprContext(accum_econtext);
+		accum_econtext->ecxt_scantuple = slot;
+		d = ExecEvalExprSwitchContext(a->expr, accum_econtext, &isnull);
+		key.agg = a->id;
+		key.level = level;
+		key.isnull = isnull;
+		tmp = isnull ? NULL : TextDatumGetCString(d);
+		key.group = tmp;
+		key.bucket = 0;
+		if (a->bucket)
+		{
+			bool		tsnull;
+			Datum		ts = slot_getattr(slot, 4, &tsnull);
+
+			if (!tsnull)
+				key.bucket = evs_bin(DatumGetTimestampTz(ts), a->bucket_usecs);
+		}
+		e = hash_search(pending, &key, HASH_FIND, NULL);
+		if (e == NULL)
+		{
+			if (!isnull)
+				key.group = MemoryContextStrdup(pending_cxt, key.group);
+			e = hash_search(pending, &key, HASH_ENTER, &found);
+			e->count = 0;
+			e->push = a->notify || OidIsValid(a->output_topic);
+			e->bucketed = a->bucket != NULL;
+		}
+		if (tmp != NULL)
+			pfree(tmp);
+		e->count++;
+		pending_n++;
+	}
+}
+
+/*
+ * Count stored rows in the pending deltas of their topic's aggregates.
+ *
+ * An expression that calls functions a user wrote runs as the aggregate's
+ * owner under SECURITY_RESTRICTED_OPERATION with the safe search_path
+ * (expressions of built-in functions only cannot run anyone's code, and
+ * are evaluated as they are, at no cost).  Producing events from inside an
+ * aggregate expression is refused: it would re-enter the counting.
+ */
 void
 EvsAccumulate(Relation rel, TupleTableSlot **slots, int nslots)
 {
 	EvsTopic   *t;
 	List	   *aggs;
-	ListCell   *lc;
 	int			level;
-	int			i;
-	AttrNumber	created_attno = 4;
 
 	if (evs_copy_restore)
 	{
+		int			i;
+
 		/* restore: remember the highest id, count nothing */
 		for (i = 0; i < nslots; i++)
 		{
@@ -233,12 +314,19 @@ EvsAccumulate(Relation rel, TupleTableSlot **slots, int nslots)
 	}
 	if (evs_restore_mode)
 		return;
+	if (accumulating)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("an aggregate's group_by expression must not produce events"),
+				 errdetail("Relation \"%s\" received a row while an aggregate expression was being evaluated.",
+						   RelationGetRelationName(rel))));
 	t = EvsLookupTopic(RelationGetRelid(rel));
 	if (!OidIsValid(t->topic))
 		return;
 	aggs = EvsTopicAggregates(t);
 	if (aggs == NIL)
 		return;
+	evs_check_shape(rel);
 
 	if (pending == NULL)
 		pending_reset();
@@ -249,73 +337,36 @@ EvsAccumulate(Relation rel, TupleTableSlot **slots, int nslots)
 		accum_econtext = CreateStandaloneExprContext();
 		MemoryContextSwitchTo(old);
 	}
-	if (RelationGetDescr(rel)->natts != 4)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("partition \"%s\" does not have the columns of an evstream topic",
-						RelationGetRelationName(rel))));
 	level = GetCurrentTransactionNestLevel();
 
-	for (i = 0; i < nslots; i++)
+	accumulating = true;
+	EvsCachePin();
+	PG_TRY();
 	{
-		TupleTableSlot *slot = slots[i];
+		ListCell   *lc;
 
 		foreach(lc, aggs)
 		{
 			EvsAggregate *a = lfirst(lc);
-			DeltaKey	key;
-			DeltaEntry *e;
-			bool		found;
-			bool		isnull;
-			Datum		d;
 
-			ResetExprContext(accum_econtext);
-			accum_econtext->ecxt_scantuple = slot;
-			d = ExecEvalExprSwitchContext(a->expr, accum_econtext, &isnull);
-			key.agg = a->id;
-			key.level = level;
-			key.isnull = isnull;
-			key.group = isnull ? NULL : TextDatumGetCString(d);
-			key.bucket = 0;
-			if (a->bucket)
+			if (a->as_owner)
 			{
-				bool		tsnull;
-				Datum		ts = slot_getattr(slot, created_attno, &tsnull);
+				EvsUserState st;
 
-				if (!tsnull)
-					key.bucket = evs_bin(DatumGetTimestampTz(ts), a->bucket_usecs);
+				EvsBecomeOwner(a->owner, &st);
+				evs_accumulate_agg(a, slots, nslots, level);
+				EvsRestoreUser(&st);
 			}
-			e = hash_search(pending, &key, HASH_FIND, NULL);
-			if (e == NULL)
-			{
-				if (!isnull)
-					key.group = MemoryContextStrdup(pending_cxt, key.group);
-				e = hash_search(pending, &key, HASH_ENTER, &found);
-				e->count = 0;
-				e->notify = a->notify;
-				e->output_topic = a->output_topic;
-				e->bucketed = a->bucket != NULL;
-				e->published = false;
-			}
-			e->count++;
-			pending_n++;
+			else
+				evs_accumulate_agg(a, slots, nslots, level);
 		}
 	}
-}
-
-/* Build a text[], timestamptz[] or int8[] from collected datums */
-static Datum
-evs_array(Datum *elems, bool *nulls, int n, Oid type)
-{
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-
-	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
-	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, type,
-											  typlen, typbyval, typalign));
+	PG_FINALLY();
+	{
+		accumulating = false;
+		EvsCacheUnpin();
+	}
+	PG_END_TRY();
 }
 
 /*
@@ -327,8 +378,6 @@ evs_array(Datum *elems, bool *nulls, int n, Oid type)
 static void
 evs_insert_delta_rows(DeltaEntry **entries, int n)
 {
-	Oid			nsp = get_namespace_oid("evstream", false);
-	Oid			relid = get_relname_relid("_delta", nsp);
 	Relation	rel;
 	List	   *indexes;
 	ListCell   *lc;
@@ -337,9 +386,7 @@ evs_insert_delta_rows(DeltaEntry **entries, int n)
 	IndexInfo **iinfos;
 	int			i;
 
-	if (!OidIsValid(relid))
-		elog(ERROR, "evstream._delta does not exist");
-	rel = table_open(relid, RowExclusiveLock);
+	rel = table_open(EvsCatalogRelid(EVS_REL_DELTA), RowExclusiveLock);
 	indexes = RelationGetIndexList(rel);
 	irels = palloc(sizeof(Relation) * (list_length(indexes) + 1));
 	iinfos = palloc(sizeof(IndexInfo *) * (list_length(indexes) + 1));
@@ -354,7 +401,7 @@ evs_insert_delta_rows(DeltaEntry **entries, int n)
 	{
 		DeltaEntry *e = entries[i];
 		Datum		values[6];
-		bool		nulls[6] = {false, false, false, false, false, false};
+		bool		nulls[6] = {false, false, false, false, true, true};
 		HeapTuple	tup;
 		int			k;
 
@@ -364,9 +411,7 @@ evs_insert_delta_rows(DeltaEntry **entries, int n)
 		nulls[2] = !e->bucketed;
 		values[2] = TimestampTzGetDatum(e->key.bucket);
 		values[3] = Int64GetDatum(e->count);
-		nulls[4] = nulls[5] = !e->published;
-		values[4] = Int64GetDatum(e->published_count);
-		values[5] = Int64GetDatum(e->published_id);
+		values[4] = values[5] = (Datum) 0;
 		tup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
 		simple_heap_insert(rel, tup);
 		for (k = 0; k < nidx; k++)
@@ -392,185 +437,48 @@ evs_insert_delta_rows(DeltaEntry **entries, int n)
 	table_close(rel, RowExclusiveLock);
 }
 
-/* qsort comparator for int64 */
-static int
-evs_cmp_int64(const void *a, const void *b)
-{
-	int64		x = *(const int64 *) a;
-	int64		y = *(const int64 *) b;
-
-	return (x > y) - (x < y);
-}
-
 /*
- * Publish the new counts of changed groups as events of the output topic,
- * as the superuser (the producer needs no privilege on the output topic).
- * The count is the one this transaction sees: its own delta on top of
- * what was committed.  Each entry remembers the count and the event id it
- * published; the worker compares them with the merged totals and
- * publishes a correction when a concurrent producer made the latest event
- * of a group stale (see evstream._merge_deltas).
+ * Write the pending counts of the current nesting level (and deeper) as
+ * delta rows, one per group and bucket.  Counts of outer levels belong to
+ * statements still running in an enclosing subtransaction: written here,
+ * inside a subtransaction that may roll back, they would be lost with it
+ * while their events stay, so they wait for their own level.
  */
-static void
-evs_publish_counts(Oid output_topic, DeltaEntry **entries, int n)
-{
-	Oid			types[4] = {INT4OID, TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
-	Datum		values[4];
-	Datum	   *groups = palloc(sizeof(Datum) * n);
-	bool	   *gnulls = palloc(sizeof(bool) * n);
-	Datum	   *buckets = palloc(sizeof(Datum) * n);
-	bool	   *bnulls = palloc(sizeof(bool) * n);
-	Datum	   *counts = palloc(sizeof(Datum) * n);
-	int64	   *ids = palloc(sizeof(int64) * n);
-	EvsSuperuserState su;
-	char	   *sql;
-	uint64		i;
-
-	if (!OidIsValid(output_topic) || get_rel_name(output_topic) == NULL)
-		return;
-	for (i = 0; i < n; i++)
-	{
-		gnulls[i] = entries[i]->key.isnull;
-		groups[i] = gnulls[i] ? (Datum) 0 : CStringGetTextDatum(entries[i]->key.group);
-		bnulls[i] = !entries[i]->bucketed;
-		buckets[i] = TimestampTzGetDatum(entries[i]->key.bucket);
-	}
-	values[0] = Int32GetDatum(entries[0]->key.agg);
-	values[1] = evs_array(groups, gnulls, n, TEXTOID);
-	values[2] = evs_array(buckets, bnulls, n, TIMESTAMPTZOID);
-
-	CommandCounterIncrement();
-	EvsBecomeSuperuser(&su);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-
-	/* the counts before this statement's deltas, in entry order */
-	if (SPI_execute_with_args("SELECT evstream._current_count($1, u.k, u.b) "
-							  "FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) "
-							  "WITH ORDINALITY AS u(k, b, o) ORDER BY u.o",
-							  3, types, values, NULL, false, 0) != SPI_OK_SELECT ||
-		SPI_processed != n)
-		elog(ERROR, "could not read the counts of aggregate %d", entries[0]->key.agg);
-	for (i = 0; i < n; i++)
-	{
-		bool		isnull;
-
-		entries[i]->published_count =
-			DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)) +
-			entries[i]->count;
-		counts[i] = Int64GetDatum(entries[i]->published_count);
-	}
-	values[3] = evs_array(counts, NULL, n, INT8OID);
-
-	/* ids increase in insertion order, so sorted ids follow entry order */
-	sql = psprintf("INSERT INTO %s (key, payload) "
-				   "SELECT u.k, pg_catalog.jsonb_build_object('count', u.n)%s "
-				   "FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4)) "
-				   "WITH ORDINALITY AS u(k, b, n, o) WHERE $1 IS NOT NULL ORDER BY u.o RETURNING id",
-				   EvsQualifiedName(output_topic),
-				   entries[0]->bucketed ? " || pg_catalog.jsonb_build_object('bucket_start', u.b)" : "");
-	if (SPI_execute_with_args(sql, 4, types, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
-		SPI_processed != n)
-		elog(ERROR, "could not publish the counts of aggregate %d", entries[0]->key.agg);
-	for (i = 0; i < n; i++)
-	{
-		bool		isnull;
-
-		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-	}
-	qsort(ids, n, sizeof(int64), evs_cmp_int64);
-	for (i = 0; i < n; i++)
-	{
-		entries[i]->published = true;
-		entries[i]->published_id = ids[i];
-	}
-	SPI_finish();
-	EvsRestoreUser(&su);
-}
-
-/* Write every pending count as delta rows (one per group and bucket) */
-static void
-evs_flush_once(void)
-{
-	HTAB	   *h = pending;
-	MemoryContext cxt = pending_cxt;
-	HASH_SEQ_STATUS seq;
-	DeltaEntry *e;
-	DeltaEntry **all;
-	DeltaEntry **mine;
-	DeltaEntry **batch;
-	long		total = hash_get_num_entries(h);
-	int			n = 0;
-	int			i;
-	bool		notify = false;
-
-	/* detach: writing output topics may add new pending counts */
-	pending = NULL;
-	pending_cxt = NULL;
-	pending_n = 0;
-
-	all = palloc(sizeof(DeltaEntry *) * (total + 1));
-	mine = palloc(sizeof(DeltaEntry *) * (total + 1));
-	batch = palloc(sizeof(DeltaEntry *) * (total + 1));
-	hash_seq_init(&seq, h);
-	while ((e = hash_seq_search(&seq)) != NULL)
-		if (e->count != 0)
-		{
-			all[n++] = e;
-			/* the worker merges soon: for pushes and changelog corrections */
-			notify |= e->notify || OidIsValid(e->output_topic);
-		}
-	/* output topics first (one statement per aggregate): rows record it */
-	memcpy(mine, all, sizeof(DeltaEntry *) * n);
-	for (i = 0; i < n; i++)
-	{
-		int			m = 0;
-		int			j;
-
-		if (mine[i] == NULL || !OidIsValid(mine[i]->output_topic))
-			continue;
-		for (j = n - 1; j >= i; j--)
-			if (mine[j] != NULL && mine[j]->key.agg == mine[i]->key.agg)
-			{
-				batch[m++] = mine[j];
-				if (j != i)
-					mine[j] = NULL;
-			}
-		evs_publish_counts(mine[i]->output_topic, batch, m);
-	}
-	evs_insert_delta_rows(all, n);
-
-	hash_destroy(h);
-	MemoryContextDelete(cxt);
-	if (notify)
-		EvsMarkDeltasCommitted();
-}
-
-/* Write pending counts now (statement end, COPY end, pre-commit) */
 void
 EvsFlushDeltas(void)
 {
-	int			rounds = 0;
+	HASH_SEQ_STATUS seq;
+	DeltaEntry *e;
+	DeltaEntry **mine;
+	int			n = 0;
+	int			i;
+	int			level = GetCurrentTransactionNestLevel();
+	bool		push = false;
 
-	if (flushing || pending_n == 0)
+	if (pending == NULL || pending_n == 0)
 		return;
-	flushing = true;
-	PG_TRY();
-	{
-		while (pending_n > 0)
+	mine = palloc(sizeof(DeltaEntry *) * (hash_get_num_entries(pending) + 1));
+	hash_seq_init(&seq, pending);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (e->key.level >= level && e->count != 0)
 		{
-			if (++rounds > 8)
-				ereport(ERROR,
-						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-						 errmsg("evstream aggregates feed each other's output topics more than 8 levels deep")));
-			evs_flush_once();
+			mine[n++] = e;
+			push |= e->push;
 		}
-	}
-	PG_FINALLY();
+	if (n == 0)
 	{
-		flushing = false;
+		pfree(mine);
+		return;
 	}
-	PG_END_TRY();
+	evs_insert_delta_rows(mine, n);
+	for (i = 0; i < n; i++)
+	{
+		pending_n -= mine[i]->count;
+		hash_search(pending, &mine[i]->key, HASH_REMOVE, NULL);
+	}
+	pfree(mine);
+	if (push)
+		EvsMarkDeltasCommitted();
 }
 
 static void
@@ -580,48 +488,41 @@ evs_executor_finish(QueryDesc *queryDesc)
 		prev_ExecutorFinish(queryDesc);
 	else
 		standard_ExecutorFinish(queryDesc);
-	if (pending_n > 0 && !flushing)
+	if (pending_n > 0)
 		EvsFlushDeltas();
 }
 
-static void
-evs_agg_xact_callback(XactEvent event, void *arg)
+/* PRE_COMMIT / PRE_PREPARE (xact.c): write what is still pending */
+void
+EvsCountsPreCommit(void)
 {
-	switch (event)
-	{
-		case XACT_EVENT_PRE_COMMIT:
-			if (pending_n > 0)
-			{
-				bool		pushed = false;
+	bool		pushed = false;
 
-				if (!ActiveSnapshotSet())
-				{
-					PushActiveSnapshot(GetTransactionSnapshot());
-					pushed = true;
-				}
-				EvsFlushDeltas();
-				if (pushed)
-					PopActiveSnapshot();
-			}
-			break;
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_PREPARE:
-			/* the context goes away with TopTransactionContext */
-			pending = NULL;
-			pending_cxt = NULL;
-			pending_n = 0;
-			flushing = false;
-			break;
-		default:
-			break;
+	if (pending_n == 0)
+		return;
+	if (!ActiveSnapshotSet())
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pushed = true;
 	}
+	EvsFlushDeltas();
+	if (pushed)
+		PopActiveSnapshot();
 }
 
-/* Subtransactions: drop or hand over the counts of their level */
-static void
-evs_agg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
-						 SubTransactionId parentSubid, void *arg)
+/* COMMIT / ABORT / PREPARE (xact.c): the context went with the transaction */
+void
+EvsCountsAtEnd(void)
+{
+	pending = NULL;
+	pending_cxt = NULL;
+	pending_n = 0;
+	accumulating = false;
+}
+
+/* Subtransaction end (xact.c): drop or hand over the counts of its level */
+void
+EvsCountsAtSubXactEnd(bool commit)
 {
 	HASH_SEQ_STATUS seq;
 	DeltaEntry *e;
@@ -631,8 +532,6 @@ evs_agg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 
 	if (pending == NULL || pending_n == 0)
 		return;
-	if (event != SUBXACT_EVENT_ABORT_SUB && event != SUBXACT_EVENT_COMMIT_SUB)
-		return;
 	level = GetCurrentTransactionNestLevel();
 
 	hash_seq_init(&seq, pending);
@@ -640,7 +539,7 @@ evs_agg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	{
 		if (e->key.level < level)
 			continue;
-		if (event == SUBXACT_EVENT_COMMIT_SUB)
+		if (commit)
 		{
 			DeltaEntry *copy = palloc(sizeof(DeltaEntry));
 
@@ -660,10 +559,8 @@ evs_agg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		if (!found)
 		{
 			e->count = 0;
-			e->notify = m->notify;
-			e->output_topic = m->output_topic;
+			e->push = m->push;
 			e->bucketed = m->bucketed;
-			e->published = false;
 		}
 		e->count += m->count;
 		pending_n += m->count;
@@ -676,8 +573,6 @@ EvsAggregatesInit(void)
 {
 	prev_ExecutorFinish = ExecutorFinish_hook;
 	ExecutorFinish_hook = evs_executor_finish;
-	RegisterXactCallback(evs_agg_xact_callback, NULL);
-	RegisterSubXactCallback(evs_agg_subxact_callback, NULL);
 }
 
 /* ---------------------------------------------------------------- DDL */
@@ -800,15 +695,17 @@ evs_check_group_by(Relation rel, const char *group_by)
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("group_by cannot be converted to text")));
 
-	/* deparse with an empty search_path: everything else gets qualified */
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	/*
+	 * Deparse under the pinned path: everything outside pg_catalog gets
+	 * qualified, and the text parses back to the same expression under the
+	 * same path (catalog.c compiles it so; the backfill runs it so).
+	 */
+	save_nestlevel = EvsPinSearchPath();
 	result = deparse_expression(expr,
 								deparse_context_for(RelationGetRelationName(rel),
 													RelationGetRelid(rel)),
 								false, false);
-	AtEOXact_GUC(true, save_nestlevel);
+	EvsUnpinSearchPath(save_nestlevel);
 	error_context_stack = errcallback.previous;
 	return result;
 }
@@ -817,7 +714,7 @@ evs_check_group_by(Relation rel, const char *group_by)
 static RangeVar *
 evs_new_relation_name(const char *what, const char *name, Oid *nspid)
 {
-	RangeVar   *rv = makeRangeVarFromNameList(stringToQualifiedNameList(name));
+	RangeVar   *rv = makeRangeVarFromNameList(evs_string_to_qualified_name_list(name));
 
 	if (rv->relname[0] == '\0')
 		ereport(ERROR,
@@ -828,7 +725,12 @@ evs_new_relation_name(const char *what, const char *name, Oid *nspid)
 				(errcode(ERRCODE_NAME_TOO_LONG),
 				 errmsg("%s \"%s\" is too long", what, rv->relname)));
 	*nspid = RangeVarGetCreationNamespace(rv);
-	if (pg_namespace_aclcheck(*nspid, GetUserId(), ACL_CREATE) != ACLCHECK_OK)
+	if (isAnyTempNamespace(*nspid))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s \"%s\" must not be temporary", what, rv->relname),
+				 errdetail("evstream's catalog outlives sessions; temporary relations do not.")));
+	if (evs_namespace_aclcheck(*nspid, GetUserId(), ACL_CREATE) != ACLCHECK_OK)
 		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_SCHEMA, get_namespace_name(*nspid));
 	return rv;
 }
@@ -857,8 +759,7 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	bool		output_created = false;
 	int32		id;
 	Oid			view;
-	AclResult	acl;
-	EvsSuperuserState su;
+	EvsUserState su;
 	StringInfoData sql;
 	int			i;
 	const char *argnames[] = {"name", "topic", "group_by", "bucket", "output_topic", "notify"};
@@ -880,9 +781,8 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	(void) EvsRequireTopic(topic, "create_aggregate");
 	/* the backfill must see every event committed before the lock */
 	EvsRequireReadCommitted("create_aggregate");
-	acl = pg_class_aclcheck(topic, GetUserId(), ACL_SELECT);
-	if (acl != ACLCHECK_OK)
-		aclcheck_error(acl, OBJECT_TABLE, get_rel_name(topic));
+	/* its expression runs inside every producer's INSERT: owners only */
+	EvsRequireOwner(topic);
 
 	rv = evs_new_relation_name("aggregate name", name, &nspid);
 	if (OidIsValid(get_relname_relid(rv->relname, nspid)))
@@ -916,9 +816,7 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 		else
 		{
 			(void) EvsRequireTopic(output, "create_aggregate");
-			acl = pg_class_aclcheck(output, GetUserId(), ACL_INSERT);
-			if (acl != ACLCHECK_OK)
-				aclcheck_error(acl, OBJECT_TABLE, get_rel_name(output));
+			EvsRequirePrivilege(output, ACL_INSERT);
 		}
 		if (output == topic)
 			ereport(ERROR,
@@ -940,8 +838,8 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "CREATE VIEW %s AS SELECT s.group_key, %spg_catalog.sum(s.n)::bigint AS count "
-					 "FROM (SELECT c.group_key, c.bucket_start, c.count AS n FROM evstream._count c WHERE c.agg = %d "
-					 "UNION ALL SELECT d.group_key, d.bucket_start, d.delta FROM evstream._delta d WHERE d.agg = %d) s "
+					 "FROM (SELECT c.group_key, c.bucket_start, c.count AS n FROM evstream._count c WHERE c.agg OPERATOR(pg_catalog.=) %d "
+					 "UNION ALL SELECT d.group_key, d.bucket_start, d.delta FROM evstream._delta d WHERE d.agg OPERATOR(pg_catalog.=) %d) s "
 					 "GROUP BY s.group_key%s",
 					 qview, bucket ? "s.bucket_start, " : "", id, id,
 					 bucket ? ", s.bucket_start" : "");
@@ -982,12 +880,17 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 		appendStringInfo(&sql,
 						 "SELECT pg_catalog.array_agg(g.k), pg_catalog.array_agg(g.b), pg_catalog.array_agg(g.n) FROM "
 						 "(SELECT (%s) AS k, CASE WHEN $1 IS NULL THEN NULL ELSE "
-						 "pg_catalog.date_bin($1, t.created_at, 'epoch'::timestamptz) END AS b, "
+						 "pg_catalog.date_bin($1, t.created_at, 'epoch'::pg_catalog.timestamptz) END AS b, "
 						 "pg_catalog.count(*) AS n FROM %s t GROUP BY 1, 2) g",
 						 expr, qtopic);
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		ret = SPI_execute_with_args(sql.data, 1, types, values, nulls, false, 0);
+		{
+			int			level = EvsPinSearchPath();
+
+			ret = SPI_execute_with_args(sql.data, 1, types, values, nulls, false, 0);
+			EvsUnpinSearchPath(level);
+		}
 		if (ret != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "could not backfill aggregate");
 		else
@@ -1032,17 +935,17 @@ EvsDropAggregate(Oid view)
 	int64		topic;
 	int64		output;
 
-	topic = EvsSpiInt64("SELECT topic::oid FROM evstream._aggregate WHERE aggregate = $1::regclass",
+	topic = EvsSpiInt64("SELECT a.topic::pg_catalog.oid FROM evstream._aggregate a "
+						"WHERE a.aggregate OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
 						1, types, values, &isnull);
 	if (isnull)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("relation \"%s\" is not an evstream aggregate", get_rel_name(view)),
 				 errhint("Create aggregates with evstream.create_aggregate().")));
-	if (!pg_class_ownercheck(view, GetUserId()))
-		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_VIEW, get_rel_name(view));
-	output = EvsSpiInt64("SELECT output_topic::oid FROM evstream._aggregate "
-						 "WHERE aggregate = $1::regclass AND output_created",
+	EvsRequireOwner(view);
+	output = EvsSpiInt64("SELECT a.output_topic::pg_catalog.oid FROM evstream._aggregate a "
+						 "WHERE a.aggregate OPERATOR(pg_catalog.=) $1::pg_catalog.regclass AND a.output_created",
 						 1, types, values, &isnull);
 
 	EvsSpiExec(psprintf("DROP VIEW %s", EvsQualifiedName(view)), 0, NULL, NULL, 0);
@@ -1063,10 +966,7 @@ PG_FUNCTION_INFO_V1(evstream_drop_aggregate);
 Datum
 evstream_drop_aggregate(PG_FUNCTION_ARGS)
 {
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("name must not be NULL")));
+	EvsArgNotNull(fcinfo, 0, "name");
 	EvsDropAggregate(PG_GETARG_OID(0));
 	PG_RETURN_VOID();
 }
@@ -1080,4 +980,246 @@ evstream_invalidate(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(0))
 		CacheInvalidateRelcacheByRelid(PG_GETARG_OID(0));
 	PG_RETURN_VOID();
+}
+
+/* ---------------------------------------------------------------- merge */
+
+/*
+ * Folding committed deltas into counts (the worker, every 250 ms at most
+ * under load and at every maintenance pass; evstream._merge_deltas()).
+ *
+ * Per aggregate, in its own subtransaction, so one aggregate's failure
+ * (its output topic's trigger raises, a lock it cannot get) stays its own:
+ *	1. as the superuser, fixed SQL on evstream's tables only: the
+ *	   aggregate's committed delta rows are deleted and added to _count
+ *	   (one upsert per group), returning each changed group's new total;
+ *	2. the new totals are announced on the aggregate's channel (split to
+ *	   stay under the 8000-byte payload limit);
+ *	3. with an output topic, one change event per changed group is
+ *	   inserted into it as the aggregate's owner under
+ *	   SECURITY_RESTRICTED_OPERATION (its triggers, defaults and policies
+ *	   run as their owner; INSERT is checked for the aggregate's owner).
+ * The three commit together.  Ordered changelog: a group's total only
+ * grows, and two merges touching one group serialize on its _count row
+ * (the second's upsert waits for the first to commit, so its event gets a
+ * higher id and commits later): per group, change events carry totals in
+ * commit order, never going back or repeating, and the latest is exact.
+ */
+typedef struct MergeArgs
+{
+	int32		agg;
+	Oid			view;
+	Oid			output_topic;
+	bool		notify;
+	bool		bucketed;
+	int			changed;		/* out */
+} MergeArgs;
+
+/* Send one aggregate's changes, split under the payload limit */
+static void
+evs_notify_changes(const char *channel, SPITupleTable *tt, uint64 n)
+{
+	StringInfoData head;
+	StringInfoData buf;
+	StringInfoData one;
+	uint64		i;
+
+	initStringInfo(&head);
+	appendStringInfoString(&head, "{\"aggregate\": ");
+	escape_json(&head, channel);
+	appendStringInfoString(&head, ", \"changes\": [");
+	initStringInfo(&buf);
+	initStringInfo(&one);
+	for (i = 0; i < n; i++)
+	{
+		bool		knull,
+					bnull,
+					cnull;
+		Datum		k = SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &knull);
+		Datum		b = SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &bnull);
+		Datum		c = SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &cnull);
+
+		resetStringInfo(&one);
+		appendStringInfoString(&one, "{\"group_key\": ");
+		if (knull)
+			appendStringInfoString(&one, "null");
+		else
+			escape_json(&one, TextDatumGetCString(k));
+		appendStringInfoString(&one, ", \"bucket_start\": ");
+		if (bnull)
+			appendStringInfoString(&one, "null");
+		else
+		{
+			char		ts[MAXDATELEN + 1];
+
+			appendStringInfo(&one, "\"%s\"", JsonEncodeDateTime(ts, b, TIMESTAMPTZOID, NULL));
+		}
+		appendStringInfo(&one, ", \"count\": " INT64_FORMAT "}", DatumGetInt64(c));
+		if (head.len + one.len + 2 > 7900)
+		{
+			ereport(WARNING,
+					(errmsg("evstream: change of a group of aggregate %s is too large to notify",
+							channel)));
+			continue;
+		}
+		if (buf.len > 0 && head.len + buf.len + one.len + 4 > 7900)
+		{
+			Async_Notify(channel, psprintf("%s%s]}", head.data, buf.data));
+			resetStringInfo(&buf);
+		}
+		if (buf.len > 0)
+			appendStringInfoString(&buf, ", ");
+		appendBinaryStringInfo(&buf, one.data, one.len);
+	}
+	if (buf.len > 0)
+		Async_Notify(channel, psprintf("%s%s]}", head.data, buf.data));
+}
+
+/* Insert the change events into the output topic, as the aggregate's owner */
+static void
+evs_publish_changes(MergeArgs *m, SPITupleTable *tt, uint64 n)
+{
+	Datum	   *ks = palloc(sizeof(Datum) * n);
+	bool	   *knulls = palloc(sizeof(bool) * n);
+	Datum	   *bs = palloc(sizeof(Datum) * n);
+	bool	   *bnulls = palloc(sizeof(bool) * n);
+	Datum	   *cs = palloc(sizeof(Datum) * n);
+	int			dims[1] = {(int) n};
+	int			lbs[1] = {1};
+	Oid			types[3] = {TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
+	Datum		values[3];
+	EvsUserState st;
+	char	   *sql;
+	uint64		i;
+
+	for (i = 0; i < n; i++)
+	{
+		bool		cnull;
+
+		ks[i] = SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &knulls[i]);
+		bs[i] = SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &bnulls[i]);
+		cs[i] = SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &cnull);
+	}
+	values[0] = PointerGetDatum(construct_md_array(ks, knulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
+	values[1] = PointerGetDatum(construct_md_array(bs, bnulls, 1, dims, lbs, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[2] = PointerGetDatum(construct_md_array(cs, NULL, 1, dims, lbs, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	sql = psprintf("INSERT INTO %s (key, payload) "
+				   "SELECT u.k, pg_catalog.jsonb_build_object('count', u.n)%s "
+				   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) "
+				   "WITH ORDINALITY AS u(k, b, n, o) ORDER BY u.o",
+				   EvsQualifiedName(m->output_topic),
+				   m->bucketed ?
+				   " OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('bucket_start', u.b)" : "");
+	EvsBecomeOwner(EvsRelOwner(m->view), &st);
+	if (SPI_execute_with_args(sql, 3, types, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not publish the changes of aggregate \"%s\"", get_rel_name(m->view));
+	EvsRestoreUser(&st);
+}
+
+static void
+evs_merge_one(void *arg)
+{
+	MergeArgs  *m = arg;
+	Oid			types[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(m->agg)};
+	EvsUserState su;
+	SPITupleTable *tt;
+	uint64		n;
+	int			ret;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EvsBecomeSuperuser(&su);
+	ret = SPI_execute_with_args(
+								"WITH d AS (DELETE FROM evstream._delta x WHERE x.agg OPERATOR(pg_catalog.=) $1 "
+								"  RETURNING x.group_key, x.bucket_start, x.delta), "
+								"s AS (SELECT d.group_key, d.bucket_start, pg_catalog.sum(d.delta)::pg_catalog.int8 AS n "
+								"  FROM d GROUP BY 1, 2), "
+								"u AS (INSERT INTO evstream._count AS c (agg, group_key, bucket_start, count) "
+								"  SELECT $1, s.group_key, s.bucket_start, s.n FROM s "
+								"  ON CONFLICT ON CONSTRAINT _count_key DO UPDATE "
+								"  SET count = c.count OPERATOR(pg_catalog.+) excluded.count "
+								"  RETURNING c.group_key, c.bucket_start, c.count) "
+								"SELECT u.group_key, u.bucket_start, u.count FROM u ORDER BY 1, 2",
+								1, types, values, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not merge the deltas of aggregate %d", m->agg);
+	EvsRestoreUser(&su);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	m->changed = (int) n;
+	if (n > 0 && get_rel_name(m->view) != NULL)
+	{
+		if (m->notify)
+			evs_notify_changes(get_rel_name(m->view), tt, n);
+		if (OidIsValid(m->output_topic) && get_rel_name(m->output_topic) != NULL)
+			evs_publish_changes(m, tt, n);
+	}
+	SPI_finish();
+}
+
+/*
+ * Merge every aggregate's deltas (or only_agg's); returns the number of
+ * groups that changed.  Failures are appended to errors (when not NULL).
+ * Needs a transaction with an active snapshot.
+ */
+int
+EvsMergeDeltas(int32 only_agg, StringInfo errors)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	List	   *aggs = NIL;
+	ListCell   *lc;
+	int			changed = 0;
+
+	rel = table_open(EvsCatalogRelid(EVS_REL_AGGREGATE), AccessShareLock);
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		TupleDesc	desc = RelationGetDescr(rel);
+		bool		isnull;
+		MergeArgs  *m = palloc0(sizeof(MergeArgs));
+		Datum		d;
+
+		m->agg = DatumGetInt32(heap_getattr(tup, 1, desc, &isnull));
+		m->view = DatumGetObjectId(heap_getattr(tup, 2, desc, &isnull));
+		(void) heap_getattr(tup, 5, desc, &isnull);
+		m->bucketed = !isnull;
+		d = heap_getattr(tup, 6, desc, &isnull);
+		m->output_topic = isnull ? InvalidOid : DatumGetObjectId(d);
+		m->notify = DatumGetBool(heap_getattr(tup, 8, desc, &isnull));
+		if (only_agg == 0 || m->agg == only_agg)
+			aggs = lappend(aggs, m);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+
+	foreach(lc, aggs)
+	{
+		MergeArgs  *m = lfirst(lc);
+		char	   *name = get_rel_name(m->view);
+
+		CHECK_FOR_INTERRUPTS();
+		if (EvsTrySubxact(evs_merge_one, m,
+						  psprintf("aggregate %s", name ? name : "(dropped)"), errors))
+			changed += m->changed;
+	}
+	return changed;
+}
+
+PG_FUNCTION_INFO_V1(evstream_merge_deltas);
+
+/* evstream._merge_deltas(): fold now (tests, maintenance); superuser only */
+Datum
+evstream_merge_deltas(PG_FUNCTION_ARGS)
+{
+	StringInfoData errors;
+	int			changed;
+
+	initStringInfo(&errors);
+	changed = EvsMergeDeltas(PG_ARGISNULL(0) ? 0 : PG_GETARG_INT32(0), &errors);
+	if (errors.len > 0)
+		ereport(WARNING, (errmsg("evstream merge: %s", errors.data)));
+	PG_RETURN_INT32(changed);
 }

@@ -1,18 +1,28 @@
 /*-------------------------------------------------------------------------
  *
  * catalog.c
- *	  The backend-local cache of evstream's catalog (which relations are
- *	  topics or topic partitions, their id sequences, their aggregates with
- *	  compiled group_by expressions), and the helpers every SQL-facing
- *	  module uses: SPI wrappers, quoting, and running catalog writes as the
- *	  bootstrap superuser after the caller's privileges were checked.
+ *	  The backend-local cache of evstream's catalog: which relations are
+ *	  topics or topic partitions, their id sequences and owners, their
+ *	  aggregates with compiled group_by expressions.
  *
- *	  Cache invalidation: any relcache invalidation of a relation the cache
- *	  knows (or a global one) marks the whole cache stale; it is rebuilt
- *	  lazily at the next lookup.  Functions that change evstream's catalog
- *	  (create/drop aggregate, set_retention, ...) send a relcache
- *	  invalidation for the topic, so every backend reloads at its next lock
- *	  on the topic.
+ *	  No SQL: evstream._topic and evstream._aggregate are read with
+ *	  systable scans under a fresh catalog snapshot (a non-catalog table
+ *	  gets a new MVCC snapshot at each scan), so what a backend caches
+ *	  never depends on its transaction snapshot (a REPEATABLE READ
+ *	  transaction that began before create_topic still sees the topic) nor
+ *	  on anyone's search_path.  group_by is parsed with search_path pinned
+ *	  to "pg_catalog, pg_temp", the path it was deparsed under.
+ *
+ *	  Invalidation: a relcache invalidation of a relation the cache knows,
+ *	  either as an entry or as the topic of an entry (a backend may only
+ *	  have touched partitions), or a global one, marks the whole cache
+ *	  stale; it is rebuilt lazily at the next lookup.  Functions that change
+ *	  evstream's catalog (create/drop aggregate, set_retention, ...) send a
+ *	  relcache invalidation for the topic, so every backend reloads at its
+ *	  next lock on the topic or on one of its partitions.
+ *
+ *	  Outside a database with the extension every relation is "not a
+ *	  topic", without any catalog access.
  *
  * Copyright (c) 2026, The evstream authors
  *
@@ -23,7 +33,13 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/relation.h"
+#include "access/table.h"
+#include "catalog/pg_proc_d.h"
+#include "utils/fmgroids.h"
+#include "utils/syscache.h"
 #include "catalog/dependency.h"
 #include "catalog/pg_authid_d.h"
 #include "nodes/nodeFuncs.h"
@@ -61,17 +77,78 @@ static bool topic_cache_stale = false;
 static void
 evs_relcache_cb(Datum arg, Oid relid)
 {
-	if (topic_cache == NULL)
+	HASH_SEQ_STATUS seq;
+	EvsTopic   *t;
+
+	if (topic_cache == NULL || topic_cache_stale)
 		return;
 	if (!OidIsValid(relid) ||
 		hash_search(topic_cache, &relid, HASH_FIND, NULL) != NULL)
+	{
 		topic_cache_stale = true;
+		return;
+	}
+	hash_seq_init(&seq, topic_cache);
+	while ((t = hash_seq_search(&seq)) != NULL)
+		if (t->topic == relid)
+		{
+			topic_cache_stale = true;
+			hash_seq_term(&seq);
+			return;
+		}
 }
 
 void
 EvsCatalogInit(void)
 {
 	CacheRegisterRelcacheCallback(evs_relcache_cb, (Datum) 0);
+}
+
+/*
+ * Pins: code that uses cache entries while user code may run (evaluating
+ * group_by, executing a read plan) pins the cache; a reset while pinned
+ * keeps the old generation's memory and plans until the last unpin (or
+ * the transaction's end), so nothing in use is ever freed under it.
+ */
+static int	cache_pins = 0;
+static List *zombie_cxts = NIL;
+static List *zombie_plans = NIL;
+
+static void
+evs_free_zombies(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, zombie_plans)
+		SPI_freeplan((SPIPlanPtr) lfirst(lc));
+	foreach(lc, zombie_cxts)
+		MemoryContextDelete((MemoryContext) lfirst(lc));
+	list_free(zombie_plans);
+	list_free(zombie_cxts);
+	zombie_plans = NIL;
+	zombie_cxts = NIL;
+}
+
+void
+EvsCachePin(void)
+{
+	cache_pins++;
+}
+
+void
+EvsCacheUnpin(void)
+{
+	if (cache_pins > 0 && --cache_pins == 0 && zombie_cxts != NIL)
+		evs_free_zombies();
+}
+
+/* Transaction end (xact.c): an error may have skipped unpins */
+void
+EvsCatalogAtEnd(void)
+{
+	cache_pins = 0;
+	if (zombie_cxts != NIL)
+		evs_free_zombies();
 }
 
 /* (Re)create an empty cache */
@@ -84,18 +161,20 @@ evs_cache_reset(void)
 	{
 		HASH_SEQ_STATUS seq;
 		EvsTopic   *t;
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
 		hash_seq_init(&seq, topic_cache);
 		while ((t = hash_seq_search(&seq)) != NULL)
 			if (t->read_plan.plan != NULL)
-				SPI_freeplan(t->read_plan.plan);
+				zombie_plans = lappend(zombie_plans, t->read_plan.plan);
+		zombie_cxts = lappend(zombie_cxts, topic_cache_cxt);
+		MemoryContextSwitchTo(old);
+		if (cache_pins == 0)
+			evs_free_zombies();
 	}
-	if (topic_cache_cxt == NULL)
-		topic_cache_cxt = AllocSetContextCreate(CacheMemoryContext,
-												"evstream topic cache",
-												ALLOCSET_DEFAULT_SIZES);
-	else
-		MemoryContextReset(topic_cache_cxt);
+	topic_cache_cxt = AllocSetContextCreate(CacheMemoryContext,
+											"evstream topic cache",
+											ALLOCSET_DEFAULT_SIZES);
 
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(Oid);
@@ -104,137 +183,6 @@ evs_cache_reset(void)
 	topic_cache = hash_create("evstream topics", 64, &ctl,
 							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	topic_cache_stale = false;
-}
-
-/* Run a query returning at most one int8-compatible value */
-int64
-EvsSpiInt64(const char *sql, int nargs, Oid *types, Datum *values, bool *isnull)
-{
-	int			ret;
-	int64		result = 0;
-	bool		null = true;
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	ret = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 1);
-	if (ret < 0)
-		elog(ERROR, "SPI_execute_with_args failed: %s", sql);
-	if (SPI_processed > 0)
-	{
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &null);
-
-		if (!null)
-		{
-			Oid			t = SPI_gettypeid(SPI_tuptable->tupdesc, 1);
-
-			if (t == INT4OID || t == OIDOID || t == REGCLASSOID)
-				result = DatumGetInt32(d);
-			else if (t == BOOLOID)
-				result = DatumGetBool(d) ? 1 : 0;
-			else
-				result = DatumGetInt64(d);
-		}
-	}
-	SPI_finish();
-	if (isnull)
-		*isnull = null;
-	return result;
-}
-
-/* Run a statement; expect is the SPI result code wanted, or 0 for any */
-void
-EvsSpiExec(const char *sql, int nargs, Oid *types, Datum *values, int expect)
-{
-	int			ret;
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	ret = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
-	if (ret < 0 || (expect != 0 && ret != expect))
-		elog(ERROR, "SPI_execute_with_args returned %d for: %s", ret, sql);
-	SPI_finish();
-}
-
-/* Schema-qualified, quoted name of a relation */
-char *
-EvsQualifiedName(Oid relid)
-{
-	char	   *rel = get_rel_name(relid);
-	Oid			nsp = get_rel_namespace(relid);
-
-	if (rel == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation with OID %u does not exist", relid)));
-	return quote_qualified_identifier(get_namespace_name(nsp), rel);
-}
-
-/*
- * Become the bootstrap superuser for catalog writes.  Callers check the
- * invoker's privileges on the topic before; the SQL run this way never
- * contains names that were not quoted.
- */
-void
-EvsBecomeSuperuser(EvsSuperuserState *st)
-{
-	GetUserIdAndSecContext(&st->save_userid, &st->save_sec_context);
-	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID,
-						   st->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	st->save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-}
-
-void
-EvsRestoreUser(EvsSuperuserState *st)
-{
-	AtEOXact_GUC(true, st->save_nestlevel);
-	SetUserIdAndSecContext(st->save_userid, st->save_sec_context);
-}
-
-/* Like EvsBecomeSuperuser, for prepared plans (no search_path change) */
-void
-EvsBecomeSuperuserLight(EvsSuperuserState *st)
-{
-	GetUserIdAndSecContext(&st->save_userid, &st->save_sec_context);
-	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID,
-						   st->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	st->save_nestlevel = -1;
-}
-
-void
-EvsRestoreUserLight(EvsSuperuserState *st)
-{
-	SetUserIdAndSecContext(st->save_userid, st->save_sec_context);
-}
-
-/*
- * Prepare (once per backend) a statement under a pinned search_path; the
- * plan cache keeps that path for every later replan, so the plan is safe
- * whatever path the caller has.  Call inside SPI_connect.
- */
-SPIPlanPtr
-EvsPrepare(EvsPlan *p)
-{
-	if (p->plan == NULL)
-	{
-		int			save_nestlevel = NewGUCNestLevel();
-		SPIPlanPtr	plan;
-
-		(void) set_config_option("search_path", "pg_catalog, pg_temp",
-								 PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
-		plan = SPI_prepare_cursor(p->sql, p->nargs, p->types, p->cursor_options);
-		AtEOXact_GUC(true, save_nestlevel);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed (%s): %s",
-				 SPI_result_code_string(SPI_result), p->sql);
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "SPI_keepplan failed");
-		p->plan = plan;
-	}
-	return p->plan;
 }
 
 /*
@@ -254,8 +202,9 @@ EvsTopicReadPlan(EvsTopic *t)
 		memset(&t->read_plan, 0, sizeof(t->read_plan));
 		t->read_name = MemoryContextStrdup(topic_cache_cxt, qname);
 		t->read_plan.sql = MemoryContextStrdup(topic_cache_cxt,
-											   psprintf("SELECT id, key, payload, created_at FROM %s "
-														"WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3",
+											   psprintf("SELECT e.id, e.key, e.payload, e.created_at FROM %s e "
+														"WHERE e.id OPERATOR(pg_catalog.>) $1 AND e.id OPERATOR(pg_catalog.<=) $2 "
+														"ORDER BY e.id LIMIT $3",
 														qname));
 		t->read_plan.nargs = 3;
 		t->read_plan.types[0] = INT8OID;
@@ -277,19 +226,44 @@ EvsTopicSetDefaults(EvsTopic *t, Node *id_default, Node *created_default)
 	MemoryContextSwitchTo(old);
 }
 
+/* The _topic row of a relation: is it a topic, and does it notify? */
+static bool
+evs_topic_row(Oid topic, bool *notify)
+{
+	Relation	rel = table_open(EvsCatalogRelid(EVS_REL_TOPIC), AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		found = false;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(topic));
+	scan = systable_beginscan(rel, EvsCatalogRelid(EVS_REL_TOPIC_PKEY), true,
+							  NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, 4, RelationGetDescr(rel), &isnull);
+
+		*notify = !isnull && DatumGetBool(d);
+		found = true;
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
 /* Fill a cache entry for relid from the catalog */
 static void
 evs_load_topic(EvsTopic *t, Oid relid)
 {
 	Oid			topic = relid;
-	Oid			types[1] = {OIDOID};
-	Datum		values[1];
-	bool		isnull;
-	int64		notify;
-	char		relkind = get_rel_relkind(relid);
+	bool		notify = false;
+	char		relkind;
 
 	t->topic = InvalidOid;
 	t->seqrelid = InvalidOid;
+	t->owner = InvalidOid;
 	t->notify = false;
 	t->aggs_loaded = false;
 	t->aggregates = NIL;
@@ -298,20 +272,20 @@ evs_load_topic(EvsTopic *t, Oid relid)
 	t->id_default = NULL;
 	t->created_default = NULL;
 
+	if (!EvsExtensionPresent())
+		return;
+	relkind = get_rel_relkind(relid);
 	if (relkind != RELKIND_PARTITIONED_TABLE && relkind != RELKIND_RELATION)
 		return;
 	if (get_rel_relispartition(relid))
 		topic = get_partition_parent(relid, true);
 	if (get_rel_relkind(topic) != RELKIND_PARTITIONED_TABLE)
 		return;
-
-	values[0] = ObjectIdGetDatum(topic);
-	notify = EvsSpiInt64("SELECT notify FROM evstream._topic WHERE topic = $1::regclass",
-						 1, types, values, &isnull);
-	if (isnull)
+	if (!evs_topic_row(topic, &notify))
 		return;
 	t->topic = topic;
-	t->notify = notify != 0;
+	t->notify = notify;
+	t->owner = EvsRelOwner(topic);
 	{
 		List	   *seqs = getOwnedSequences(topic);
 
@@ -380,20 +354,69 @@ EvsRequireTopic(Oid relid, const char *fn)
 	return t;
 }
 
+/* The topic a relation belongs to (itself or its parent), or InvalidOid */
+Oid
+EvsTopicOf(Oid relid)
+{
+	char		relkind;
+
+	if (!EvsExtensionPresent())
+		return InvalidOid;
+	relkind = get_rel_relkind(relid);
+	if (relkind != RELKIND_PARTITIONED_TABLE && relkind != RELKIND_RELATION)
+		return InvalidOid;
+	if (relkind == RELKIND_RELATION && !get_rel_relispartition(relid))
+		return InvalidOid;
+	return EvsLookupTopic(relid)->topic;
+}
+
+/* Is seqrelid the id sequence of a topic (owned by its id column)? */
+bool
+EvsIsTopicSequence(Oid seqrelid, Oid *topic)
+{
+	Oid			table;
+	int32		col;
+
+	if (!EvsExtensionPresent() || get_rel_relkind(seqrelid) != RELKIND_SEQUENCE)
+		return false;
+	if (!sequenceIsOwned(seqrelid, DEPENDENCY_AUTO, &table, &col) || col != 1)
+		return false;
+	if (EvsLookupTopic(table)->topic != table)
+		return false;
+	if (topic)
+		*topic = table;
+	return true;
+}
+
+/* Does a function not come with PostgreSQL (so a user wrote it)? */
+static bool
+evs_user_function(Oid funcid, void *context)
+{
+	return funcid >= FirstNormalObjectId;
+}
+
+static bool
+evs_calls_user_function(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (check_functions_in_node(node, evs_user_function, context))
+		return true;
+	return expression_tree_walker(node, evs_calls_user_function, context);
+}
+
 /* Compile an aggregate's group_by expression for evaluation on insert */
 static ExprState *
-evs_compile_group_by(Oid topic, const char *group_by)
+evs_compile_group_by(Oid topic, const char *group_by, bool *as_owner)
 {
 	ParseState *pstate = make_parsestate(NULL);
 	Relation	rel = relation_open(topic, AccessShareLock);
 	ParseNamespaceItem *nsitem;
 	List	   *raw;
 	Node	   *expr;
-	int			save_nestlevel = NewGUCNestLevel();
+	int			save_nestlevel = EvsPinSearchPath();
 
-	/* the stored text is fully qualified: parse it with an empty path */
-	(void) set_config_option("search_path", "", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	/* the stored text was deparsed under the same pinned path */
 	raw = raw_parser(group_by, RAW_PARSE_PLPGSQL_EXPR);
 	nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock,
 										   NULL, false, true);
@@ -404,79 +427,94 @@ evs_compile_group_by(Oid topic, const char *group_by)
 	assign_expr_collations(pstate, expr);
 	expr = coerce_to_target_type(pstate, expr, exprType(expr), TEXTOID, -1,
 								 COERCION_EXPLICIT, COERCE_EXPLICIT_CAST, -1);
-	AtEOXact_GUC(true, save_nestlevel);
+	EvsUnpinSearchPath(save_nestlevel);
 	relation_close(rel, AccessShareLock);
+	*as_owner = evs_calls_user_function(expr, NULL);
 	return ExecInitExpr(expression_planner((Expr *) expr), NULL);
 }
 
-/* The topic's aggregates, loaded on first use */
+static int
+evs_cmp_agg(const ListCell *a, const ListCell *b)
+{
+	int32		x = ((EvsAggregate *) lfirst(a))->id;
+	int32		y = ((EvsAggregate *) lfirst(b))->id;
+
+	return (x > y) - (x < y);
+}
+
+/* The topic's aggregates, loaded on first use, in id order */
 List *
 EvsTopicAggregates(EvsTopic *t)
 {
-	MemoryContext old;
-	int			ret;
-	uint64		i;
-	Datum		values[1];
-	Oid			types[1] = {OIDOID};
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	List	   *aggs = NIL;
+	Oid			topic = t->topic;
+	MemoryContext cxt = topic_cache_cxt;
 
-	if (t->aggs_loaded || !OidIsValid(t->topic))
+	if (t->aggs_loaded || !OidIsValid(topic))
 		return t->aggregates;
 
-	values[0] = ObjectIdGetDatum(t->topic);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	ret = SPI_execute_with_args("SELECT id, aggregate::oid, group_by, bucket, output_topic::oid, notify "
-								"FROM evstream._aggregate WHERE topic = $1::regclass ORDER BY id",
-								1, types, values, NULL, true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read evstream._aggregate");
-	for (i = 0; i < SPI_processed; i++)
+	rel = table_open(EvsCatalogRelid(EVS_REL_AGGREGATE), AccessShareLock);
+	ScanKeyInit(&key, 3, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(topic));
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 1, &key);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
+		TupleDesc	desc = RelationGetDescr(rel);
 		bool		isnull;
 		EvsAggregate *a;
-		char	   *group_by;
 		Datum		d;
 
-		old = MemoryContextSwitchTo(topic_cache_cxt);
-		a = palloc0(sizeof(EvsAggregate));
-		a->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		a->view = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
-		group_by = SPI_getvalue(tup, desc, 3);
-		d = SPI_getbinval(tup, desc, 4, &isnull);
+		a = MemoryContextAllocZero(cxt, sizeof(EvsAggregate));
+		a->id = DatumGetInt32(heap_getattr(tup, 1, desc, &isnull));
+		a->view = DatumGetObjectId(heap_getattr(tup, 2, desc, &isnull));
+		/* the text, until compiled below (not in the cache's context) */
+		a->expr = (ExprState *) TextDatumGetCString(heap_getattr(tup, 4, desc, &isnull));
+		d = heap_getattr(tup, 5, desc, &isnull);
 		if (!isnull)
 		{
-			a->bucket = (Interval *) DatumGetPointer(datumCopy(d, false, sizeof(Interval)));
+			a->bucket = (Interval *) MemoryContextAlloc(cxt, sizeof(Interval));
+			memcpy(a->bucket, DatumGetPointer(d), sizeof(Interval));
 			a->bucket_usecs = EvsBucketUsecs(a->bucket, "bucket");
 		}
-		d = SPI_getbinval(tup, desc, 5, &isnull);
+		d = heap_getattr(tup, 6, desc, &isnull);
 		a->output_topic = isnull ? InvalidOid : DatumGetObjectId(d);
-		a->notify = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
-		a->expr = evs_compile_group_by(t->topic, group_by);
-		t->aggregates = lappend(t->aggregates, a);
-		MemoryContextSwitchTo(old);
+		a->notify = DatumGetBool(heap_getattr(tup, 8, desc, &isnull));
+		aggs = lappend(aggs, a);	/* moved to the cache's context below */
 	}
-	SPI_finish();
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+
+	/* compile outside the scan: opening the topic may process invalidations */
+	{
+		ListCell   *lc;
+
+		foreach(lc, aggs)
+		{
+			EvsAggregate *a = lfirst(lc);
+			char	   *group_by = (char *) a->expr;
+			MemoryContext old;
+
+			a->owner = EvsRelOwner(a->view);
+			old = MemoryContextSwitchTo(cxt);
+			a->expr = evs_compile_group_by(topic, group_by, &a->as_owner);
+			MemoryContextSwitchTo(old);
+		}
+	}
+	{
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+		List	   *kept = list_copy(aggs);
+
+		MemoryContextSwitchTo(old);
+		list_free(aggs);
+		aggs = kept;
+	}
+	list_sort(aggs, evs_cmp_agg);
+	if (topic_cache_stale)
+		return aggs;			/* invalidated meanwhile: reload next time */
+	t->aggregates = aggs;
 	t->aggs_loaded = true;
 	return t->aggregates;
-}
-
-/* Validate a consumer group name */
-void
-EvsCheckName(const char *what, const char *value)
-{
-	if (value == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be NULL", what)));
-	if (value[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be empty", what)));
-	if (strlen(value) > 200)
-		ereport(ERROR,
-				(errcode(ERRCODE_NAME_TOO_LONG),
-				 errmsg("%s \"%.40s...\" is too long", what, value),
-				 errdetail("Names are limited to 200 bytes.")));
 }

@@ -13,6 +13,15 @@
  *	  transaction snapshot predates the stable offset and a late commit
  *	  could be skipped, so poll and consume refuse to run there.
  *
+ *	  Group ownership (SPEC 0.2): a group belongs to the role that created
+ *	  it (evstream._group.owner).  Moving it (consume, commit, seek) needs
+ *	  SELECT on the topic and membership in the owner role, or ownership of
+ *	  the topic; reading without moving (poll) needs SELECT only.  The
+ *	  check is made on the locked row, before the position moves; a group
+ *	  that does not exist yet is created owned by the caller.  The group
+ *	  statements are fixed, schema-qualified SQL on evstream's own table,
+ *	  run as the superuser with search_path pinned.
+ *
  *	  consume is exactly-once for work done in the same transaction: it
  *	  locks the group's row (FOR UPDATE) before computing anything, so two
  *	  concurrent consume calls on one group serialize; the second re-reads
@@ -63,19 +72,13 @@ static Oid
 evs_consumer_args(FunctionCallInfo fcinfo, const char *fn, char **group)
 {
 	Oid			topic;
-	AclResult	acl;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("topic must not be NULL")));
+	EvsArgNotNull(fcinfo, 0, "topic");
 	topic = PG_GETARG_OID(0);
 	*group = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	EvsCheckName("consumer_group", *group);
 	(void) EvsRequireTopic(topic, fn);
-	acl = pg_class_aclcheck(topic, GetUserId(), ACL_SELECT);
-	if (acl != ACLCHECK_OK)
-		aclcheck_error(acl, OBJECT_TABLE, get_rel_name(topic));
+	EvsRequirePrivilege(topic, ACL_SELECT);
 	return topic;
 }
 
@@ -84,10 +87,7 @@ evs_max_events(FunctionCallInfo fcinfo)
 {
 	int32		max;
 
-	if (PG_ARGISNULL(2))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("max_events must not be NULL")));
+	EvsArgNotNull(fcinfo, 2, "max_events");
 	max = PG_GETARG_INT32(2);
 	if (max <= 0)
 		ereport(ERROR,
@@ -97,94 +97,117 @@ evs_max_events(FunctionCallInfo fcinfo)
 }
 
 /* Statements on evstream._group, prepared once per backend */
+#define GROUP_KEY "g.topic OPERATOR(pg_catalog.=) $1 AND g.consumer_group OPERATOR(pg_catalog.=) $2"
 static EvsPlan plan_position = {
-	"SELECT committed_id FROM evstream._group WHERE topic = $1::regclass AND consumer_group = $2",
-	2, {OIDOID, TEXTOID}
+	"SELECT g.committed_id, g.owner::pg_catalog.oid FROM evstream._group g WHERE " GROUP_KEY,
+	2, {REGCLASSOID, TEXTOID}
 };
 static EvsPlan plan_position_lock = {
-	"SELECT committed_id FROM evstream._group WHERE topic = $1::regclass AND consumer_group = $2 FOR UPDATE",
-	2, {OIDOID, TEXTOID}
+	"SELECT g.committed_id, g.owner::pg_catalog.oid FROM evstream._group g WHERE " GROUP_KEY " FOR UPDATE",
+	2, {REGCLASSOID, TEXTOID}
 };
 static EvsPlan plan_group_create = {
-	"INSERT INTO evstream._group (topic, consumer_group, committed_id) "
-	"VALUES ($1::regclass, $2, 0) ON CONFLICT DO NOTHING",
-	2, {OIDOID, TEXTOID}
+	"INSERT INTO evstream._group (topic, consumer_group, committed_id, owner) "
+	"VALUES ($1, $2, 0, $3) ON CONFLICT DO NOTHING",
+	3, {REGCLASSOID, TEXTOID, REGROLEOID}
 };
-static EvsPlan plan_set_forward = {
-	"INSERT INTO evstream._group AS g (topic, consumer_group, committed_id) "
-	"VALUES ($1::regclass, $2, $3) ON CONFLICT (topic, consumer_group) DO UPDATE "
-	"SET committed_id = GREATEST(g.committed_id, excluded.committed_id), updated_at = now()",
-	3, {OIDOID, TEXTOID, INT8OID}
-};
-static EvsPlan plan_set_any = {
-	"INSERT INTO evstream._group AS g (topic, consumer_group, committed_id) "
-	"VALUES ($1::regclass, $2, $3) ON CONFLICT (topic, consumer_group) DO UPDATE "
-	"SET committed_id = excluded.committed_id, updated_at = now()",
-	3, {OIDOID, TEXTOID, INT8OID}
+static EvsPlan plan_set_position = {
+	"UPDATE evstream._group g SET committed_id = CASE WHEN $4 THEN "
+	"GREATEST(g.committed_id, $3) ELSE $3 END, updated_at = pg_catalog.now() WHERE " GROUP_KEY,
+	4, {REGCLASSOID, TEXTOID, INT8OID, BOOLOID}
 };
 
-/* Run a prepared statement returning at most one int8; NULL when no row */
+/* Read (position, owner) of a group; false when it does not exist */
 static bool
-evs_plan_int64(EvsPlan *p, Datum *values, bool read_only, int64 *result)
+evs_group_row(EvsPlan *p, Datum *values, bool read_only, int64 *pos, Oid *owner)
 {
 	int			ret;
-	bool		isnull = true;
+	bool		isnull;
 
-	ret = SPI_execute_plan(EvsPrepare(p), values, NULL, read_only, 1);
+	ret = EvsExecPlan(p, values, NULL, read_only, 1);
 	if (ret < 0)
 		elog(ERROR, "SPI_execute_plan failed: %s", p->sql);
-	if (SPI_processed > 0 && SPI_tuptable != NULL)
-		*result = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											  SPI_tuptable->tupdesc, 1, &isnull));
-	return !isnull;
+	if (SPI_processed == 0 || SPI_tuptable == NULL)
+		return false;
+	*pos = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	*owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	return true;
 }
 
-/* The group's committed position; when lock, create the row and lock it */
-static int64
-evs_group_position(Oid topic, const char *group, bool lock)
+/* May the current user move or claim this group? */
+static void
+evs_check_group_owner(Oid topic, const char *group, Oid owner, Oid user)
 {
-	Datum		values[2] = {ObjectIdGetDatum(topic), CStringGetTextDatum(group)};
+	if (!OidIsValid(owner) || has_privs_of_role(user, owner) ||
+		evs_class_ownercheck(topic, user))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied for consumer group \"%s\" of topic \"%s\"",
+					group, get_rel_name(topic)),
+			 errdetail("The group belongs to role \"%s\".", GetUserNameFromId(owner, true)),
+			 errhint("Use a group of your own, or ask its owner to grant you membership in role \"%s\".",
+					 GetUserNameFromId(owner, true))));
+}
+
+/*
+ * The group's committed position.  When claim: the caller must be allowed
+ * to move the group (checked before anything is written); the row is
+ * created (owned by the caller) if missing and locked for the transaction.
+ */
+static int64
+evs_group_position(Oid topic, const char *group, bool claim)
+{
+	Oid			user = GetUserId();
+	Datum		values[3] = {ObjectIdGetDatum(topic), CStringGetTextDatum(group),
+	ObjectIdGetDatum(user)};
 	int64		pos = 0;
-	EvsSuperuserState su;
+	Oid			owner = InvalidOid;
+	EvsUserState su;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (!lock)
+	EvsBecomeSuperuser(&su);
+	if (!claim)
 	{
-		if (!evs_plan_int64(&plan_position, values, true, &pos))
+		if (!evs_group_row(&plan_position, values, true, &pos, &owner))
 			pos = 0;
 	}
 	else
 	{
-		EvsBecomeSuperuserLight(&su);
-		if (!evs_plan_int64(&plan_position_lock, values, false, &pos))
+		/* privileges first, then the row lock */
+		if (evs_group_row(&plan_position, values, false, &pos, &owner))
+			evs_check_group_owner(topic, group, owner, user);
+		if (!evs_group_row(&plan_position_lock, values, false, &pos, &owner))
 		{
 			/* a new group: create its row (waits for a concurrent creator) */
-			if (SPI_execute_plan(EvsPrepare(&plan_group_create), values, NULL, false, 0) != SPI_OK_INSERT)
+			if (EvsExecPlan(&plan_group_create, values, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not create consumer group");
-			if (!evs_plan_int64(&plan_position_lock, values, false, &pos))
+			if (!evs_group_row(&plan_position_lock, values, false, &pos, &owner))
 				elog(ERROR, "consumer group \"%s\" vanished", group);
 		}
-		EvsRestoreUserLight(&su);
+		evs_check_group_owner(topic, group, owner, user);
 	}
+	EvsRestoreUser(&su);
 	SPI_finish();
 	return pos;
 }
 
-/* Set the group's position (forward_only: never move it back) */
+/* Set the claimed group's position (forward_only: never move it back) */
 static void
 evs_set_position(Oid topic, const char *group, int64 pos, bool forward_only)
 {
-	Datum		values[3] = {ObjectIdGetDatum(topic), CStringGetTextDatum(group), Int64GetDatum(pos)};
-	EvsSuperuserState su;
+	Datum		values[4] = {ObjectIdGetDatum(topic), CStringGetTextDatum(group),
+	Int64GetDatum(pos), BoolGetDatum(forward_only)};
+	EvsUserState su;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	EvsBecomeSuperuserLight(&su);
-	if (SPI_execute_plan(EvsPrepare(forward_only ? &plan_set_forward : &plan_set_any),
-						 values, NULL, false, 0) != SPI_OK_INSERT)
+	EvsBecomeSuperuser(&su);
+	if (EvsExecPlan(&plan_set_position, values, NULL, false, 0) != SPI_OK_UPDATE ||
+		SPI_processed != 1)
 		elog(ERROR, "could not set the position of consumer group \"%s\"", group);
-	EvsRestoreUserLight(&su);
+	EvsRestoreUser(&su);
 	SPI_finish();
 }
 
@@ -283,8 +306,16 @@ evs_read_events(FunctionCallInfo fcinfo, Oid topic, int64 position, int32 max)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_plan_extended(EvsTopicReadPlan(t), &options) != SPI_OK_SELECT)
-		elog(ERROR, "could not read topic \"%s\"", get_rel_name(topic));
+	EvsCachePin();
+	{
+		SPIPlanPtr	plan = EvsTopicReadPlan(t);
+		int			level = EvsPinSearchPath();
+
+		if (SPI_execute_plan_extended(plan, &options) != SPI_OK_SELECT)
+			elog(ERROR, "could not read topic \"%s\"", get_rel_name(topic));
+		EvsUnpinSearchPath(level);
+	}
+	EvsCacheUnpin();
 	SPI_finish();
 	return dest.last;
 }
@@ -335,10 +366,7 @@ evstream_commit(PG_FUNCTION_ARGS)
 	int64		last_id;
 	int64		stable;
 
-	if (PG_ARGISNULL(2))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("last_id must not be NULL")));
+	EvsArgNotNull(fcinfo, 2, "last_id");
 	last_id = PG_GETARG_INT64(2);
 	if (last_id < 0)
 		ereport(ERROR,
@@ -352,6 +380,7 @@ evstream_commit(PG_FUNCTION_ARGS)
 						last_id, get_rel_name(topic), group, stable),
 				 errdetail("Events up to the stable id are the only ones a consumer can have received."),
 				 errhint("Commit the id of the last event poll returned.")));
+	(void) evs_group_position(topic, group, true);
 	evs_set_position(topic, group, last_id, true);
 	PG_RETURN_VOID();
 }
@@ -367,10 +396,7 @@ evstream_seek_id(PG_FUNCTION_ARGS)
 	int64		next_id;
 	int64		stable;
 
-	if (PG_ARGISNULL(2))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("next_id must not be NULL")));
+	EvsArgNotNull(fcinfo, 2, "next_id");
 	next_id = PG_GETARG_INT64(2);
 	stable = EvsStableId(topic);
 	if (next_id < 0 || next_id > stable + 1)
@@ -380,6 +406,7 @@ evstream_seek_id(PG_FUNCTION_ARGS)
 						group, get_rel_name(topic), next_id),
 				 errdetail("next_id must be between 0 and the stable id + 1 (" INT64_FORMAT ").", stable + 1),
 				 errhint("Seek to 0 to replay from the oldest retained event, or to evstream.stable_id(topic) + 1 to skip to the end.")));
+	(void) evs_group_position(topic, group, true);
 	evs_set_position(topic, group, Max(next_id - 1, 0), false);
 	PG_RETURN_VOID();
 }
@@ -403,15 +430,14 @@ evstream_seek_time(PG_FUNCTION_ARGS)
 	Oid			types[2] = {TIMESTAMPTZOID, INT8OID};
 	Datum		values[2];
 
-	if (PG_ARGISNULL(2))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("since must not be NULL")));
+	EvsArgNotNull(fcinfo, 2, "since");
 	since = PG_GETARG_TIMESTAMPTZ(2);
+	(void) evs_group_position(topic, group, true);
 	stable = EvsStableId(topic);
 	values[0] = TimestampTzGetDatum(since);
 	values[1] = Int64GetDatum(stable);
-	first = EvsSpiInt64(psprintf("SELECT id FROM %s WHERE created_at >= $1 AND id <= $2 ORDER BY id LIMIT 1",
+	first = EvsSpiInt64(psprintf("SELECT e.id FROM %s e WHERE e.created_at OPERATOR(pg_catalog.>=) $1 "
+								 "AND e.id OPERATOR(pg_catalog.<=) $2 ORDER BY e.id LIMIT 1",
 								 EvsQualifiedName(topic)),
 						2, types, values, &isnull);
 	evs_set_position(topic, group, isnull ? stable : first - 1, false);

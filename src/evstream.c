@@ -144,10 +144,16 @@ _PG_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = evs_shmem_startup;
 
-	EvsOffsetsInit();
-	EvsCatalogInit();
-	EvsAggregatesInit();
-	EvsGuardsInit();
+	/*
+	 * Callbacks and hooks, bottom layer first.  Each is inert in a database
+	 * without the extension: it asks EvsExtensionPresent() first or acts
+	 * only on state that evstream's own functions created.
+	 */
+	EvsExtensionInit();			/* pg_namespace/relcache callbacks */
+	EvsCatalogInit();			/* relcache callback of the topic cache */
+	EvsXactInit();				/* the one (sub)transaction callback */
+	EvsAggregatesInit();		/* ExecutorFinish: flush statement counts */
+	EvsGuardsInit();			/* planner and ProcessUtility hooks */
 	EvsWorkerRegisterLauncher();
 }
 

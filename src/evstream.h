@@ -3,17 +3,23 @@
  * evstream.h
  *	  Declarations shared by the modules of evstream.
  *
- * Module map (one responsibility a file):
- *	  evstream.c	_PG_init, GUCs, shared memory, hook installation
+ * Module map (one responsibility a file; calls go down this list, never up):
+ *	  evstream.c	_PG_init: GUCs, shared memory, hooks and callbacks in order
+ *	  xact.c		the one transaction/subtransaction callback, dispatching
+ *	  -- SQL entry points and hooks --
  *	  tableam.c		the append-only table access method of topic partitions
- *	  offsets.c		id assignment and the stable offset (stable_id)
- *	  catalog.c		backend-local cache of topics and their aggregates,
- *					SPI helpers, running catalog work as the superuser
- *	  topics.c		create_topic, drop_topic, set_retention
- *	  consumer.c	poll, consume, commit, seek
- *	  aggregates.c	create/drop_aggregate, per-statement count deltas
- *	  guards.c		parse-analysis and utility hooks (ids, append-only, DDL)
+ *	  guards.c		planner and utility hooks (ids, append-only, DDL, databases)
+ *	  topics.c		create_topic, drop_topic, set_retention, topic views' helpers
+ *	  consumer.c	poll, consume, commit, seek; group ownership
+ *	  aggregates.c	create/drop_aggregate, per-statement count deltas, merge
  *	  worker.c		launcher, per-database maintenance/notify workers
+ *	  -- core --
+ *	  offsets.c		id assignment, the stable offset, push marks
+ *	  catalog.c		backend-local cache of topics and aggregates (no SQL)
+ *	  -- base --
+ *	  extension.c	"is evstream created here?", catalog relids
+ *	  util.c		argument checks, run-as-owner, SPI with a pinned path
+ *	  compat.h		PostgreSQL version differences
  *
  * Copyright (c) 2026, The evstream authors
  *
@@ -27,19 +33,24 @@
 
 #include "postgres.h"
 
+#include "compat.h"
+
 #include "access/tableam.h"
+#include "fmgr.h"
 #include "datatype/timestamp.h"
 #include "executor/tuptable.h"
 #include "nodes/pg_list.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
+#include "lib/stringinfo.h"
+#include "utils/acl.h"
 #include "utils/relcache.h"
 
 /* Topics a single transaction may produce to (see offsets.c). */
 #define EVS_MAX_XACT_TOPICS 32
 
-/* Databases that can have a maintenance worker at once. */
+/* Databases with the extension that can have a maintenance worker. */
 #define EVS_MAX_DATABASES 64
 
 /* Topics whose "advanced" flag the dirty set can hold before overflowing. */
@@ -70,8 +81,8 @@ typedef struct EvsDatabase
 	Oid			dboid;			/* InvalidOid: free entry */
 	int			worker_pid;		/* 0 when none is running */
 	int			worker_procno;	/* latch to wake, -1 when none */
-	bool		ext_absent;		/* worker found no extension: don't restart */
-	TimestampTz blocked_until;	/* DROP DATABASE in progress: don't start */
+	TimestampTz blocked_until;	/* DROP/ALTER DATABASE in progress: no worker
+								 * until then (or until it ends) */
 	TimestampTz last_maintenance;
 	char		last_error[256];
 	/* topics with newly committed events, for push (worker.c) */
@@ -96,29 +107,64 @@ extern EvsShared *evs_shared;
 /* evstream.c */
 extern Size EvsShmemSize(void);
 
+/* xact.c */
+extern void EvsXactInit(void);
+
 /* tableam.c */
 extern const TableAmRoutine *EvsTableAm(void);
 extern bool EvsIsTopicPartition(Relation rel);
 
+/* guards.c */
+extern void EvsGuardsInit(void);
+extern bool evs_copy_restore;	/* a COPY listing id runs (restore path) */
+extern int64 evs_copy_max_id;	/* highest id such a COPY stored */
+
+/* topics.c */
+
+/* aggregates.c */
+extern void EvsAggregatesInit(void);
+extern void EvsAccumulate(Relation rel, TupleTableSlot **slots, int nslots);
+extern void EvsFlushDeltas(void);
+extern void EvsCountsPreCommit(void);
+extern void EvsCountsAtEnd(void);
+extern void EvsCountsAtSubXactEnd(bool commit);
+extern int64 EvsBucketUsecs(Interval *ivl, const char *what);
+extern void EvsDropAggregate(Oid view);
+extern int	EvsMergeDeltas(int32 only_agg, StringInfo errors);
+
+/* consumer.c */
+extern void EvsRequireReadCommitted(const char *fn);
+
+/* worker.c */
+extern void EvsWorkerRegisterLauncher(void);
+extern void EvsStopDatabaseWorker(Oid dboid);
+extern void EvsAllowDatabaseWorker(Oid dboid);
+extern PGDLLEXPORT void EvsLauncherMain(Datum arg);
+extern PGDLLEXPORT void EvsWorkerMain(Datum arg);
+
 /* offsets.c */
-extern void EvsOffsetsInit(void);
 extern int64 EvsStableId(Oid topic);
 extern int64 EvsSequenceLastValue(Oid seqrelid);
 extern EvsDatabase *EvsDatabaseEntry(Oid dboid, bool create);
 extern void EvsWakeWorker(EvsDatabase *db);
 extern void EvsMarkDeltasCommitted(void);
-extern void EvsWakeLauncherAtCommit(void);
+extern void EvsRegisterDatabaseAtCommit(void);
 extern void EvsNoteSuppliedIds(Relation rel, TupleTableSlot **slots, int nslots);
+extern void EvsOffsetsPreCommit(void);
+extern void EvsOffsetsPrePrepare(void);
+extern void EvsOffsetsAtEnd(bool committed, bool aborted);
 
 /* catalog.c */
 typedef struct EvsAggregate
 {
 	int32		id;
 	Oid			view;
+	Oid			owner;			/* the aggregate view's owner */
 	Interval   *bucket;			/* NULL: all time */
 	int64		bucket_usecs;
 	Oid			output_topic;	/* InvalidOid: none */
 	bool		notify;
+	bool		as_owner;		/* expression calls non-built-in functions */
 	struct ExprState *expr;		/* group_by, text-valued */
 } EvsAggregate;
 
@@ -126,7 +172,7 @@ typedef struct EvsPlan
 {
 	const char *sql;
 	int			nargs;
-	Oid			types[4];
+	Oid			types[6];
 	int			cursor_options;
 	struct _SPI_plan *plan;		/* prepared on first use, kept */
 } EvsPlan;
@@ -136,9 +182,10 @@ typedef struct EvsTopic
 	Oid			relid;			/* hash key: topic or one of its partitions */
 	Oid			topic;			/* InvalidOid: not a topic */
 	Oid			seqrelid;
+	Oid			owner;
 	bool		notify;
 	bool		aggs_loaded;
-	List	   *aggregates;		/* EvsAggregate *, in CacheMemoryContext */
+	List	   *aggregates;		/* EvsAggregate *, in the cache's context */
 	EvsPlan		read_plan;		/* events after a position (consumer.c) */
 	char	   *read_name;		/* the topic name read_plan was made for */
 	Node	   *id_default;		/* defaults forced on INSERT (guards.c) */
@@ -146,48 +193,62 @@ typedef struct EvsTopic
 } EvsTopic;
 
 extern void EvsCatalogInit(void);
+extern void EvsCachePin(void);
+extern void EvsCacheUnpin(void);
+extern void EvsCatalogAtEnd(void);
 extern EvsTopic *EvsLookupTopic(Oid relid);
 extern EvsTopic *EvsRequireTopic(Oid relid, const char *fn);
+extern Oid	EvsTopicOf(Oid relid);
 extern List *EvsTopicAggregates(EvsTopic *t);
-extern void EvsCheckName(const char *what, const char *value);
+extern bool EvsIsTopicSequence(Oid seqrelid, Oid *topic);
+extern struct _SPI_plan *EvsTopicReadPlan(EvsTopic *t);
+extern void EvsTopicSetDefaults(EvsTopic *t, Node *id_default, Node *created_default);
 
-typedef struct EvsSuperuserState
+/* extension.c */
+typedef enum EvsCatalogRel
+{
+	EVS_REL_TOPIC,
+	EVS_REL_TOPIC_PKEY,
+	EVS_REL_GROUP,
+	EVS_REL_AGGREGATE,
+	EVS_REL_COUNT,
+	EVS_REL_DELTA
+} EvsCatalogRel;
+#define EVS_NUM_CATALOG_RELS 6
+
+extern void EvsExtensionInit(void);
+extern bool EvsExtensionPresent(void);
+extern Oid	EvsCatalogRelid(EvsCatalogRel which);
+
+/* util.c */
+typedef struct EvsUserState
 {
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
-} EvsSuperuserState;
-extern void EvsBecomeSuperuser(EvsSuperuserState *st);
-extern void EvsRestoreUser(EvsSuperuserState *st);
-extern void EvsBecomeSuperuserLight(EvsSuperuserState *st);
-extern void EvsRestoreUserLight(EvsSuperuserState *st);
-extern struct _SPI_plan *EvsPrepare(EvsPlan *p);
-extern struct _SPI_plan *EvsTopicReadPlan(EvsTopic *t);
-extern void EvsTopicSetDefaults(EvsTopic *t, Node *id_default, Node *created_default);
+} EvsUserState;
+
+extern void EvsArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name);
+extern void EvsAppendOnlyError(const char *topic, const char *verb,
+							   const char *detail) pg_attribute_noreturn();
+extern int	EvsPinSearchPath(void);
+extern void EvsUnpinSearchPath(int level);
+extern void EvsBecomeOwner(Oid role, EvsUserState *st);
+extern void EvsBecomeSuperuser(EvsUserState *st);
+extern void EvsRestoreUser(EvsUserState *st);
 extern int64 EvsSpiInt64(const char *sql, int nargs, Oid *types, Datum *values,
 						 bool *isnull);
 extern void EvsSpiExec(const char *sql, int nargs, Oid *types, Datum *values,
 					   int expect);
+extern struct _SPI_plan *EvsPrepare(EvsPlan *p);
+extern int	EvsExecPlan(EvsPlan *p, Datum *values, const char *nulls,
+						bool read_only, long count);
 extern char *EvsQualifiedName(Oid relid);
-
-/* consumer.c */
-extern void EvsRequireReadCommitted(const char *fn);
-
-/* aggregates.c */
-extern void EvsAggregatesInit(void);
-extern void EvsAccumulate(Relation rel, TupleTableSlot **slots, int nslots);
-extern void EvsFlushDeltas(void);
-extern int64 EvsBucketUsecs(Interval *ivl, const char *what);
-extern void EvsDropAggregate(Oid view);
-
-/* guards.c */
-extern void EvsGuardsInit(void);
-extern bool evs_copy_restore;	/* a COPY listing id runs (restore path) */
-extern int64 evs_copy_max_id;	/* highest id such a COPY stored */
-
-/* worker.c */
-extern void EvsWorkerRegisterLauncher(void);
-extern PGDLLEXPORT void EvsLauncherMain(Datum arg);
-extern PGDLLEXPORT void EvsWorkerMain(Datum arg);
+extern void EvsCheckName(const char *what, const char *value);
+extern Oid	EvsRelOwner(Oid relid);
+extern void EvsRequireOwner(Oid relid);
+extern void EvsRequirePrivilege(Oid relid, AclMode mode);
+extern bool EvsTrySubxact(void (*fn) (void *), void *arg, const char *what,
+						  StringInfo errors);
 
 #endif							/* EVSTREAM_H */

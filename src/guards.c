@@ -22,9 +22,24 @@
  *	  - TRUNCATE ... RESTART IDENTITY would reuse ids: refused on topics.
  *	  - ATTACH PARTITION of a table not using the evstream access method
  *		would make a topic partition mutable: refused.
- *	  - DROP DATABASE, and CREATE DATABASE copying a template: the
- *		database's worker is stopped first and kept away for a while
- *		(worker.c), since both need the database without connections.
+ *	  - A topic's shape is fixed: ALTER TABLE commands on a topic or one of
+ *		its partitions that add, drop, rename or retype columns or change
+ *		their defaults or nullability, foreign-table partitions, and ALTER
+ *		SEQUENCE, setval() with a constant and GRANTs of UPDATE/USAGE on its
+ *		id sequence are refused (0A000).  create_topic revokes UPDATE and
+ *		USAGE on the sequence from everyone, its owner included, so setval
+ *		with a computed argument fails on privileges (ids come from
+ *		evstream._next_id, which needs neither).
+ *	  - COPY listing created_at but not id is refused: a producer cannot
+ *		choose append times (COPY routes rows by created_at before any
+ *		default could replace it).
+ *	  - DROP DATABASE, ALTER DATABASE RENAME / SET TABLESPACE, and CREATE
+ *		DATABASE copying a template need the database without other
+ *		connections: once the caller is known to be allowed to run the
+ *		command, the database's worker is stopped and kept away until the
+ *		command ends (worker.c).  These act whatever database the command is
+ *		run from; everything else acts only where the extension exists
+ *		(EvsExtensionPresent), so elsewhere the hooks change nothing.
  *
  * Copyright (c) 2026, The evstream authors
  *
@@ -35,15 +50,24 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/table.h"
+#include "utils/fmgrprotos.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
+#include "nodes/nodeFuncs.h"
+#include "utils/fmgroids.h"
+#include "utils/syscache.h"
+#include "commands/sequence.h"
 #include "commands/defrem.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/parsenodes.h"
+#include "optimizer/optimizer.h"
 #include "optimizer/planner.h"
 #include "parser/parsetree.h"
 #include "rewrite/rewriteHandler.h"
@@ -61,20 +85,6 @@ int64		evs_copy_max_id = 0;
 static planner_hook_type prev_planner_hook = NULL;
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
-extern void EvsStopDatabaseWorker(const char *dbname);
-
-/* The topic a relation belongs to (itself or its parent), or InvalidOid */
-static Oid
-evs_topic_of(Oid relid)
-{
-	char		relkind = get_rel_relkind(relid);
-
-	if (relkind != RELKIND_PARTITIONED_TABLE && relkind != RELKIND_RELATION)
-		return InvalidOid;
-	if (relkind == RELKIND_RELATION && !get_rel_relispartition(relid))
-		return InvalidOid;
-	return EvsLookupTopic(relid)->topic;
-}
 
 /* Replace a target entry's expression by the topic's column default */
 static void
@@ -113,7 +123,7 @@ evs_guard_query(Query *query)
 	if (query->commandType == CMD_INSERT)
 	{
 		RangeTblEntry *rte = rt_fetch(query->resultRelation, query->rtable);
-		Oid			topic = evs_topic_of(rte->relid);
+		Oid			topic = EvsTopicOf(rte->relid);
 		EvsTopic   *t;
 
 		if (!OidIsValid(topic) || evs_restore_mode)
@@ -151,43 +161,219 @@ evs_guard_query(Query *query)
 			 query->commandType == CMD_MERGE)
 	{
 		RangeTblEntry *rte = rt_fetch(query->resultRelation, query->rtable);
-		Oid			topic = evs_topic_of(rte->relid);
+		Oid			topic = EvsTopicOf(rte->relid);
 
 		if (OidIsValid(topic))
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("cannot %s events of topic \"%s\": topics are append-only",
-							query->commandType == CMD_UPDATE ? "update" :
-							query->commandType == CMD_DELETE ? "delete" : "merge into",
-							get_rel_name(topic)),
-					 errdetail("Events are immutable once produced."),
-					 errhint("Produce a new event instead; retention removes old events by whole partitions.")));
+			EvsAppendOnlyError(get_rel_name(topic),
+							   query->commandType == CMD_UPDATE ? "update" :
+							   query->commandType == CMD_DELETE ? "delete" : "merge into",
+							   NULL);
 	}
+}
+
+/*
+ * Does a setval() only move the sequence forward (constants that leave no
+ * id reused: pg_restore's "SEQUENCE SET" after restoring the events)?
+ */
+static bool
+evs_setval_forward(Oid seq, List *args)
+{
+	Const	   *val = NULL;
+	Const	   *called = NULL;
+	int64		last;
+
+	/* literals reach us wrapped in casts: fold them */
+	if (list_length(args) >= 2)
+		val = (Const *) eval_const_expressions(NULL, copyObject(lsecond(args)));
+	if (list_length(args) >= 3)
+		called = (Const *) eval_const_expressions(NULL, copyObject(lthird(args)));
+
+	if (val == NULL || !IsA(val, Const) || val->constisnull)
+		return false;
+	if (called != NULL && (!IsA(called, Const) || called->constisnull))
+		return false;
+	last = DatumGetInt64(val->constvalue);
+	if (called != NULL && !DatumGetBool(called->constvalue))
+		last--;
+	return last >= EvsSequenceLastValue(seq);
+}
+
+/* setval() on a topic's id sequence, with the sequence as a constant */
+static bool
+evs_setval_walker(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, FuncExpr))
+	{
+		FuncExpr   *f = (FuncExpr *) node;
+
+		if ((f->funcid == F_SETVAL_REGCLASS_INT8 || f->funcid == F_SETVAL_REGCLASS_INT8_BOOL) &&
+			list_length(f->args) >= 1 && IsA(linitial(f->args), Const) &&
+			!((Const *) linitial(f->args))->constisnull)
+		{
+			Oid			seq = DatumGetObjectId(((Const *) linitial(f->args))->constvalue);
+			Oid			topic;
+
+			if (EvsIsTopicSequence(seq, &topic) && !evs_setval_forward(seq, f->args))
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot set the id sequence of topic \"%s\" back", get_rel_name(topic)),
+						 errdetail("Topic ids are never reused or skipped by hand; consumers rely on it."),
+						 errhint("Ids are assigned by evstream on insert.")));
+		}
+	}
+	if (IsA(node, Query))
+		return query_tree_walker((Query *) node, evs_setval_walker, context, 0);
+	return expression_tree_walker(node, evs_setval_walker, context);
 }
 
 static PlannedStmt *
 evs_planner(Query *parse, const char *query_string, int cursorOptions,
 			ParamListInfo boundParams)
 {
-	if (evs_shared != NULL && IsTransactionState())
+	if (EvsExtensionPresent())
+	{
 		evs_guard_query(parse);
+		(void) query_tree_walker(parse, evs_setval_walker, NULL, 0);
+	}
 	if (prev_planner_hook)
 		return prev_planner_hook(parse, query_string, cursorOptions, boundParams);
 	return standard_planner(parse, query_string, cursorOptions, boundParams);
 }
 
-/* Does a COPY column list name the id column (or list nothing)? */
+/* Does a COPY column list name the column (or list nothing)? */
 static bool
-evs_copy_lists_id(CopyStmt *stmt)
+evs_copy_lists(CopyStmt *stmt, const char *column)
 {
 	ListCell   *lc;
 
 	if (stmt->attlist == NIL)
 		return true;
 	foreach(lc, stmt->attlist)
-		if (strcmp(strVal(lfirst(lc)), "id") == 0)
+		if (strcmp(strVal(lfirst(lc)), column) == 0)
 			return true;
 	return false;
+}
+
+/* Refuse a change to the shape of a topic */
+static void
+evs_refuse_shape(Oid relid, const char *what)
+{
+	Oid			topic = EvsTopicOf(relid);
+
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("cannot %s of topic \"%s\"", what, get_rel_name(topic)),
+			 errdetail("A topic has the fixed columns id, key, payload and created_at, with evstream's defaults."),
+			 errhint("Put more fields in the payload, or create a new topic.")));
+}
+
+/* Is this ALTER TABLE subcommand one that changes columns? */
+static bool
+evs_column_change(AlterTableType t)
+{
+	switch (t)
+	{
+		case AT_AddColumn:
+		case AT_AddColumnToView:
+		case AT_ColumnDefault:
+		case AT_CookedColumnDefault:
+		case AT_AddIdentity:
+		case AT_SetIdentity:
+		case AT_DropIdentity:
+		case AT_DropNotNull:
+		case AT_SetNotNull:
+		case AT_DropExpression:
+		case AT_DropColumn:
+		case AT_AlterColumnType:
+		case AT_AlterColumnGenericOptions:
+		case AT_AddInherit:
+		case AT_DropInherit:
+		case AT_AddOf:
+		case AT_DropOf:
+			return true;
+		default:
+			return false;
+	}
+}
+
+/* Does a GRANT give UPDATE or USAGE (or ALL)? */
+static bool
+evs_grants_write(GrantStmt *gs)
+{
+	ListCell   *lc;
+
+	if (!gs->is_grant)
+		return false;
+	if (gs->privileges == NIL)
+		return true;
+	foreach(lc, gs->privileges)
+	{
+		AccessPriv *ap = lfirst_node(AccessPriv, lc);
+
+		if (ap->priv_name == NULL ||
+			strcmp(ap->priv_name, "update") == 0 || strcmp(ap->priv_name, "usage") == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Refuse a grant that would let someone setval a topic's id sequence */
+static void
+evs_check_grant(GrantStmt *gs)
+{
+	ListCell   *lc;
+
+	if (!evs_grants_write(gs) ||
+		(gs->objtype != OBJECT_SEQUENCE && gs->objtype != OBJECT_TABLE))
+		return;
+	if (gs->targtype == ACL_TARGET_OBJECT)
+	{
+		foreach(lc, gs->objects)
+		{
+			Oid			seq = RangeVarGetRelid(lfirst_node(RangeVar, lc), NoLock, true);
+			Oid			topic;
+
+			if (OidIsValid(seq) && EvsIsTopicSequence(seq, &topic))
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot grant UPDATE or USAGE on the id sequence of topic \"%s\"",
+								get_rel_name(topic)),
+						 errdetail("Those privileges allow setval(), which would reuse or skip ids."),
+						 errhint("Producers need only INSERT on the topic.")));
+		}
+	}
+	else if (gs->targtype == ACL_TARGET_ALL_IN_SCHEMA && gs->objtype == OBJECT_SEQUENCE)
+	{
+		foreach(lc, gs->objects)
+		{
+			Oid			nsp = get_namespace_oid(strVal(lfirst(lc)), true);
+			Relation	rel;
+			SysScanDesc scan;
+			HeapTuple	tup;
+
+			if (!OidIsValid(nsp))
+				continue;
+			rel = table_open(EvsCatalogRelid(EVS_REL_TOPIC), AccessShareLock);
+			scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+			while (HeapTupleIsValid(tup = systable_getnext(scan)))
+			{
+				bool		isnull;
+				Oid			topic = DatumGetObjectId(heap_getattr(tup, 1, RelationGetDescr(rel), &isnull));
+
+				if (get_rel_namespace(topic) == nsp)
+					ereport(ERROR,
+							(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+							 errmsg("cannot grant UPDATE or USAGE on all sequences in schema \"%s\": it holds the id sequence of topic \"%s\"",
+									strVal(lfirst(lc)), get_rel_name(topic)),
+							 errdetail("Those privileges allow setval(), which would reuse or skip ids."),
+							 errhint("Grant on the other sequences by name.")));
+			}
+			systable_endscan(scan);
+			table_close(rel, AccessShareLock);
+		}
+	}
 }
 
 /* Refuse utility commands that would break a topic */
@@ -205,13 +391,50 @@ evs_check_utility(Node *stmt)
 		{
 			Oid			relid = RangeVarGetRelid(lfirst_node(RangeVar, lc), NoLock, true);
 
-			if (OidIsValid(relid) && OidIsValid(evs_topic_of(relid)))
+			if (OidIsValid(relid) && OidIsValid(EvsTopicOf(relid)))
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("cannot TRUNCATE topic \"%s\" with RESTART IDENTITY",
 								get_rel_name(relid)),
 						 errdetail("Topic ids are never reused."),
 						 errhint("Use TRUNCATE without RESTART IDENTITY.")));
+		}
+	}
+	else if (IsA(stmt, AlterSeqStmt))
+	{
+		Oid			seq = RangeVarGetRelid(((AlterSeqStmt *) stmt)->sequence, NoLock, true);
+		Oid			topic;
+
+		if (OidIsValid(seq) && EvsIsTopicSequence(seq, &topic))
+			evs_refuse_shape(topic, "alter the id sequence");
+	}
+	else if (IsA(stmt, RenameStmt))
+	{
+		RenameStmt *rs = (RenameStmt *) stmt;
+		Oid			relid;
+
+		if (rs->renameType != OBJECT_COLUMN || rs->relation == NULL)
+			return;
+		relid = RangeVarGetRelid(rs->relation, NoLock, true);
+		if (OidIsValid(relid) && OidIsValid(EvsTopicOf(relid)))
+			evs_refuse_shape(relid, "rename the columns");
+	}
+	else if (IsA(stmt, GrantStmt))
+		evs_check_grant((GrantStmt *) stmt);
+	else if (IsA(stmt, CreateForeignTableStmt))
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((CreateStmt *) stmt)->inhRelations)
+		{
+			Oid			parent = RangeVarGetRelid(lfirst_node(RangeVar, lc), NoLock, true);
+
+			if (OidIsValid(parent) && EvsLookupTopic(parent)->topic == parent)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("partitions of topic \"%s\" must use the evstream access method",
+								get_rel_name(parent)),
+						 errdetail("A foreign table cannot keep events append-only.")));
 		}
 	}
 	else if (IsA(stmt, AlterTableStmt))
@@ -221,18 +444,25 @@ evs_check_utility(Node *stmt)
 		Oid			relid;
 
 		relid = RangeVarGetRelid(at->relation, NoLock, true);
-		if (!OidIsValid(relid) || !OidIsValid(evs_topic_of(relid)))
+		if (!OidIsValid(relid))
+			return;
+		if (at->objtype == OBJECT_SEQUENCE && EvsIsTopicSequence(relid, NULL))
+			evs_refuse_shape(relid, "alter the id sequence");
+		if (!OidIsValid(EvsTopicOf(relid)))
 			return;
 		foreach(lc, at->cmds)
 		{
 			AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
+
+			if (evs_column_change(cmd->subtype))
+				evs_refuse_shape(relid, "change the columns");
 
 			if (cmd->subtype == AT_SetAccessMethod &&
 				(cmd->name == NULL || strcmp(cmd->name, "evstream") != 0))
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("cannot change the access method of \"%s\": it belongs to topic \"%s\"",
-								get_rel_name(relid), get_rel_name(evs_topic_of(relid))),
+								get_rel_name(relid), get_rel_name(EvsTopicOf(relid))),
 						 errdetail("Topics are append-only; the evstream access method enforces it.")));
 			if (cmd->subtype == AT_AttachPartition)
 			{
@@ -285,9 +515,17 @@ evs_copy_into_topic(Oid relid, Oid topic, CopyStmt *stmt, PlannedStmt *pstmt,
 					QueryCompletion *qc)
 {
 	bool		save_restore = evs_copy_restore;
-	volatile bool restore = evs_copy_lists_id(stmt);
+	volatile bool restore = evs_copy_lists(stmt, "id");
 
-	if (restore && !pg_class_ownercheck(topic, GetUserId()))
+	if (!restore && evs_copy_lists(stmt, "created_at"))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot COPY the created_at column of topic \"%s\"",
+						get_rel_name(topic)),
+				 errdetail("created_at is the append time, assigned by evstream."),
+				 errhint("List only the key and payload columns: COPY %s (key, payload) FROM ...",
+						 stmt->relation->relname)));
+	if (restore && !evs_class_ownercheck(topic, GetUserId()))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied to COPY the id column of topic \"%s\"",
@@ -315,10 +553,13 @@ evs_copy_into_topic(Oid relid, Oid topic, CopyStmt *stmt, PlannedStmt *pstmt,
 
 		if (evs_copy_max_id > EvsSequenceLastValue(t->seqrelid))
 		{
-			Oid			types[2] = {OIDOID, INT8OID};
-			Datum		values[2] = {ObjectIdGetDatum(t->seqrelid), Int64GetDatum(evs_copy_max_id)};
+			EvsUserState su;
 
-			EvsSpiExec("SELECT pg_catalog.setval($1::regclass, $2)", 2, types, values, SPI_OK_SELECT);
+			/* nobody holds UPDATE on the sequence; setval runs no user code */
+			EvsBecomeSuperuser(&su);
+			DirectFunctionCall2(setval_oid, ObjectIdGetDatum(t->seqrelid),
+								Int64GetDatum(evs_copy_max_id));
+			EvsRestoreUser(&su);
 		}
 	}
 	else
@@ -381,13 +622,93 @@ evs_drop_extension_cascade(DropStmt *stmt)
 		if (IsA(obj, String) && strcmp(strVal(obj), "evstream") == 0 &&
 			OidIsValid(get_extension_oid("evstream", true)))
 		{
-			EvsSpiExec("DO $$DECLARE t regclass; BEGIN "
-					   "FOR t IN SELECT topic FROM evstream._topic LOOP "
+			EvsSpiExec("DO $$DECLARE t pg_catalog.regclass; BEGIN "
+					   "FOR t IN SELECT x.topic FROM evstream._topic x LOOP "
 					   "EXECUTE pg_catalog.format('DROP TABLE IF EXISTS %s CASCADE', t); "
 					   "END LOOP; END$$", 0, NULL, NULL, 0);
 			CommandCounterIncrement();
 		}
 	}
+}
+
+/*
+ * The database a DROP/ALTER/CREATE DATABASE needs without connections,
+ * if the caller may run the command on it (else PostgreSQL refuses it,
+ * and nothing is stopped); InvalidOid when there is none.
+ */
+static Oid
+evs_database_needed(Node *stmt)
+{
+	const char *dbname = NULL;
+	bool		template = false;
+	Oid			dboid;
+	HeapTuple	tup;
+	bool		istemplate;
+
+	if (IsA(stmt, DropdbStmt))
+		dbname = ((DropdbStmt *) stmt)->dbname;
+	else if (IsA(stmt, RenameStmt) && ((RenameStmt *) stmt)->renameType == OBJECT_DATABASE)
+		dbname = ((RenameStmt *) stmt)->subname;
+	else if (IsA(stmt, AlterDatabaseStmt))
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((AlterDatabaseStmt *) stmt)->options)
+			if (strcmp(lfirst_node(DefElem, lc)->defname, "tablespace") == 0)
+				dbname = ((AlterDatabaseStmt *) stmt)->dbname;
+	}
+	else if (IsA(stmt, CreatedbStmt))
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((CreatedbStmt *) stmt)->options)
+		{
+			DefElem    *opt = lfirst_node(DefElem, lc);
+
+			if (strcmp(opt->defname, "template") == 0 && opt->arg != NULL)
+			{
+				dbname = defGetString(opt);
+				template = true;
+			}
+		}
+	}
+	if (dbname == NULL)
+		return InvalidOid;
+	dboid = get_database_oid(dbname, true);
+	if (!OidIsValid(dboid) || EvsDatabaseEntry(dboid, false) == NULL)
+		return InvalidOid;
+	if (!template)
+		return evs_database_ownercheck(dboid, GetUserId()) ? dboid : InvalidOid;
+
+	/* CREATE DATABASE ... TEMPLATE: createdb, and a template or the owner */
+	if (!have_createdb_privilege())
+		return InvalidOid;
+	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dboid));
+	if (!HeapTupleIsValid(tup))
+		return InvalidOid;
+	istemplate = ((Form_pg_database) GETSTRUCT(tup))->datistemplate;
+	ReleaseSysCache(tup);
+	return (istemplate || evs_database_ownercheck(dboid, GetUserId())) ? dboid : InvalidOid;
+}
+
+/* Run a database command with the database's worker kept away */
+static void
+evs_utility_without_worker(Oid dboid, PlannedStmt *pstmt, const char *queryString,
+						   bool readOnlyTree, ProcessUtilityContext context,
+						   ParamListInfo params, QueryEnvironment *queryEnv,
+						   DestReceiver *dest, QueryCompletion *qc)
+{
+	EvsStopDatabaseWorker(dboid);
+	PG_TRY();
+	{
+		evs_next_utility(pstmt, queryString, readOnlyTree, context,
+						 params, queryEnv, dest, qc);
+	}
+	PG_FINALLY();
+	{
+		EvsAllowDatabaseWorker(dboid);
+	}
+	PG_END_TRY();
 }
 
 static void
@@ -397,35 +718,30 @@ evs_process_utility(PlannedStmt *pstmt, const char *queryString,
 					DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *stmt = pstmt->utilityStmt;
+	Oid			dboid = InvalidOid;
 
 	if (evs_shared != NULL && IsTransactionState())
+		dboid = evs_database_needed(stmt);
+	if (OidIsValid(dboid))
+	{
+		evs_utility_without_worker(dboid, pstmt, queryString, readOnlyTree, context,
+								   params, queryEnv, dest, qc);
+		return;
+	}
+
+	if (EvsExtensionPresent())
 	{
 		if (IsA(stmt, CopyStmt) && ((CopyStmt *) stmt)->is_from &&
 			((CopyStmt *) stmt)->relation != NULL)
 		{
 			Oid			relid = RangeVarGetRelid(((CopyStmt *) stmt)->relation, NoLock, true);
-			Oid			topic = OidIsValid(relid) ? evs_topic_of(relid) : InvalidOid;
+			Oid			topic = OidIsValid(relid) ? EvsTopicOf(relid) : InvalidOid;
 
 			if (OidIsValid(topic))
 			{
 				evs_copy_into_topic(relid, topic, (CopyStmt *) stmt, pstmt, queryString,
 									readOnlyTree, context, params, queryEnv, dest, qc);
 				return;
-			}
-		}
-		else if (IsA(stmt, DropdbStmt))
-			EvsStopDatabaseWorker(((DropdbStmt *) stmt)->dbname);
-		else if (IsA(stmt, CreatedbStmt))
-		{
-			/* copying a database needs it without other connections */
-			ListCell   *lc;
-
-			foreach(lc, ((CreatedbStmt *) stmt)->options)
-			{
-				DefElem    *opt = lfirst_node(DefElem, lc);
-
-				if (strcmp(opt->defname, "template") == 0 && opt->arg != NULL)
-					EvsStopDatabaseWorker(defGetString(opt));
 			}
 		}
 		else if (IsA(stmt, DropStmt) &&

@@ -94,7 +94,7 @@ static Oid	xact_seq[EVS_MAX_XACT_TOPICS];
 static int64 xact_supplied_max[EVS_MAX_XACT_TOPICS];	/* replication */
 static int	xact_ntopics = 0;
 static bool xact_deltas = false;	/* this transaction wrote aggregate deltas */
-static bool xact_wake_launcher = false;
+static bool xact_register_db = false; /* CREATE EXTENSION committing */
 
 static EvsDatabase *my_db = NULL;
 
@@ -213,7 +213,7 @@ evs_already_marked(EvsDatabase *db, bool deltas)
 static void
 evs_publish(Oid topic, Oid seqrelid, bool notify, int64 cap)
 {
-	EvsBackendSlot *slot = &evs_shared->slots[MyProc->pgprocno];
+	EvsBackendSlot *slot = &evs_shared->slots[EVS_MY_PROCNO];
 	int			i = xact_ntopics;
 	int64		low;
 
@@ -386,11 +386,15 @@ EvsMarkDeltasCommitted(void)
 	xact_deltas = true;
 }
 
-/* Called by evstream._wake_launcher() */
+/*
+ * Called by evstream._wake_launcher() from the install script: at commit,
+ * give this database its shared entry (databases get one only when they
+ * have the extension) and wake the launcher to start its worker.
+ */
 void
-EvsWakeLauncherAtCommit(void)
+EvsRegisterDatabaseAtCommit(void)
 {
-	xact_wake_launcher = true;
+	xact_register_db = true;
 }
 
 /*
@@ -455,7 +459,7 @@ evs_after_end(bool committed)
 static void
 evs_clear_slot(void)
 {
-	EvsBackendSlot *slot = &evs_shared->slots[MyProc->pgprocno];
+	EvsBackendSlot *slot = &evs_shared->slots[EVS_MY_PROCNO];
 	int			i;
 
 	for (i = 0; i < xact_ntopics; i++)
@@ -467,52 +471,47 @@ evs_clear_slot(void)
 	pg_atomic_write_u32(&slot->nused, 0);
 }
 
-static void
-evs_xact_callback(XactEvent event, void *arg)
+/* PRE_COMMIT (xact.c): sequences past every supplied id */
+void
+EvsOffsetsPreCommit(void)
 {
-	switch (event)
-	{
-		case XACT_EVENT_PRE_COMMIT:
-			if (xact_ntopics > 0)
-				evs_advance_sequences();
-			break;
-		case XACT_EVENT_PRE_PREPARE:
-			if (xact_ntopics > 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot PREPARE a transaction that has produced evstream events"),
-						 errdetail("A prepared transaction would hold back the stable offset of its topics indefinitely.")));
-			break;
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PREPARE:
-			/* clear first: the worker must see our ids as stable */
-			if (xact_ntopics > 0)
-				evs_clear_slot();
-			if (event == XACT_EVENT_COMMIT && (xact_ntopics > 0 || xact_deltas))
-				evs_after_end(true);
-			else if (event == XACT_EVENT_ABORT && xact_ntopics > 0)
-				evs_after_end(false);
-			xact_ntopics = 0;
-			xact_deltas = false;
-			if (event == XACT_EVENT_COMMIT && xact_wake_launcher && evs_shared)
-			{
-				int			procno;
-
-				evs_shared->rescan = true;
-				procno = evs_shared->launcher_procno;
-				if (procno >= 0)
-					SetLatch(&ProcGlobal->allProcs[procno].procLatch);
-			}
-			xact_wake_launcher = false;
-			break;
-		default:
-			break;
-	}
+	if (xact_ntopics > 0)
+		evs_advance_sequences();
 }
 
+/* PRE_PREPARE (xact.c) */
 void
-EvsOffsetsInit(void)
+EvsOffsetsPrePrepare(void)
 {
-	RegisterXactCallback(evs_xact_callback, NULL);
+	if (xact_ntopics > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot PREPARE a transaction that has produced evstream events"),
+				 errdetail("A prepared transaction would hold back the stable offset of its topics indefinitely.")));
+}
+
+/* COMMIT, ABORT or PREPARE (xact.c) */
+void
+EvsOffsetsAtEnd(bool committed, bool aborted)
+{
+	/* clear first: the worker must see our ids as stable */
+	if (xact_ntopics > 0)
+		evs_clear_slot();
+	if (committed && (xact_ntopics > 0 || xact_deltas))
+		evs_after_end(true);
+	else if (aborted && xact_ntopics > 0)
+		evs_after_end(false);
+	xact_ntopics = 0;
+	xact_deltas = false;
+	if (committed && xact_register_db && evs_shared)
+	{
+		int			procno;
+
+		(void) EvsDatabaseEntry(MyDatabaseId, true);
+		evs_shared->rescan = true;
+		procno = evs_shared->launcher_procno;
+		if (procno >= 0)
+			SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+	}
+	xact_register_db = false;
 }

@@ -44,7 +44,6 @@ static bool evs_methods_ready = false;
 static void
 evs_refuse(Relation rel, const char *what, bool changing_part)
 {
-	Oid			parent = InvalidOid;
 	const char *name = RelationGetRelationName(rel);
 
 	if (rel->rd_rel->relispartition)
@@ -52,31 +51,19 @@ evs_refuse(Relation rel, const char *what, bool changing_part)
 		EvsTopic   *t = EvsLookupTopic(RelationGetRelid(rel));
 
 		if (t && OidIsValid(t->topic))
-			parent = t->topic;
+			name = get_rel_name(t->topic);
 	}
-	if (OidIsValid(parent))
-		name = get_rel_name(parent);
-
-	ereport(ERROR,
-			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-			 errmsg("cannot %s events of topic \"%s\": topics are append-only", what, name),
-			 changing_part ?
-			 errdetail("Moving an event to another partition would delete it from \"%s\".",
-					   RelationGetRelationName(rel)) :
-			 errdetail("Events are immutable once produced."),
-			 errhint("Produce a new event instead; retention removes old events by whole partitions.")));
+	EvsAppendOnlyError(name, what,
+					   changing_part ?
+					   psprintf("Moving an event to another partition would delete it from \"%s\".",
+								RelationGetRelationName(rel)) : NULL);
 }
 
 static TM_Result
 evs_tuple_update(Relation rel, ItemPointer otid, TupleTableSlot *slot,
 				 CommandId cid, Snapshot snapshot, Snapshot crosscheck,
 				 bool wait, TM_FailureData *tmfd, LockTupleMode *lockmode,
-#if PG_VERSION_NUM >= 160000
-				 TU_UpdateIndexes *update_indexes
-#else
-				 bool *update_indexes
-#endif
-)
+				 evs_update_indexes_t *update_indexes)
 {
 	evs_refuse(rel, "update", false);
 	return TM_Invisible;		/* keep compiler quiet */

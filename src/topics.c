@@ -11,8 +11,16 @@
  *	  is behind) and partitions <topic>_pYYYYMMDD_HH24MISS made ahead.  All
  *	  partitions use the evstream access method.  The DDL runs as the
  *	  caller, so ownership and CREATE privileges are Postgres's own; names
- *	  are always quoted.  A topic depends on the extension, so DROP
- *	  EXTENSION ... CASCADE removes it.
+ *	  are always quoted, search_path is pinned.  Temporary topics are
+ *	  refused (evstream's catalog outlives the session).  Nobody, the owner
+ *	  included, keeps UPDATE or USAGE on the id sequence (no setval; ids
+ *	  come from evstream._next_id, which needs neither).  A topic depends
+ *	  on the extension, so DROP EXTENSION ... CASCADE removes it.
+ *
+ *	  The views' helpers _edge and _time_after read a topic's first/last
+ *	  event and the time after a position for every role (ids and times
+ *	  only, never payloads): they accept topics only and read them as the
+ *	  topic's owner under SECURITY_RESTRICTED_OPERATION.
  *
  * Copyright (c) 2026, The evstream authors
  *
@@ -34,6 +42,8 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "access/htup_details.h"
+#include "funcapi.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -45,24 +55,6 @@
 
 /* bytes the partition suffix "_pYYYYMMDD_HH24MISS" adds */
 #define PARTITION_SUFFIX_LEN 17
-
-/* Error out unless the caller owns the relation */
-static void
-evs_require_owner(Oid relid)
-{
-	if (!pg_class_ownercheck(relid, GetUserId()))
-		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, get_rel_name(relid));
-}
-
-/* Error for a NULL argument */
-static void
-evs_not_null(FunctionCallInfo fcinfo, int arg, const char *name)
-{
-	if (PG_ARGISNULL(arg))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be NULL", name)));
-}
 
 /* A retention must be positive (NULL: keep forever) */
 static void
@@ -83,10 +75,56 @@ evs_make_partitions(Oid topic, int premake)
 	Oid			types[2] = {OIDOID, INT4OID};
 	Datum		values[2] = {ObjectIdGetDatum(topic), Int32GetDatum(premake)};
 
-	EvsSpiExec("SELECT evstream._ensure_partitions($1::regclass, pg_catalog.now(), "
-			   "pg_catalog.now() + (SELECT partition_interval FROM evstream._topic "
-			   "WHERE topic = $1::regclass) * $2)",
+	EvsSpiExec("SELECT evstream._ensure_partitions($1::pg_catalog.regclass, pg_catalog.now(), "
+			   "pg_catalog.now() OPERATOR(pg_catalog.+) (SELECT t.partition_interval "
+			   "OPERATOR(pg_catalog.*) $2 FROM evstream._topic t "
+			   "WHERE t.topic OPERATOR(pg_catalog.=) $1::pg_catalog.regclass))",
 			   2, types, values, SPI_OK_SELECT);
+}
+
+/*
+ * Leave nobody UPDATE or USAGE on a new topic's id sequence: not PUBLIC,
+ * not the owner, not roles that default privileges granted them to.
+ * SELECT stays (pg_dump reads the sequence).
+ */
+static void
+evs_lock_sequence(const char *qseq)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(qseq)};
+	List	   *grantees = NIL;
+	ListCell   *lc;
+	uint64		i;
+	int			level;
+	MemoryContext cxt = CurrentMemoryContext;	/* outlives SPI_finish */
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	level = EvsPinSearchPath();
+	if (SPI_execute_with_args("SELECT DISTINCT CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC' "
+							  "ELSE pg_catalog.quote_ident(r.rolname) END "
+							  "FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a "
+							  "LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee "
+							  "WHERE c.oid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the privileges of %s", qseq);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		char	   *g = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+
+		grantees = lappend(grantees, g ? pstrdup(g) : NULL);
+		MemoryContextSwitchTo(old);
+	}
+	EvsUnpinSearchPath(level);
+	SPI_finish();
+
+	EvsSpiExec(psprintf("REVOKE UPDATE, USAGE ON SEQUENCE %s FROM PUBLIC, CURRENT_USER", qseq),
+			   0, NULL, NULL, SPI_OK_UTILITY);
+	foreach(lc, grantees)
+		if (lfirst(lc) != NULL && strcmp(lfirst(lc), "PUBLIC") != 0)
+			EvsSpiExec(psprintf("REVOKE UPDATE, USAGE ON SEQUENCE %s FROM %s", qseq, (char *) lfirst(lc)),
+					   0, NULL, NULL, SPI_OK_UTILITY);
 }
 
 /* Name the rejected topic name in errors from parsing it */
@@ -118,11 +156,11 @@ evstream_create_topic(PG_FUNCTION_ARGS)
 	bool		notify;
 	Oid			relid;
 	StringInfoData sql;
-	EvsSuperuserState su;
+	EvsUserState su;
 
-	evs_not_null(fcinfo, 0, "topic");
-	evs_not_null(fcinfo, 1, "partition_interval");
-	evs_not_null(fcinfo, 3, "notify");
+	EvsArgNotNull(fcinfo, 0, "topic");
+	EvsArgNotNull(fcinfo, 1, "partition_interval");
+	EvsArgNotNull(fcinfo, 3, "notify");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	ivl = PG_GETARG_INTERVAL_P(1);
 	if (!PG_ARGISNULL(2))
@@ -141,7 +179,7 @@ evstream_create_topic(PG_FUNCTION_ARGS)
 		cb.arg = name;
 		cb.previous = error_context_stack;
 		error_context_stack = &cb;
-		names = stringToQualifiedNameList(name);
+		names = evs_string_to_qualified_name_list(name);
 		rv = makeRangeVarFromNameList(names);
 		error_context_stack = cb.previous;
 	}
@@ -158,7 +196,13 @@ evstream_create_topic(PG_FUNCTION_ARGS)
 				 errhint("Use a topic name of at most %d bytes.",
 						 NAMEDATALEN - 1 - PARTITION_SUFFIX_LEN)));
 	nspid = RangeVarGetCreationNamespace(rv);
-	if (pg_namespace_aclcheck(nspid, GetUserId(), ACL_CREATE) != ACLCHECK_OK)
+	if (isAnyTempNamespace(nspid))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("topic \"%s\" must not be temporary", rv->relname),
+				 errdetail("evstream's catalog and workers outlive sessions; temporary relations do not."),
+				 errhint("Create the topic in a regular schema.")));
+	if (evs_namespace_aclcheck(nspid, GetUserId(), ACL_CREATE) != ACLCHECK_OK)
 		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_SCHEMA, get_namespace_name(nspid));
 	if (OidIsValid(get_relname_relid(rv->relname, nspid)))
 		ereport(ERROR,
@@ -186,9 +230,10 @@ evstream_create_topic(PG_FUNCTION_ARGS)
 		elog(ERROR, "topic \"%s\" was not created", qname);
 
 	resetStringInfo(&sql);
-	appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN id SET DEFAULT evstream._next_id(%s::regclass)",
+	appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN id SET DEFAULT evstream._next_id(%s::pg_catalog.regclass)",
 					 qname, quote_literal_cstr(qname));
 	EvsSpiExec(sql.data, 0, NULL, NULL, 0);
+	evs_lock_sequence(qseq);
 
 	/* catalog entry, as the superuser */
 	EvsBecomeSuperuser(&su);
@@ -201,7 +246,7 @@ evstream_create_topic(PG_FUNCTION_ARGS)
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		if (SPI_execute_with_args("INSERT INTO evstream._topic (topic, partition_interval, retention, notify) "
-								  "VALUES ($1::regclass, $2, $3, $4)",
+								  "VALUES ($1::pg_catalog.regclass, $2, $3, $4)",
 								  4, types, values, nulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not record topic");
 		SPI_finish();
@@ -240,21 +285,29 @@ evstream_drop_topic(PG_FUNCTION_ARGS)
 	List	   *aggs = NIL;
 	ListCell   *lc;
 	uint64		i;
+	MemoryContext cxt;
 
-	evs_not_null(fcinfo, 0, "topic");
-	evs_not_null(fcinfo, 1, "cascade");
+	EvsArgNotNull(fcinfo, 0, "topic");
+	EvsArgNotNull(fcinfo, 1, "cascade");
 	relid = PG_GETARG_OID(0);
 	cascade = PG_GETARG_BOOL(1);
 	(void) EvsRequireTopic(relid, "drop_topic");
-	evs_require_owner(relid);
+	EvsRequireOwner(relid);
 
 	/* aggregates reading the topic or writing to it */
 	values[0] = ObjectIdGetDatum(relid);
+	cxt = CurrentMemoryContext;	/* the list outlives SPI_finish */
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	ret = SPI_execute_with_args("SELECT aggregate::oid, topic = $1::regclass FROM evstream._aggregate "
-								"WHERE topic = $1::regclass OR output_topic = $1::regclass ORDER BY id",
-								1, types, values, NULL, true, 0);
+	{
+		int			level = EvsPinSearchPath();
+
+		ret = SPI_execute_with_args("SELECT a.aggregate::pg_catalog.oid, a.topic OPERATOR(pg_catalog.=) $1::pg_catalog.regclass "
+									"FROM evstream._aggregate a WHERE a.topic OPERATOR(pg_catalog.=) $1::pg_catalog.regclass "
+									"OR a.output_topic OPERATOR(pg_catalog.=) $1::pg_catalog.regclass ORDER BY a.id",
+									1, types, values, NULL, true, 0);
+		EvsUnpinSearchPath(level);
+	}
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read evstream._aggregate");
 	for (i = 0; i < SPI_processed; i++)
@@ -270,7 +323,12 @@ evstream_drop_topic(PG_FUNCTION_ARGS)
 							get_rel_name(relid), get_rel_name(agg),
 							reads ? "reads" : "writes to"),
 					 errhint("Drop the aggregate first, or use evstream.drop_topic(topic, cascade => true).")));
-		aggs = lappend_oid(aggs, agg);
+		{
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+
+			aggs = lappend_oid(aggs, agg);
+			MemoryContextSwitchTo(old);
+		}
 	}
 	SPI_finish();
 
@@ -297,12 +355,12 @@ evstream_set_retention(PG_FUNCTION_ARGS)
 {
 	Oid			relid;
 	Interval   *ret = NULL;
-	EvsSuperuserState su;
+	EvsUserState su;
 	Oid			types[2] = {OIDOID, INTERVALOID};
 	Datum		values[2];
 	char		nulls[2] = {' ', ' '};
 
-	evs_not_null(fcinfo, 0, "topic");
+	EvsArgNotNull(fcinfo, 0, "topic");
 	relid = PG_GETARG_OID(0);
 	if (!PG_ARGISNULL(1))
 	{
@@ -312,18 +370,105 @@ evstream_set_retention(PG_FUNCTION_ARGS)
 	else
 		nulls[1] = 'n';
 	(void) EvsRequireTopic(relid, "set_retention");
-	evs_require_owner(relid);
+	EvsRequireOwner(relid);
 
 	values[0] = ObjectIdGetDatum(relid);
 	values[1] = ret ? IntervalPGetDatum(ret) : (Datum) 0;
 	EvsBecomeSuperuser(&su);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("UPDATE evstream._topic SET retention = $2 WHERE topic = $1::regclass",
+	if (SPI_execute_with_args("UPDATE evstream._topic t SET retention = $2 "
+							  "WHERE t.topic OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
 							  2, types, values, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update topic");
 	SPI_finish();
 	EvsRestoreUser(&su);
 	CacheInvalidateRelcacheByRelid(relid);
 	PG_RETURN_VOID();
+}
+
+/* Read the topic as its owner; the relation must be a topic */
+static bool
+evs_read_as_owner(Oid topic, const char *sql, int nargs, Oid *types, Datum *values,
+				  Datum *out, int nout, bool *nulls)
+{
+	EvsTopic   *t = EvsLookupTopic(topic);
+	EvsUserState st;
+	bool		found = false;
+	int			i;
+
+	if (t->topic != topic)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("relation with OID %u is not an evstream topic", topic)));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EvsBecomeOwner(t->owner, &st);
+	if (SPI_execute_with_args(psprintf(sql, EvsQualifiedName(topic)), nargs, types, values,
+							  NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read topic \"%s\"", get_rel_name(topic));
+	EvsRestoreUser(&st);
+	if (SPI_processed > 0)
+	{
+		found = true;
+		for (i = 0; i < nout; i++)
+		{
+			out[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i + 1, &nulls[i]);
+			if (!nulls[i])
+				out[i] = SPI_datumTransfer(out[i], true, 8);
+		}
+	}
+	SPI_finish();
+	return found;
+}
+
+PG_FUNCTION_INFO_V1(evstream_edge);
+
+/* evstream._edge(topic, first, OUT id, OUT created_at) */
+Datum
+evstream_edge(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	Datum		out[2];
+	bool		nulls[2] = {true, true};
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) ||
+		!OidIsValid(get_rel_name(PG_GETARG_OID(0)) ? PG_GETARG_OID(0) : InvalidOid))
+		PG_RETURN_NULL();
+	if (!evs_read_as_owner(PG_GETARG_OID(0),
+						   PG_GETARG_BOOL(1) ?
+						   "SELECT e.id, e.created_at FROM %s e ORDER BY e.id ASC LIMIT 1" :
+						   "SELECT e.id, e.created_at FROM %s e ORDER BY e.id DESC LIMIT 1",
+						   0, NULL, NULL, out, 2, nulls))
+		nulls[0] = nulls[1] = true;
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), out, nulls)));
+}
+
+PG_FUNCTION_INFO_V1(evstream_time_after);
+
+/* evstream._time_after(topic, after_id): created_at of the next stable event */
+Datum
+evstream_time_after(PG_FUNCTION_ARGS)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		values[2];
+	Datum		out[1];
+	bool		nulls[1] = {true};
+	Oid			topic;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	topic = PG_GETARG_OID(0);
+	if (get_rel_name(topic) == NULL)
+		PG_RETURN_NULL();
+	values[0] = Int64GetDatum(PG_GETARG_INT64(1));
+	values[1] = Int64GetDatum(EvsStableId(topic));
+	if (!evs_read_as_owner(topic,
+						   "SELECT e.created_at FROM %s e WHERE e.id OPERATOR(pg_catalog.>) $1 "
+						   "AND e.id OPERATOR(pg_catalog.<=) $2 ORDER BY e.id LIMIT 1",
+						   2, types, values, out, 1, nulls) || nulls[0])
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(out[0]);
 }

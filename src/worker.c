@@ -84,7 +84,6 @@
 
 #include "evstream.h"
 
-void		EvsStopDatabaseWorker(const char *dbname);
 
 /* ---------------------------------------------------------------- launcher */
 
@@ -164,6 +163,15 @@ evs_launched_alive(Oid dboid)
 	return false;
 }
 
+/*
+ * Databases probed and found without the extension, kept in the
+ * launcher's own memory: shared entries are only for databases that have
+ * it.  A database gets its entry when CREATE EXTENSION commits there
+ * (offsets.c), or when a probe worker finds the extension (after a
+ * restart, or for a database copied from a template that had it).
+ */
+static List *probed_absent = NIL;
+
 /* One pass: make sure every database that needs a worker has one */
 static void
 evs_launcher_scan(bool rescan)
@@ -176,6 +184,7 @@ evs_launcher_scan(bool rescan)
 	TimestampTz now = GetCurrentTimestamp();
 	MemoryContext cxt = CurrentMemoryContext;	/* outlives the transaction */
 	int			i;
+	bool		probing = false;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -206,19 +215,41 @@ evs_launcher_scan(bool rescan)
 		if (OidIsValid(d->dboid) && !list_member_oid(dbs, d->dboid) &&
 			d->worker_pid == 0 && d->blocked_until < now)
 			d->dboid = InvalidOid;
-		if (rescan && OidIsValid(d->dboid))
-			d->ext_absent = false;
 	}
 	LWLockRelease(evs_shared->lock);
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+		List	   *keep = NIL;
+
+		foreach(lc, probed_absent)
+			if (list_member_oid(dbs, lfirst_oid(lc)))
+				keep = lappend_oid(keep, lfirst_oid(lc));
+		list_free(probed_absent);
+		probed_absent = keep;
+		MemoryContextSwitchTo(old);
+	}
 
 	foreach(lc, dbs)
 	{
 		Oid			dboid = lfirst_oid(lc);
-		EvsDatabase *d = EvsDatabaseEntry(dboid, true);
+		EvsDatabase *d = EvsDatabaseEntry(dboid, false);
 
 		if (d == NULL)
-			break;				/* no room: databases beyond EVS_MAX_DATABASES get none */
-		if (d->ext_absent || d->blocked_until > now)
+		{
+			/* unknown: probe it (one probe at a time), unless known absent */
+			if (list_member_oid(probed_absent, dboid) || probing)
+				continue;
+			if (evs_launched_alive(dboid))
+			{
+				probing = true;
+				continue;
+			}
+			if (!evs_start_worker(dboid))
+				break;
+			probing = true;
+			continue;
+		}
+		if (d->blocked_until > now)
 			continue;
 		if (d->worker_pid != 0 && kill(d->worker_pid, 0) == 0)
 			continue;
@@ -228,6 +259,33 @@ evs_launcher_scan(bool rescan)
 			break;				/* out of worker slots; retry later */
 	}
 	list_free(dbs);
+}
+
+/* A launched worker stopped without claiming its database: no extension */
+static void
+evs_note_probe_results(void)
+{
+	int			i;
+
+	for (i = 0; i < EVS_MAX_DATABASES; i++)
+	{
+		pid_t		pid;
+		Oid			dboid = launched[i].dboid;
+
+		if (!OidIsValid(dboid) ||
+			GetBackgroundWorkerPid(launched[i].handle, &pid) != BGWH_STOPPED)
+			continue;
+		if (EvsDatabaseEntry(dboid, false) == NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+			probed_absent = lappend_oid(probed_absent, dboid);
+			MemoryContextSwitchTo(old);
+		}
+		pfree(launched[i].handle);
+		launched[i].dboid = InvalidOid;
+		launched[i].handle = NULL;
+	}
 }
 
 static void
@@ -247,9 +305,11 @@ EvsLauncherMain(Datum arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	if (IsBinaryUpgrade)
+		proc_exit(0);			/* pg_upgrade's server: leave it alone */
 
 	before_shmem_exit(evs_launcher_exit, (Datum) 0);
-	evs_shared->launcher_procno = MyProc->pgprocno;
+	evs_shared->launcher_procno = EVS_MY_PROCNO;
 	evs_shared->rescan = true;
 
 	launcher_cxt = AllocSetContextCreate(TopMemoryContext, "evstream launcher",
@@ -270,6 +330,7 @@ EvsLauncherMain(Datum arg)
 		now = GetCurrentTimestamp();
 		rescan = evs_shared->rescan;
 		evs_shared->rescan = false;
+		evs_note_probe_results();
 		if (rescan || TimestampDifferenceExceeds(last_scan, now, 1000))
 		{
 			evs_launcher_scan(rescan);
@@ -281,26 +342,53 @@ EvsLauncherMain(Datum arg)
 	}
 }
 
-/* DROP DATABASE: stop its worker and keep it stopped for a while */
+/*
+ * A DROP/ALTER/CREATE DATABASE needs dboid without connections (guards.c,
+ * after checking the caller may run it): stop its worker and keep it away
+ * until EvsAllowDatabaseWorker, or 30 s at most.
+ */
 void
-EvsStopDatabaseWorker(const char *dbname)
+EvsStopDatabaseWorker(Oid dboid)
 {
-	Oid			dboid = get_database_oid(dbname, true);
-	EvsDatabase *d;
+	EvsDatabase *d = EvsDatabaseEntry(dboid, false);
+	int			pid;
+	int			waited;
 
-	if (!OidIsValid(dboid))
-		return;
-	d = EvsDatabaseEntry(dboid, false);
 	if (d == NULL)
 		return;
 	d->blocked_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 30000);
-	if (d->worker_pid != 0)
-		kill(d->worker_pid, SIGTERM);
+	pid = d->worker_pid;
+	if (pid == 0)
+		return;
+	kill(pid, SIGTERM);
+	/* DROP DATABASE waits for connections too; leave less to chance */
+	for (waited = 0; waited < 5000 && d->worker_pid == pid; waited += 10)
+	{
+		CHECK_FOR_INTERRUPTS();
+		pg_usleep(10000L);
+	}
+}
+
+/* The command that needed the database has ended: let the worker back */
+void
+EvsAllowDatabaseWorker(Oid dboid)
+{
+	EvsDatabase *d = EvsDatabaseEntry(dboid, false);
+	int			procno;
+
+	if (d == NULL)
+		return;
+	d->blocked_until = 0;
+	evs_shared->rescan = true;
+	procno = evs_shared->launcher_procno;
+	if (procno >= 0)
+		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
 }
 
 /* ---------------------------------------------------------------- worker */
 
 static EvsDatabase *worker_db = NULL;
+static bool worker_ext_gone = false;	/* free the entry at exit */
 static bool push_merge = false;	/* evs_worker_push: also merge deltas */
 static HTAB *sent_ids = NULL;	/* topic oid -> last_id announced */
 
@@ -320,6 +408,8 @@ evs_worker_exit(int code, Datum arg)
 	{
 		worker_db->worker_pid = 0;
 		worker_db->worker_procno = -1;
+		if (worker_ext_gone)
+			worker_db->dboid = InvalidOid;	/* no extension: no slot */
 	}
 	LWLockRelease(evs_shared->lock);
 }
@@ -340,7 +430,7 @@ evs_extension_present(void)
 	bool		present;
 
 	StartTransactionCommand();
-	present = OidIsValid(get_extension_oid("evstream", true));
+	present = EvsExtensionPresent();
 	CommitTransactionCommand();
 	return present;
 }
@@ -376,14 +466,18 @@ evs_notify_topic(Oid topic)
 }
 
 /*
- * Fold deltas into counts; evstream._merge_deltas notifies the changed
- * groups of notifying aggregates and corrects output topics.
+ * Fold deltas into counts (aggregates.c: notifies the changed groups and
+ * publishes output-topic changes, each aggregate on its own).
  */
 static void
 evs_merge_and_notify(void)
 {
-	if (SPI_execute("SELECT pg_catalog.count(*) FROM evstream._merge_deltas()", false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not merge aggregate deltas");
+	StringInfoData errors;
+
+	initStringInfo(&errors);
+	(void) EvsMergeDeltas(0, &errors);
+	if (errors.len > 0)
+		evs_worker_error(errors.data);
 }
 
 /* Send pending notifications in one short transaction */
@@ -419,7 +513,7 @@ evs_worker_push(void)
 
 	if (overflow)
 	{
-		if (SPI_execute("SELECT topic::oid FROM evstream._topic WHERE notify", true, 0) == SPI_OK_SELECT)
+		if (SPI_execute("SELECT t.topic::pg_catalog.oid FROM evstream._topic t WHERE t.notify", true, 0) == SPI_OK_SELECT)
 		{
 			uint64		n = SPI_processed;
 			Oid		   *all = palloc(sizeof(Oid) * (n + 1));
@@ -456,25 +550,143 @@ evs_ms_until(TimestampTz now, TimestampTz since, int gap)
 	return Max(1, secs * 1000 + usecs / 1000);
 }
 
-/* One maintenance pass */
+typedef struct TopicJob
+{
+	Oid			topic;
+	Oid			owner;
+	int			premake;
+	bool		allow_drop;
+} TopicJob;
+
+/* One topic's upkeep, as its owner (evstream._maintain_topic) */
+static void
+evs_maintain_topic(void *arg)
+{
+	TopicJob   *j = arg;
+	Oid			types[3] = {REGCLASSOID, INT4OID, BOOLOID};
+	Datum		values[3] = {ObjectIdGetDatum(j->topic), Int32GetDatum(j->premake),
+	BoolGetDatum(j->allow_drop)};
+	EvsUserState st;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EvsBecomeOwner(j->owner, &st);
+	if (SPI_execute_with_args("SELECT evstream._maintain_topic($1, $2, $3)",
+							  3, types, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "maintenance of topic \"%s\" failed", get_rel_name(j->topic));
+	EvsRestoreUser(&st);
+	SPI_finish();
+}
+
+/*
+ * One maintenance pass over the database, in the caller's transaction:
+ * forget catalog rows of relations dropped without the event trigger
+ * (e.g. under session_replication_role = replica), then each topic's
+ * upkeep (rehome, premake, retention, empty old partitions) as the
+ * topic's owner, each in its own subtransaction, then the delta merge.
+ * Lock waits are bounded by lock_timeout (a busy topic is retried at the
+ * next pass).  Returns the errors met, or NULL.
+ */
+static char *
+evs_maintain_database(int premake)
+{
+	StringInfoData errors;
+	List	   *jobs = NIL;
+	ListCell   *lc;
+	bool		dump;
+	uint64		i;
+	EvsUserState su;
+	MemoryContext cxt = CurrentMemoryContext;	/* jobs outlive SPI_finish */
+
+	initStringInfo(&errors);
+	(void) set_config_option("lock_timeout", "200ms", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EvsBecomeSuperuser(&su);
+	if (SPI_execute("DELETE FROM evstream._delta d USING evstream._aggregate a "
+					"WHERE a.id OPERATOR(pg_catalog.=) d.agg AND (NOT EXISTS (SELECT FROM pg_catalog.pg_class c "
+					"WHERE c.oid OPERATOR(pg_catalog.=) a.aggregate::pg_catalog.oid) OR NOT EXISTS "
+					"(SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) a.topic::pg_catalog.oid));"
+					"DELETE FROM evstream._count d USING evstream._aggregate a "
+					"WHERE a.id OPERATOR(pg_catalog.=) d.agg AND (NOT EXISTS (SELECT FROM pg_catalog.pg_class c "
+					"WHERE c.oid OPERATOR(pg_catalog.=) a.aggregate::pg_catalog.oid) OR NOT EXISTS "
+					"(SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) a.topic::pg_catalog.oid));"
+					"DELETE FROM evstream._aggregate a WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_class c "
+					"WHERE c.oid OPERATOR(pg_catalog.=) a.aggregate::pg_catalog.oid) OR NOT EXISTS "
+					"(SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) a.topic::pg_catalog.oid);"
+					"UPDATE evstream._aggregate a SET output_topic = NULL WHERE a.output_topic IS NOT NULL "
+					"AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c "
+					"WHERE c.oid OPERATOR(pg_catalog.=) a.output_topic::pg_catalog.oid);"
+					"DELETE FROM evstream._topic t WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_class c "
+					"WHERE c.oid OPERATOR(pg_catalog.=) t.topic::pg_catalog.oid)",
+					false, 0) < 0)
+		elog(ERROR, "could not forget dropped topics");
+
+	/*
+	 * pg_dump reads the catalog first and locks the tables one by one: a
+	 * partition dropped in between makes it fail.  No drops meanwhile.
+	 */
+	if (SPI_execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a "
+					"WHERE a.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() "
+					"AND a.application_name OPERATOR(pg_catalog.=) ANY (ARRAY['pg_dump', 'pg_dumpall']))",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg_stat_activity");
+	{
+		bool		isnull;
+
+		dump = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	if (SPI_execute("SELECT t.topic::pg_catalog.oid, c.relowner FROM evstream._topic t "
+					"JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.topic::pg_catalog.oid "
+					"ORDER BY 1", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read evstream._topic");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		TopicJob   *j = MemoryContextAlloc(cxt, sizeof(TopicJob));
+		bool		isnull;
+		MemoryContext old;
+
+		j->topic = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		j->owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+		j->premake = premake;
+		j->allow_drop = !dump;
+		old = MemoryContextSwitchTo(cxt);
+		jobs = lappend(jobs, j);
+		MemoryContextSwitchTo(old);
+	}
+	EvsRestoreUser(&su);
+	SPI_finish();
+
+	foreach(lc, jobs)
+	{
+		TopicJob   *j = lfirst(lc);
+		char	   *name = get_rel_name(j->topic);
+
+		CHECK_FOR_INTERRUPTS();
+		if (name != NULL)
+			(void) EvsTrySubxact(evs_maintain_topic, j, psprintf("topic %s", name), &errors);
+	}
+	(void) EvsMergeDeltas(0, &errors);
+	if (errors.len == 0)
+		return NULL;
+	ereport(WARNING, (errmsg("evstream maintenance: %s", errors.data)));
+	return errors.data;
+}
+
+/* One maintenance pass of the worker, in a transaction of its own */
 static void
 evs_worker_maintain(void)
 {
-	char		sql[128];
 	char	   *errors;
 
-	snprintf(sql, sizeof(sql), "SELECT evstream.run_maintenance(%d)", evs_premake);
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, sql);
-	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "evstream maintenance failed");
-	errors = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	pgstat_report_activity(STATE_RUNNING, "evstream: maintenance");
+	errors = evs_maintain_database(evs_premake);
 	if (errors != NULL)
 		errors = MemoryContextStrdup(TopMemoryContext, errors);
-	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_stat(false);
@@ -533,6 +745,16 @@ EvsWorkerMain(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 
+	/*
+	 * The database's ALTER DATABASE SET search_path is its owner's to set:
+	 * nothing this superuser process parses may depend on it.
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/* a probe of a database without the extension ends here, taking no slot */
+	if (!evs_extension_present())
+		proc_exit(0);
+
 	/* claim the database: exactly one worker each */
 	worker_db = EvsDatabaseEntry(dboid, true);
 	if (worker_db == NULL)
@@ -546,15 +768,9 @@ EvsWorkerMain(Datum arg)
 		proc_exit(0);
 	}
 	worker_db->worker_pid = MyProcPid;
-	worker_db->worker_procno = MyProc->pgprocno;
+	worker_db->worker_procno = EVS_MY_PROCNO;
 	LWLockRelease(evs_shared->lock);
 	before_shmem_exit(evs_worker_exit, (Datum) 0);
-
-	if (!evs_extension_present())
-	{
-		worker_db->ext_absent = true;
-		proc_exit(0);
-	}
 	pgstat_report_appname("evstream worker");
 
 	/*
@@ -596,7 +812,7 @@ EvsWorkerMain(Datum arg)
 		{
 			if (!evs_extension_present())
 			{
-				worker_db->ext_absent = true;
+				worker_ext_gone = true;
 				proc_exit(0);
 			}
 			last_check = now;
@@ -706,6 +922,25 @@ PG_FUNCTION_INFO_V1(evstream_wake_launcher);
 Datum
 evstream_wake_launcher(PG_FUNCTION_ARGS)
 {
-	EvsWakeLauncherAtCommit();
+	EvsRegisterDatabaseAtCommit();
 	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(evstream_run_maintenance);
+
+/* evstream.run_maintenance(premake): one pass now; superuser only */
+Datum
+evstream_run_maintenance(PG_FUNCTION_ARGS)
+{
+	char	   *errors;
+
+	EvsArgNotNull(fcinfo, 0, "premake");
+	if (PG_GETARG_INT32(0) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("premake must not be negative")));
+	errors = evs_maintain_database(PG_GETARG_INT32(0));
+	if (errors == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(errors));
 }

@@ -1,0 +1,314 @@
+-- evstream 0.1 -> 0.2 (ALTER EXTENSION evstream UPDATE).
+--
+-- Trust (issue: privilege model): group ownership, groups readable only
+-- with SELECT on the topic, no SECURITY DEFINER helpers, maintenance and
+-- merge per topic / aggregate as their owners (C), rehoming without
+-- rewriting rows, nobody with UPDATE/USAGE on topics' id sequences.
+-- Nothing of the data changes: events, ids, positions and counts stay.
+
+\echo Use "ALTER EXTENSION evstream UPDATE TO '0.2'" to load this file. \quit
+
+-- groups belong to a role: existing ones to their topic's owner
+ALTER TABLE evstream._group ADD COLUMN owner regrole;
+UPDATE evstream._group g SET owner = c.relowner::regrole
+  FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) g.topic::pg_catalog.oid;
+DELETE FROM evstream._group WHERE owner IS NULL;   -- topic gone
+ALTER TABLE evstream._group ALTER COLUMN owner SET NOT NULL;
+ALTER TABLE evstream._group ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readable_groups ON evstream._group FOR SELECT USING
+    (pg_catalog.has_table_privilege(topic, 'SELECT'));
+
+-- views depend on the helpers being replaced
+DROP VIEW evstream.topics, evstream.consumer_groups, evstream.aggregates, evstream.workers;
+DROP FUNCTION evstream._edge(regclass, boolean);
+DROP FUNCTION evstream._time_after(regclass, bigint);
+DROP FUNCTION evstream.run_maintenance(integer);
+DROP FUNCTION evstream._merge_deltas(integer);
+DROP FUNCTION evstream._current_count(integer, text, timestamptz);
+DROP FUNCTION evstream._rehome_default(regclass);
+DROP FUNCTION evstream._ensure_partitions(regclass, timestamptz, timestamptz);
+REVOKE ALL ON FUNCTION evstream._wake_launcher() FROM PUBLIC;
+REVOKE ALL ON FUNCTION evstream._invalidate(regclass) FROM PUBLIC;
+
+-- existing topics: nobody keeps UPDATE or USAGE on the id sequences
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT s.oid::regclass AS seq, g.grantee
+               FROM evstream._topic t
+               JOIN pg_catalog.pg_depend d ON d.refobjid OPERATOR(pg_catalog.=) t.topic::pg_catalog.oid
+                AND d.refobjsubid OPERATOR(pg_catalog.=) 1 AND d.deptype OPERATOR(pg_catalog.=) 'a'
+                AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+               JOIN pg_catalog.pg_class s ON s.oid OPERATOR(pg_catalog.=) d.objid
+                AND s.relkind OPERATOR(pg_catalog.=) 'S'
+               CROSS JOIN LATERAL (SELECT DISTINCT a.grantee FROM pg_catalog.aclexplode(
+                    COALESCE(s.relacl, pg_catalog.acldefault('s', s.relowner))) a) g LOOP
+        EXECUTE pg_catalog.format('REVOKE UPDATE, USAGE ON SEQUENCE %s FROM %s', r.seq,
+            CASE WHEN r.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                 ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(r.grantee)) END);
+    END LOOP;
+END
+$$;
+
+-- Creates the missing partitions of a topic from the one holding `from_ts`
+-- up to the one holding `upto`.  Partitions are aligned on the epoch like
+-- date_bin(partition_interval, created_at, 'epoch'), named
+-- <topic>_pYYYYMMDD_HH24MISS (UTC lower bound), use the evstream access
+-- method and belong to the topic's owner (the worker runs this as the
+-- owner).  A range between the oldest and the newest row of the default
+-- partition is left to it: _rehome_default attaches those rows whole.
+CREATE FUNCTION evstream._ensure_partitions(topic regclass, from_ts timestamptz, upto timestamptz)
+    RETURNS integer LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_ivl     interval;
+    v_nsp     name;
+    v_rel     name;
+    v_owner   name;
+    v_lo      timestamptz;
+    v_hi      timestamptz;
+    v_made    integer := 0;
+    v_default regclass;
+    v_dmin    timestamptz;
+    v_dmax    timestamptz;
+    v_name    text;
+BEGIN
+    SELECT t.partition_interval INTO v_ivl FROM evstream._topic t WHERE t.topic OPERATOR(pg_catalog.=) $1;
+    IF v_ivl IS NULL THEN
+        RAISE EXCEPTION 'relation "%" is not an evstream topic', $1 USING ERRCODE = 'undefined_table';
+    END IF;
+    SELECT n.nspname, c.relname, pg_catalog.pg_get_userbyid(c.relowner) INTO v_nsp, v_rel, v_owner
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+     WHERE c.oid OPERATOR(pg_catalog.=) $1;
+    SELECT p.part INTO v_default FROM evstream._partitions($1) p WHERE p.is_default;
+    IF v_default IS NOT NULL THEN
+        EXECUTE pg_catalog.format('SELECT pg_catalog.min(created_at), pg_catalog.max(created_at) FROM %s', v_default)
+           INTO v_dmin, v_dmax;
+    END IF;
+    v_lo := pg_catalog.date_bin(v_ivl, from_ts, 'epoch'::timestamptz);
+    WHILE v_lo OPERATOR(pg_catalog.<=) upto LOOP
+        v_hi := v_lo OPERATOR(pg_catalog.+) v_ivl;
+        IF NOT EXISTS (SELECT FROM evstream._partitions($1) p
+                        WHERE NOT p.is_default AND p.lo OPERATOR(pg_catalog.<) v_hi
+                          AND p.hi OPERATOR(pg_catalog.>) v_lo)
+           AND (v_dmin IS NULL OR v_hi OPERATOR(pg_catalog.<=) v_dmin OR v_lo OPERATOR(pg_catalog.>) v_dmax) THEN
+            v_name := v_rel OPERATOR(pg_catalog.||) '_p' OPERATOR(pg_catalog.||)
+                      pg_catalog.to_char(v_lo AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MISS');
+            EXECUTE pg_catalog.format(
+                'CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L) USING evstream',
+                v_nsp, v_name, v_nsp, v_rel,
+                pg_catalog.to_char(v_lo AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS+00'),
+                pg_catalog.to_char(v_hi AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS+00'));
+            IF v_owner OPERATOR(pg_catalog.<>) current_user THEN
+                EXECUTE pg_catalog.format('ALTER TABLE %I.%I OWNER TO %I', v_nsp, v_name, v_owner);
+            END IF;
+            v_made := v_made OPERATOR(pg_catalog.+) 1;
+        END IF;
+        v_lo := v_hi;
+    END LOOP;
+    RETURN v_made;
+END
+$$;
+
+-- Gives the events that landed in a topic's default partition (because
+-- their partition did not exist yet, e.g. while the worker was stopped) a
+-- proper partition without moving a row: under a short ACCESS EXCLUSIVE
+-- lock (bounded by the caller's lock_timeout) the default partition is
+-- detached, renamed after the range its rows span, and attached back for
+-- that range, and a new empty default partition is made.  No row is
+-- rewritten, so no trigger fires and ids, times and aggregates stay as
+-- they are; consumers see the events in the old place or in the new one,
+-- never both or neither.  Rows spanning a range that already has
+-- partitions are left in the default partition (retention truncates it).
+CREATE FUNCTION evstream._rehome_default(topic regclass)
+    RETURNS bigint LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_default regclass;
+    v_nsp     name;
+    v_rel     name;
+    v_ivl     interval;
+    v_lo      timestamptz;
+    v_hi      timestamptz;
+    v_n       bigint;
+    v_any     boolean;
+    v_name    text;
+BEGIN
+    SELECT p.part INTO v_default FROM evstream._partitions($1) p WHERE p.is_default;
+    IF v_default IS NULL THEN
+        RETURN 0;
+    END IF;
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %s)', v_default) INTO v_any;
+    IF NOT v_any THEN
+        RETURN 0;
+    END IF;
+    SELECT t.partition_interval INTO v_ivl FROM evstream._topic t WHERE t.topic OPERATOR(pg_catalog.=) $1;
+    SELECT n.nspname, c.relname INTO v_nsp, v_rel
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+     WHERE c.oid OPERATOR(pg_catalog.=) $1;
+    EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', $1);
+    EXECUTE pg_catalog.format('SELECT pg_catalog.min(created_at), pg_catalog.max(created_at), pg_catalog.count(*) FROM %s',
+                              v_default) INTO v_lo, v_hi, v_n;
+    IF v_n OPERATOR(pg_catalog.=) 0 THEN
+        RETURN 0;
+    END IF;
+    v_lo := pg_catalog.date_bin(v_ivl, v_lo, 'epoch'::timestamptz);
+    v_hi := pg_catalog.date_bin(v_ivl, v_hi, 'epoch'::timestamptz) OPERATOR(pg_catalog.+) v_ivl;
+    IF EXISTS (SELECT FROM evstream._partitions($1) p
+                WHERE NOT p.is_default AND p.lo OPERATOR(pg_catalog.<) v_hi AND p.hi OPERATOR(pg_catalog.>) v_lo) THEN
+        RETURN 0;
+    END IF;
+    v_name := v_rel OPERATOR(pg_catalog.||) '_p' OPERATOR(pg_catalog.||)
+              pg_catalog.to_char(v_lo AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MISS');
+    EXECUTE pg_catalog.format('ALTER TABLE %s DETACH PARTITION %s', $1, v_default);
+    EXECUTE pg_catalog.format('ALTER TABLE %s RENAME TO %I', v_default, v_name);
+    EXECUTE pg_catalog.format('CREATE TABLE %I.%I PARTITION OF %s DEFAULT USING evstream',
+                              v_nsp, v_rel OPERATOR(pg_catalog.||) '_default', $1);
+    EXECUTE pg_catalog.format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
+                              $1, v_nsp, v_name,
+                              pg_catalog.to_char(v_lo AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS+00'),
+                              pg_catalog.to_char(v_hi AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS+00'));
+    RETURN v_n;
+END
+$$;
+
+-- One topic's upkeep; the worker runs it as the topic's owner under
+-- SECURITY_RESTRICTED_OPERATION, one topic per subtransaction: rehome the
+-- default partition, premake partitions, and unless allow_drop is false
+-- (pg_dump is running) drop partitions past retention (whole partitions
+-- only; the default partition is truncated once all its rows are old) and
+-- empty partitions more than one interval in the past (so 1-second
+-- partitions do not pile up).  Parent locked first, as producers and
+-- consumers lock: no deadlock.
+CREATE FUNCTION evstream._maintain_topic(topic regclass, premake integer, allow_drop boolean)
+    RETURNS void LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t      record;
+    p      record;
+    v_old  boolean;
+    v_any  boolean;
+BEGIN
+    SELECT x.*, c.relowner INTO t FROM evstream._topic x
+      JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) x.topic::pg_catalog.oid
+     WHERE x.topic OPERATOR(pg_catalog.=) $1;
+    IF NOT FOUND THEN
+        RETURN;     -- dropped meanwhile
+    END IF;
+    IF NOT pg_catalog.pg_has_role(t.relowner, 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of topic %', $1 USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    PERFORM evstream._rehome_default($1);
+    PERFORM evstream._ensure_partitions($1, pg_catalog.now(),
+                                        pg_catalog.now() OPERATOR(pg_catalog.+) (t.partition_interval OPERATOR(pg_catalog.*) premake));
+    IF NOT allow_drop THEN
+        RETURN;
+    END IF;
+    IF t.retention IS NOT NULL THEN
+        FOR p IN SELECT * FROM evstream._partitions($1) x
+                  WHERE NOT x.is_default AND x.hi OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) t.retention) LOOP
+            EXECUTE pg_catalog.format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', $1);
+            EXECUTE pg_catalog.format('DROP TABLE %s', p.part);
+        END LOOP;
+        FOR p IN SELECT * FROM evstream._partitions($1) x WHERE x.is_default LOOP
+            EXECUTE pg_catalog.format(
+                'SELECT pg_catalog.max(created_at) OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $1) FROM %s', p.part)
+                INTO v_old USING t.retention;
+            IF v_old THEN
+                EXECUTE pg_catalog.format('TRUNCATE %s', p.part);
+            END IF;
+        END LOOP;
+    END IF;
+    FOR p IN SELECT * FROM evstream._partitions($1) x
+              WHERE NOT x.is_default
+                AND x.hi OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) t.partition_interval)
+              ORDER BY x.lo LOOP
+        EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %s)', p.part) INTO v_any;
+        CONTINUE WHEN v_any;
+        EXECUTE pg_catalog.format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', $1);
+        EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p.part);
+        -- an insert that was in flight has ended now: look again
+        EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %s)', p.part) INTO v_any;
+        IF NOT v_any THEN
+            EXECUTE pg_catalog.format('DROP TABLE %s', p.part);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- One maintenance pass over every topic (what the worker runs every
+-- evstream.maintenance_interval): forget catalog rows of dropped
+-- relations, each topic's upkeep as its owner (evstream._maintain_topic),
+-- then the aggregate delta merge.  Lock waits are bounded by lock_timeout:
+-- a busy topic is skipped and retried at the next pass.  One topic's or
+-- aggregate's failure does not stop the others.  Returns the errors met
+-- (NULL when none); the worker shows them in evstream.workers.last_error.
+CREATE FUNCTION evstream.run_maintenance(premake integer DEFAULT 3)
+    RETURNS text LANGUAGE C AS 'MODULE_PATHNAME', 'evstream_run_maintenance';
+REVOKE ALL ON FUNCTION evstream.run_maintenance(integer) FROM PUBLIC;
+
+-- Folds the committed deltas of every aggregate (or one) into its counts,
+-- announces the changed groups and publishes them to the output topic
+-- (see aggregates.c); returns how many groups changed.
+CREATE FUNCTION evstream._merge_deltas(only_agg integer DEFAULT NULL)
+    RETURNS integer LANGUAGE C CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'evstream_merge_deltas';
+REVOKE ALL ON FUNCTION evstream._merge_deltas(integer) FROM PUBLIC;
+
+------------------------------------------------------------------ views
+-- First or last event of a topic, and the time of the next stable event
+-- after a position, for the monitoring views: ids and times only, never
+-- payloads.  Topics only; read as the topic's owner (topics.c).
+CREATE FUNCTION evstream._edge(topic regclass, first boolean, OUT id bigint, OUT created_at timestamptz)
+    RETURNS record LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'evstream_edge';
+CREATE FUNCTION evstream._time_after(topic regclass, after_id bigint)
+    RETURNS timestamptz LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'evstream_time_after';
+
+CREATE VIEW evstream.topics AS
+SELECT t.topic,
+       (SELECT pg_catalog.count(*) FROM evstream._partitions(t.topic))::integer AS partitions,
+       (SELECT pg_catalog.sum(GREATEST(c.reltuples, 0))::bigint FROM pg_catalog.pg_inherits i
+          JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.inhrelid
+         WHERE i.inhparent OPERATOR(pg_catalog.=) t.topic::pg_catalog.oid) AS events,
+       (SELECT pg_catalog.sum(pg_catalog.pg_total_relation_size(i.inhrelid))::bigint
+          FROM pg_catalog.pg_inherits i WHERE i.inhparent OPERATOR(pg_catalog.=) t.topic::pg_catalog.oid) AS bytes,
+       f.first_id, l.last_id, evstream.stable_id(t.topic) AS stable_id,
+       f.oldest, l.newest, t.retention, t.partition_interval, t.notify
+  FROM evstream._topic t
+  JOIN pg_catalog.pg_class tc ON tc.oid OPERATOR(pg_catalog.=) t.topic::pg_catalog.oid
+  LEFT JOIN LATERAL evstream._edge(t.topic, true) f(first_id, oldest) ON true
+  LEFT JOIN LATERAL evstream._edge(t.topic, false) l(last_id, newest) ON true;
+
+-- lag_events: ids between the position and the last stable event (an
+-- estimate when aborted transactions left gaps in between; cheap: two
+-- index probes, whatever the lag).  Groups of topics the viewer cannot
+-- read are not shown.
+CREATE VIEW evstream.consumer_groups AS
+SELECT g.topic, g.consumer_group, g.committed_id,
+       GREATEST(LEAST(s.stable, COALESCE(l.id, 0))
+                OPERATOR(pg_catalog.-) GREATEST(g.committed_id, COALESCE(f.id, s.stable OPERATOR(pg_catalog.+) 1) OPERATOR(pg_catalog.-) 1), 0) AS lag_events,
+       COALESCE(EXTRACT(epoch FROM pg_catalog.now() OPERATOR(pg_catalog.-) evstream._time_after(g.topic, g.committed_id)), 0)::double precision AS lag_seconds,
+       g.updated_at,
+       g.owner
+  FROM evstream._group g
+  JOIN pg_catalog.pg_class tc ON tc.oid OPERATOR(pg_catalog.=) g.topic::pg_catalog.oid
+  CROSS JOIN LATERAL (SELECT evstream.stable_id(g.topic) AS stable) s
+  LEFT JOIN LATERAL evstream._edge(g.topic, true) f ON true
+  LEFT JOIN LATERAL evstream._edge(g.topic, false) l ON true
+ WHERE pg_catalog.has_table_privilege(g.topic, 'SELECT');
+
+CREATE VIEW evstream.aggregates AS
+SELECT a.aggregate AS name, a.topic, a.group_by, a.bucket, a.output_topic,
+       (SELECT pg_catalog.count(*) FROM (
+            SELECT c.group_key, c.bucket_start FROM evstream._count c WHERE c.agg OPERATOR(pg_catalog.=) a.id
+            UNION
+            SELECT d.group_key, d.bucket_start FROM evstream._delta d WHERE d.agg OPERATOR(pg_catalog.=) a.id) g) AS groups,
+       a.notify
+  FROM evstream._aggregate a
+  JOIN pg_catalog.pg_class ac ON ac.oid OPERATOR(pg_catalog.=) a.aggregate::pg_catalog.oid;
+
+CREATE VIEW evstream.workers AS
+SELECT * FROM evstream._workers();
+
+GRANT SELECT ON evstream.topics, evstream.consumer_groups, evstream.aggregates,
+                evstream.workers TO PUBLIC;

@@ -1,0 +1,128 @@
+/*-------------------------------------------------------------------------
+ *
+ * extension.c
+ *	  "Is evstream created in this database?" — asked first by every hook
+ *	  and callback, so a preloaded library is inert where the extension does
+ *	  not exist (SPEC, Install).
+ *
+ *	  Present means: the extension evstream exists, the schema "evstream"
+ *	  exists and is a member of it, and we are neither running evstream's
+ *	  own CREATE/ALTER EXTENSION script nor in binary-upgrade mode.  A user
+ *	  schema merely named "evstream" in a database without the extension
+ *	  does not count.
+ *
+ *	  The answer is cached per backend and forgotten on any pg_namespace
+ *	  invalidation (CREATE and DROP EXTENSION create and drop the schema)
+ *	  and on a relcache invalidation of evstream._topic, so the cost is a
+ *	  branch in the common case.  The relids of evstream's catalog tables
+ *	  are cached alongside.
+ *
+ * Copyright (c) 2026, The evstream authors
+ *
+ * IDENTIFICATION
+ *	  src/extension.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/dependency.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_namespace_d.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+
+#include "evstream.h"
+
+typedef enum
+{
+	EXT_UNKNOWN,
+	EXT_ABSENT,
+	EXT_PRESENT
+} ExtState;
+
+static ExtState ext_state = EXT_UNKNOWN;
+static Oid	ext_oid = InvalidOid;
+static Oid	ext_relids[EVS_NUM_CATALOG_RELS];
+
+static const char *const ext_relnames[EVS_NUM_CATALOG_RELS] = {
+	"_topic", "_topic_pkey", "_group", "_aggregate", "_count", "_delta"
+};
+
+static void
+evs_ext_syscache_cb(Datum arg, int cacheid, uint32 hashvalue)
+{
+	ext_state = EXT_UNKNOWN;
+}
+
+static void
+evs_ext_relcache_cb(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == ext_relids[EVS_REL_TOPIC])
+		ext_state = EXT_UNKNOWN;
+}
+
+void
+EvsExtensionInit(void)
+{
+	CacheRegisterSyscacheCallback(NAMESPACEOID, evs_ext_syscache_cb, (Datum) 0);
+	CacheRegisterRelcacheCallback(evs_ext_relcache_cb, (Datum) 0);
+}
+
+/* Look the state up from the catalogs (inside a transaction) */
+static ExtState
+evs_ext_lookup(void)
+{
+	Oid			nsp = get_namespace_oid("evstream", true);
+	Oid			ext;
+	int			i;
+
+	if (!OidIsValid(nsp))
+		return EXT_ABSENT;
+	ext = get_extension_oid("evstream", true);
+	if (!OidIsValid(ext) || getExtensionOfObject(NamespaceRelationId, nsp) != ext)
+		return EXT_ABSENT;
+	for (i = 0; i < EVS_NUM_CATALOG_RELS; i++)
+	{
+		ext_relids[i] = get_relname_relid(ext_relnames[i], nsp);
+		if (!OidIsValid(ext_relids[i]))
+			return EXT_ABSENT;	/* half-dropped: act as if absent */
+	}
+	ext_oid = ext;
+	return EXT_PRESENT;
+}
+
+/*
+ * Is evstream installed and usable in this database, now?  False outside
+ * a transaction (nothing can be looked up), in binary upgrade, and while
+ * evstream's own extension script runs.
+ */
+bool
+EvsExtensionPresent(void)
+{
+	if (evs_shared == NULL || IsBinaryUpgrade || !IsTransactionState() ||
+		!OidIsValid(MyDatabaseId))
+		return false;
+	if (ext_state == EXT_UNKNOWN)
+		ext_state = evs_ext_lookup();
+	if (ext_state != EXT_PRESENT)
+		return false;
+	if (creating_extension && CurrentExtensionObject == ext_oid)
+		return false;
+	return true;
+}
+
+/* Relid of one of evstream's catalog tables; the extension must be here */
+Oid
+EvsCatalogRelid(EvsCatalogRel which)
+{
+	if (!EvsExtensionPresent())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"evstream\" is not installed in this database")));
+	return ext_relids[which];
+}

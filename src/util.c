@@ -1,0 +1,323 @@
+/*-------------------------------------------------------------------------
+ *
+ * util.c
+ *	  The base every other file uses: argument checks, the append-only
+ *	  error, running code as another role, and SPI with a pinned
+ *	  search_path.
+ *
+ *	  Invariants kept here (the privilege model, README "Security"):
+ *	  - Work on a user's relation that evstream does on its own account runs
+ *		as the relation's (or aggregate's) owner with
+ *		SECURITY_RESTRICTED_OPERATION and search_path "pg_catalog, pg_temp"
+ *		(EvsBecomeOwner), as REFRESH MATERIALIZED VIEW and VACUUM do.
+ *	  - evstream's own catalog tables are written as the bootstrap superuser
+ *		(EvsBecomeSuperuser), only by fixed SQL that names nothing but
+ *		evstream's and pg_catalog's objects, schema-qualified, and touches
+ *		no user relation: no user code can be attached to those tables.
+ *	  - Every statement evstream runs through SPI runs with search_path
+ *		pinned to "pg_catalog, pg_temp" for its parse, any re-plan, and its
+ *		execution (the plan cache re-analyses a plan under the current path
+ *		when the path changed, so pinning at prepare time is not enough).
+ *	  Switches are undone explicitly on success and by (sub)transaction
+ *	  abort on error: AbortTransaction and AbortSubTransaction restore the
+ *	  user id, security context and GUC nest level of their start.
+ *
+ * Copyright (c) 2026, The evstream authors
+ *
+ * IDENTIFICATION
+ *	  src/util.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_authid_d.h"
+#include "catalog/pg_class.h"
+#include "utils/resowner.h"
+#include "utils/syscache.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+
+#include "evstream.h"
+
+#define EVS_SAFE_PATH "pg_catalog, pg_temp"
+
+/* Error for a NULL argument, named as the SQL signature names it */
+void
+EvsArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", name)));
+}
+
+/* The one error for changing events: topics are append-only */
+void
+EvsAppendOnlyError(const char *topic, const char *verb, const char *detail)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("cannot %s events of topic \"%s\": topics are append-only", verb, topic),
+			 errdetail("%s", detail ? detail : "Events are immutable once produced."),
+			 errhint("Produce a new event instead; retention removes old events by whole partitions.")));
+}
+
+/* Open a GUC nest level with the safe search_path; returns the level */
+int
+EvsPinSearchPath(void)
+{
+	int			level = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", EVS_SAFE_PATH,
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return level;
+}
+
+void
+EvsUnpinSearchPath(int level)
+{
+	AtEOXact_GUC(true, level);
+}
+
+/*
+ * Run as role with SECURITY_RESTRICTED_OPERATION and the safe path: for
+ * work on a user's relation (its triggers, defaults, policies, functions
+ * run as their owner and cannot change the session).
+ */
+void
+EvsBecomeOwner(Oid role, EvsUserState *st)
+{
+	GetUserIdAndSecContext(&st->save_userid, &st->save_sec_context);
+	SetUserIdAndSecContext(role, st->save_sec_context |
+						   SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	st->save_nestlevel = EvsPinSearchPath();
+}
+
+/* Run as the bootstrap superuser, for fixed SQL on evstream's catalog */
+void
+EvsBecomeSuperuser(EvsUserState *st)
+{
+	GetUserIdAndSecContext(&st->save_userid, &st->save_sec_context);
+	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID,
+						   st->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	st->save_nestlevel = EvsPinSearchPath();
+}
+
+void
+EvsRestoreUser(EvsUserState *st)
+{
+	EvsUnpinSearchPath(st->save_nestlevel);
+	SetUserIdAndSecContext(st->save_userid, st->save_sec_context);
+}
+
+/* Run a query returning at most one int8-compatible value (in SPI) */
+int64
+EvsSpiInt64(const char *sql, int nargs, Oid *types, Datum *values, bool *isnull)
+{
+	int			ret;
+	int64		result = 0;
+	bool		null = true;
+	int			level;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	level = EvsPinSearchPath();
+	ret = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 1);
+	EvsUnpinSearchPath(level);
+	if (ret < 0)
+		elog(ERROR, "SPI_execute_with_args failed: %s", sql);
+	if (SPI_processed > 0)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &null);
+
+		if (!null)
+		{
+			Oid			t = SPI_gettypeid(SPI_tuptable->tupdesc, 1);
+
+			if (t == INT4OID || t == OIDOID || t == REGCLASSOID || t == REGROLEOID)
+				result = DatumGetInt32(d);
+			else if (t == BOOLOID)
+				result = DatumGetBool(d) ? 1 : 0;
+			else
+				result = DatumGetInt64(d);
+		}
+	}
+	SPI_finish();
+	if (isnull)
+		*isnull = null;
+	return result;
+}
+
+/* Run a statement; expect is the SPI result code wanted, or 0 for any */
+void
+EvsSpiExec(const char *sql, int nargs, Oid *types, Datum *values, int expect)
+{
+	int			ret;
+	int			level;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	level = EvsPinSearchPath();
+	ret = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
+	EvsUnpinSearchPath(level);
+	if (ret < 0 || (expect != 0 && ret != expect))
+		elog(ERROR, "SPI_execute_with_args returned %d for: %s", ret, sql);
+	SPI_finish();
+}
+
+/*
+ * Prepare (once per backend) a statement; call inside SPI_connect and run
+ * it with EvsExecPlan, which pins the path for any re-plan too.
+ */
+SPIPlanPtr
+EvsPrepare(EvsPlan *p)
+{
+	if (p->plan == NULL)
+	{
+		int			level = EvsPinSearchPath();
+		SPIPlanPtr	plan;
+
+		plan = SPI_prepare_cursor(p->sql, p->nargs, p->types, p->cursor_options);
+		EvsUnpinSearchPath(level);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed (%s): %s",
+				 SPI_result_code_string(SPI_result), p->sql);
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		p->plan = plan;
+	}
+	return p->plan;
+}
+
+/* Execute a prepared statement with the path pinned (inside SPI) */
+int
+EvsExecPlan(EvsPlan *p, Datum *values, const char *nulls, bool read_only, long count)
+{
+	SPIPlanPtr	plan = EvsPrepare(p);
+	int			level = EvsPinSearchPath();
+	int			ret;
+
+	ret = SPI_execute_plan(plan, values, nulls, read_only, count);
+	EvsUnpinSearchPath(level);
+	return ret;
+}
+
+/* Schema-qualified, quoted name of a relation */
+char *
+EvsQualifiedName(Oid relid)
+{
+	char	   *rel = get_rel_name(relid);
+	Oid			nsp = get_rel_namespace(relid);
+
+	if (rel == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid)));
+	return quote_qualified_identifier(get_namespace_name(nsp), rel);
+}
+
+/* Validate a name argument (consumer group, member) */
+void
+EvsCheckName(const char *what, const char *value)
+{
+	if (value == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", what)));
+	if (value[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", what)));
+	if (strlen(value) > 200)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("%s \"%.40s...\" is too long", what, value),
+				 errdetail("Names are limited to 200 bytes.")));
+}
+
+/* The owner of a relation */
+Oid
+EvsRelOwner(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid)));
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
+/* Error out unless the current user owns the relation (or is a member) */
+void
+EvsRequireOwner(Oid relid)
+{
+	if (!evs_class_ownercheck(relid, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, get_rel_relkind(relid) == RELKIND_VIEW ?
+					   OBJECT_VIEW : OBJECT_TABLE, get_rel_name(relid));
+}
+
+/* Error out unless the current user has the privilege on the relation */
+void
+EvsRequirePrivilege(Oid relid, AclMode mode)
+{
+	AclResult	acl = pg_class_aclcheck(relid, GetUserId(), mode);
+
+	if (acl != ACLCHECK_OK)
+		aclcheck_error(acl, OBJECT_TABLE, get_rel_name(relid));
+}
+
+/*
+ * Run fn(arg) in a subtransaction: on error roll it back (which also
+ * undoes any user switch and GUC level fn made), append "what: message; "
+ * to errors (a lock timeout only raises a NOTICE: it is retried at the
+ * next pass) and return false.  One tenant's failure stays its own.
+ */
+bool
+EvsTrySubxact(void (*fn) (void *), void *arg, const char *what, StringInfo errors)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool ok = true;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
+			ereport(NOTICE,
+					(errmsg("evstream: %s is busy, retrying at the next pass", what)));
+		else if (errors != NULL)
+			appendStringInfo(errors, "%s: %s; ", what, edata->message);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
