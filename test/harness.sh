@@ -29,7 +29,13 @@ say() { printf '== %s\n' "$*"; }
 # ---------------------------------------------------------------- packages
 need=()
 [ -x "$SYS_BIN/postgres" ] || need+=(postgresql-$PGMAJOR)
-[ -f "/usr/lib/postgresql/$PGMAJOR/lib/pgxs/src/makefiles/pgxs.mk" ] || need+=(postgresql-server-dev-$PGMAJOR)
+# what the build and the suites really use, not a file some other package
+# ships (pgxs.mk comes with postgresql-client-NN on Debian)
+[ -f "/usr/include/postgresql/$PGMAJOR/server/postgres.h" ] &&
+  [ -f "/usr/lib/postgresql/$PGMAJOR/lib/pgxs/src/makefiles/pgxs.mk" ] &&
+  [ -x "/usr/lib/postgresql/$PGMAJOR/lib/pgxs/src/test/isolation/pg_isolation_regress" ] &&
+  [ -f "/usr/lib/postgresql/$PGMAJOR/lib/pgxs/src/test/perl/PostgreSQL/Test/Cluster.pm" ] ||
+  need+=(postgresql-server-dev-$PGMAJOR)
 perl -MIPC::Run -e1 2>/dev/null || need+=(libipc-run-perl)
 command -v make >/dev/null || need+=(make)
 command -v gcc >/dev/null || need+=(gcc)
