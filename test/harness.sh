@@ -225,7 +225,7 @@ BIN=$TI/usr/lib/postgresql/$PGMAJOR/bin
 selfcheck() {
   local miss=() pgxs inc
   pgxs=$(dirname "$("$BIN/pg_config" --pgxs)")/../..
-  inc=$("$BIN/pg_config" --includedir-server)
+  inc=$("$PG_CONFIG" --includedir-server)   # the build uses the system pg_config
   [ -f "$inc/postgres.h" ] || miss+=("server headers: $inc/postgres.h (postgresql-server-dev-$PGMAJOR)")
   [ -x "$pgxs/src/test/regress/pg_regress" ] || miss+=("pg_regress (postgresql-server-dev-$PGMAJOR)")
   [ -x "$pgxs/src/test/isolation/pg_isolation_regress" ] ||
