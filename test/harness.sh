@@ -136,7 +136,8 @@ if [ "$PG" != "$HOST_PG" ] && [ -z "${EVS_IN_CHROOT:-}" ]; then
   cp /etc/resolv.conf "$C/etc/resolv.conf" 2>/dev/null || true   # apt inside (pgq3 for bench)
   chroot_cleanup() {
     if [ "$mode" = bench ] && [ -d "$R/src/test/bench/out" ]; then
-      mkdir -p "$top/test/bench/out" && cp -a "$R/src/test/bench/out/." "$top/test/bench/out/" || true
+      mkdir -p "$top/test/bench/out" && cp -a "$R/src/test/bench/out/." "$top/test/bench/out/" &&
+        say "bench results copied to $top/test/bench/out" || true
     fi
     if [ "${KEEP:-0}" = 1 ]; then say "kept $R"; else rm -rf "$R"; fi
   }
