@@ -149,6 +149,7 @@ if [ "$PG" != "$HOST_PG" ] && [ -z "${EVS_IN_CHROOT:-}" ]; then
   rc=0
   # The mounts live in a private mount namespace: they vanish when the
   # run's last process exits, also on failure, ^C or kill -9.
+  # (9>&-: the servers must not inherit the lock on the chroot)
   unshare --mount --propagation private -- bash -c '
     set -e
     C=$1; shift
@@ -159,7 +160,7 @@ if [ "$PG" != "$HOST_PG" ] && [ -z "${EVS_IN_CHROOT:-}" ]; then
     chroot "$C" "$@"
   ' _ "$C" env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/root LANG=C.UTF-8 \
       TERM="${TERM:-dumb}" CI="${CI:-}" KEEP="${KEEP:-0}" PG="$PG" EVS_IN_CHROOT=1 \
-      "${passenv[@]}" bash "${R#"$C"}/src/test/harness.sh" "$@" || rc=$?
+      "${passenv[@]}" bash "${R#"$C"}/src/test/harness.sh" "$@" 9>&- || rc=$?
   exit $rc
 fi
 
