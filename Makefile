@@ -1,5 +1,7 @@
 # evstream — PGXS build.  `make test` and `make demo` do all the set-up
 # (see test/harness.sh); `make bench` runs the benchmarks (test/bench/).
+# `make test PG=17` (or 18) tests against another PostgreSQL major version,
+# `make test-all` against 15, 17 and 18.
 
 EXTENSION   = evstream
 EXTVERSION  = 0.2
@@ -37,10 +39,16 @@ include $(PGXS)
 sql/evstream--$(EXTVERSION).sql: sql/evstream.sql
 	cp $< $@
 
-.PHONY: test demo bench
+# PG=15 (default) runs on the host; PG=17 / PG=18 in a cached Debian chroot
+# (trixie / forky, see test/harness.sh).  test-all: PG=15, 17 and 18.
+PG ?= 15
+
+.PHONY: test demo bench test-all
 test:
-	bash test/harness.sh test
+	PG=$(PG) bash test/harness.sh test
 demo:
-	bash test/harness.sh demo
+	PG=$(PG) bash test/harness.sh demo
 bench:
-	bash test/harness.sh bench
+	PG=$(PG) bash test/harness.sh bench
+test-all:
+	bash test/harness.sh test-all
