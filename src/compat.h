@@ -19,6 +19,7 @@
 
 #include "postgres.h"
 
+#include "access/tableam.h"
 #include "catalog/pg_class_d.h"
 #include "catalog/pg_database_d.h"
 #include "catalog/pg_namespace_d.h"
