@@ -6,15 +6,16 @@
  *
  *	  Launcher ("evstream launcher", registered at preload): connected to
  *	  no database, it scans pg_database and keeps exactly one worker per
- *	  database with evstream installed.  A worker that finds no extension
- *	  marks its database ext_absent and exits 0; the launcher leaves such a
- *	  database alone until a CREATE EXTENSION commits (the install script
- *	  calls evstream._wake_launcher(), which sets "rescan" and the
- *	  launcher's latch at commit).  Workers are dynamic, with the launcher
- *	  as bgw_notify_pid, so the launcher wakes when one stops and starts it
- *	  again (a terminated worker is restarted within a second).  A database
- *	  being dropped is blocked for a few seconds (guards.c) so DROP
- *	  DATABASE is not refused because of our connection.
+ *	  database with evstream installed.  Shared entries exist only for
+ *	  databases with the extension: CREATE EXTENSION gives its database one
+ *	  at commit and wakes the launcher (evstream._wake_launcher()); other
+ *	  databases are probed once, one at a time, by a worker that exits
+ *	  without claiming anything when it finds no extension (the launcher
+ *	  remembers them in its own memory until the next rescan).  Workers are
+ *	  dynamic, with the launcher as bgw_notify_pid, so the launcher wakes
+ *	  when one stops and starts it again (a terminated worker is restarted
+ *	  within a second).  DROP/ALTER/CREATE DATABASE keep a database's worker
+ *	  away while they run (guards.c).  In binary-upgrade mode nothing starts.
  *
  *	  Worker ("evstream worker"): one per database, guaranteed by claiming
  *	  the database's shared entry under the evstream LWLock (a second one
@@ -27,14 +28,19 @@
  *		payload {"topic": name, "last_id": stable_id}.  stable_id is
  *		computed after the producers' commits are visible, so a listener
  *		that polls on a notification always finds every announced event.
- *		Aggregate deltas are folded into counts (evstream._merge_deltas,
- *		which also sends the new count of each changed group on the
- *		aggregate's channel, split to stay under the 8000-byte limit).  Only the worker ever NOTIFYs, so
- *		producers never take the cluster-wide notify commit lock.
- *	  - maintenance: every evstream.maintenance_interval it runs
- *		evstream.run_maintenance(evstream.premake) (premake, retention,
- *		delta merge), with lock waits bounded by lock_timeout.  Errors are
- *		logged and kept in evstream.workers.last_error; the worker goes on.
+ *		Aggregate deltas are folded into counts (EvsMergeDeltas, which also
+ *		sends the new count of each changed group on the aggregate's
+ *		channel and publishes output-topic change events as the
+ *		aggregate's owner).  Only the worker ever NOTIFYs, so producers
+ *		never take the cluster-wide notify commit lock.
+ *	  - maintenance: every evstream.maintenance_interval, one pass
+ *		(evs_maintain_database): each topic's upkeep as the topic's owner
+ *		under SECURITY_RESTRICTED_OPERATION in its own subtransaction, then
+ *		the delta merge (each aggregate in its own subtransaction), lock
+ *		waits bounded by lock_timeout.  One tenant's error is logged, kept
+ *		in evstream.workers.last_error, and the others go on.
+ *	  - search_path is pinned for the whole process: the database's own
+ *		ALTER DATABASE SET search_path is its owner's to set.
  *	  - every second it checks that the extension still exists, and exits
  *		when it was dropped.
  *
@@ -130,8 +136,15 @@ evs_start_worker(Oid dboid)
 	bgw.bgw_main_arg = ObjectIdGetDatum(dboid);
 	bgw.bgw_notify_pid = MyProcPid;
 
-	if (!RegisterDynamicBackgroundWorker(&bgw, &handle))
-		return false;
+	/* the handle is kept across loops: not in the per-loop context */
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+		bool		ok = RegisterDynamicBackgroundWorker(&bgw, &handle);
+
+		MemoryContextSwitchTo(old);
+		if (!ok)
+			return false;
+	}
 	for (i = 0; i < EVS_MAX_DATABASES; i++)
 		if (!OidIsValid(launched[i].dboid))
 		{
@@ -217,6 +230,17 @@ evs_launcher_scan(bool rescan)
 			d->dboid = InvalidOid;
 	}
 	LWLockRelease(evs_shared->lock);
+	/*
+	 * A rescan is asked for when CREATE EXTENSION (or a database command)
+	 * commits: probe again.  A worker that exits because the extension was
+	 * dropped can free the entry a concurrent CREATE EXTENSION had just
+	 * found, so "stopped without an entry" may be stale by then.
+	 */
+	if (rescan)
+	{
+		list_free(probed_absent);
+		probed_absent = NIL;
+	}
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 		List	   *keep = NIL;
@@ -908,7 +932,9 @@ evstream_workers(PG_FUNCTION_ARGS)
 			nulls[2] = true;
 		else
 			values[2] = TimestampTzGetDatum(d.last_maintenance);
-		if (d.last_error[0] == '\0')
+		/* errors name topics: other databases' are for superusers only */
+		if (d.last_error[0] == '\0' ||
+			(d.dboid != MyDatabaseId && !superuser()))
 			nulls[3] = true;
 		else
 			values[3] = CStringGetTextDatum(d.last_error);
