@@ -26,6 +26,8 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
+# show why the script stops, also when the run directory is gone afterwards
+local $SIG{__DIE__} = sub { diag("died: $_[0]") unless $^S; };
 my $node = evs_node('secworker', "evstream.maintenance_interval = '1s'");
 my $db = 'postgres';
 $node->safe_psql($db, 'CREATE EXTENSION evstream');
