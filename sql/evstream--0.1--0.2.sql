@@ -299,10 +299,12 @@ SELECT g.topic, g.consumer_group, g.committed_id,
 
 CREATE VIEW evstream.aggregates AS
 SELECT a.aggregate AS name, a.topic, a.group_by, a.bucket, a.output_topic,
+       CASE WHEN pg_catalog.has_table_privilege(a.topic, 'SELECT') THEN
        (SELECT pg_catalog.count(*) FROM (
             SELECT c.group_key, c.bucket_start FROM evstream._count c WHERE c.agg OPERATOR(pg_catalog.=) a.id
             UNION
-            SELECT d.group_key, d.bucket_start FROM evstream._delta d WHERE d.agg OPERATOR(pg_catalog.=) a.id) g) AS groups,
+            SELECT d.group_key, d.bucket_start FROM evstream._delta d WHERE d.agg OPERATOR(pg_catalog.=) a.id) g)
+       END AS groups,     -- NULL for roles that cannot read the topic
        a.notify
   FROM evstream._aggregate a
   JOIN pg_catalog.pg_class ac ON ac.oid OPERATOR(pg_catalog.=) a.aggregate::pg_catalog.oid;

@@ -92,6 +92,9 @@
 
 #include "evstream.h"
 
+/* longest group key: _delta and _count index it (btree rows <= 2704 bytes) */
+#define EVS_MAX_GROUP_KEY 2000
+
 /* 1970-01-01 00:00:00+00 in Postgres timestamps: buckets align on it */
 #define EVS_UNIX_EPOCH_TS ((int64) -946684800 * USECS_PER_SEC)
 
@@ -254,6 +257,13 @@ evs_accumulate_agg(EvsAggregate *a, TupleTableSlot **slots, int nslots, int leve
 		key.level = level;
 		key.isnull = isnull;
 		tmp = isnull ? NULL : TextDatumGetCString(d);
+		if (tmp != NULL && strlen(tmp) > EVS_MAX_GROUP_KEY)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("group key of aggregate \"%s\" is too long (%zu bytes)",
+							get_rel_name(a->view), strlen(tmp)),
+					 errdetail("Group keys are limited to %d bytes.", EVS_MAX_GROUP_KEY),
+					 errhint("Group by a shorter expression, for example md5() of it.")));
 		key.group = tmp;
 		key.bucket = 0;
 		if (a->bucket)
@@ -765,10 +775,8 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	const char *argnames[] = {"name", "topic", "group_by", "bucket", "output_topic", "notify"};
 
 	for (i = 0; i < 6; i++)
-		if (PG_ARGISNULL(i) && i != 3 && i != 4)
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("%s must not be NULL", argnames[i])));
+		if (i != 3 && i != 4)
+			EvsArgNotNull(fcinfo, i, argnames[i]);
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	topic = PG_GETARG_OID(1);
 	group_by = text_to_cstring(PG_GETARG_TEXT_PP(2));

@@ -69,4 +69,13 @@ typedef TU_UpdateIndexes evs_update_indexes_t;
 typedef bool evs_update_indexes_t;
 #endif
 
+/* "does not return": an attribute after the declarator until 17, pg_noreturn before it in 18 */
+#if PG_VERSION_NUM >= 180000
+#define EVS_NORETURN_BEFORE pg_noreturn
+#define EVS_NORETURN_AFTER
+#else
+#define EVS_NORETURN_BEFORE
+#define EVS_NORETURN_AFTER pg_attribute_noreturn()
+#endif
+
 #endif							/* EVSTREAM_COMPAT_H */

@@ -47,6 +47,9 @@
 #include "utils/acl.h"
 #include "utils/relcache.h"
 
+/* The version of the SQL objects this library goes with (evstream.control) */
+#define EVS_VERSION "0.2"
+
 /* Topics a single transaction may produce to (see offsets.c). */
 #define EVS_MAX_XACT_TOPICS 32
 
@@ -219,6 +222,7 @@ typedef enum EvsCatalogRel
 extern void EvsExtensionInit(void);
 extern bool EvsExtensionPresent(void);
 extern Oid	EvsCatalogRelid(EvsCatalogRel which);
+extern bool EvsCatalogIsCurrent(char **installed);
 
 /* util.c */
 typedef struct EvsUserState
@@ -229,8 +233,8 @@ typedef struct EvsUserState
 } EvsUserState;
 
 extern void EvsArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name);
-extern void EvsAppendOnlyError(const char *topic, const char *verb,
-							   const char *detail) pg_attribute_noreturn();
+EVS_NORETURN_BEFORE extern void EvsAppendOnlyError(const char *topic, const char *verb,
+												const char *detail) EVS_NORETURN_AFTER;
 extern int	EvsPinSearchPath(void);
 extern void EvsUnpinSearchPath(int level);
 extern void EvsBecomeOwner(Oid role, EvsUserState *st);

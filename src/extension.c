@@ -26,7 +26,15 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_extension.h"
+#include "catalog/indexing.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace_d.h"
@@ -107,13 +115,18 @@ EvsExtensionPresent(void)
 	if (evs_shared == NULL || IsBinaryUpgrade || !IsTransactionState() ||
 		!OidIsValid(MyDatabaseId))
 		return false;
+	if (creating_extension)
+	{
+		/*
+		 * Some extension's script is running: evstream's own catalog may be
+		 * half made (or half updated), so look without caching what we see.
+		 */
+		ext_state = EXT_UNKNOWN;
+		return evs_ext_lookup() == EXT_PRESENT && CurrentExtensionObject != ext_oid;
+	}
 	if (ext_state == EXT_UNKNOWN)
 		ext_state = evs_ext_lookup();
-	if (ext_state != EXT_PRESENT)
-		return false;
-	if (creating_extension && CurrentExtensionObject == ext_oid)
-		return false;
-	return true;
+	return ext_state == EXT_PRESENT;
 }
 
 /* Relid of one of evstream's catalog tables; the extension must be here */
@@ -125,4 +138,43 @@ EvsCatalogRelid(EvsCatalogRel which)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"evstream\" is not installed in this database")));
 	return ext_relids[which];
+}
+
+/*
+ * Is the installed extension's version the library's (EVS_VERSION)?  After
+ * a new library is installed and before ALTER EXTENSION evstream UPDATE,
+ * the catalog is older than the code: the worker waits for the update.
+ */
+bool
+EvsCatalogIsCurrent(char **installed)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		current = false;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("evstream"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+		{
+			char	   *v = TextDatumGetCString(d);
+
+			current = strcmp(v, EVS_VERSION) == 0;
+			if (installed)
+				*installed = v;
+		}
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return current;
 }

@@ -447,14 +447,31 @@ evs_worker_error(const char *msg)
 	LWLockRelease(evs_shared->lock);
 }
 
-/* Is the extension (still) installed here? */
+static bool worker_catalog_current = false;	/* else wait for the UPDATE */
+static bool worker_catalog_checked = false;
+
+/*
+ * Is the extension (still) installed here, and is its catalog the
+ * library's version?  A new library before ALTER EXTENSION ... UPDATE only
+ * sends notifications (maintenance and merge need the current catalog).
+ */
 static bool
 evs_extension_present(void)
 {
 	bool		present;
+	char	   *installed = NULL;
+	bool		was_current = worker_catalog_current;
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	present = EvsExtensionPresent();
+	worker_catalog_current = present && EvsCatalogIsCurrent(&installed);
+	if (present && !worker_catalog_current && (was_current || !worker_catalog_checked))
+		ereport(LOG,
+				(errmsg("evstream worker: waiting for ALTER EXTENSION evstream UPDATE"),
+				 errdetail("The installed extension is version %s; the library is version %s.",
+						   installed ? installed : "?", EVS_VERSION)));
+	worker_catalog_checked = true;
 	CommitTransactionCommand();
 	return present;
 }
@@ -859,7 +876,7 @@ EvsWorkerMain(Datum arg)
 			int			merge_gap = Max(evs_notify_interval, 250);
 			bool		push_due = topics_pending &&
 				TimestampDifferenceExceeds(last_push, now, push_gap);
-			bool		merge_due = deltas_pending &&
+			bool		merge_due = deltas_pending && worker_catalog_current &&
 				TimestampDifferenceExceeds(last_merge, now, merge_gap);
 
 			if (push_due || merge_due)
@@ -877,7 +894,9 @@ EvsWorkerMain(Datum arg)
 				timeout = Min(timeout, evs_ms_until(now, last_merge, merge_gap));
 		}
 
-		if (now >= next_maintenance)
+		if (now >= next_maintenance && !worker_catalog_current)
+			next_maintenance = TimestampTzPlusMilliseconds(now, 1000);
+		else if (now >= next_maintenance)
 		{
 			evs_worker_step(evs_worker_maintain);
 			next_maintenance = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
