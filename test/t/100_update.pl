@@ -116,6 +116,9 @@ my %snap = (
 	stable => q{SELECT string_agg(format('%s=%s', topic, evstream.stable_id(topic)), ',' ORDER BY topic::text) FROM evstream._topic},
 	access_method => q{SELECT string_agg(format('%s:%s', c.relname, a.amname), ',' ORDER BY c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_am a ON a.oid = c.relam WHERE i.inhparent IN (SELECT topic FROM evstream._topic)},
 );
+# the worker folds the last deltas within 250 ms (and publishes them to the
+# output topic): let it, so that the snapshot is of a settled state
+ok($old->poll_query_until('upd', 'SELECT count(*) = 0 FROM evstream._delta'), 'old: the worker merged every delta');
 my %before = map { $_ => $old->safe_psql('upd', $snap{$_}) } keys %snap;
 my $last_handed = $old->safe_psql('upd', q{SELECT evstream.stable_id('ev')});
 my $kc_max = $old->safe_psql('upd', q{SELECT max(id) FROM key_counts});
