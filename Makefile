@@ -1,7 +1,9 @@
 # evstream — PGXS build.  `make test` and `make demo` do all the set-up
 # (see test/harness.sh); `make bench` runs the benchmarks (test/bench/).
 # `make test PG=17` (or 18) tests against another PostgreSQL major version,
-# `make test-all` against 15, 17 and 18.
+# `make test-all` against 15, 17 and 18.  `make deb` builds Debian packages
+# (postgresql-<N>-evstream) for the PostgreSQL versions installed here, in
+# dist/ (debian/make-deb.sh).
 
 EXTENSION   = evstream
 EXTVERSION  = 0.2
@@ -43,7 +45,7 @@ sql/evstream--$(EXTVERSION).sql: sql/evstream.sql
 # (trixie / forky, see test/harness.sh).  test-all: PG=15, 17 and 18.
 PG ?= 15
 
-.PHONY: test demo bench test-all
+.PHONY: test demo bench test-all deb
 test:
 	PG=$(PG) bash test/harness.sh test
 demo:
@@ -52,3 +54,5 @@ bench:
 	PG=$(PG) bash test/harness.sh bench
 test-all:
 	bash test/harness.sh test-all
+deb:
+	bash debian/make-deb.sh

@@ -10,7 +10,12 @@
 # 3. Makes a throwaway, relocated copy of the PostgreSQL installation in a
 #    temporary directory and installs evstream into it (make install
 #    DESTDIR=...), so nothing is written to the system and several runs can
-#    go on at once.
+#    go on at once.  For `test` it also builds the last release, evstream
+#    0.1 (git commit OLD_REV below, from the repository's history; patched
+#    for the API renames of PostgreSQL 16 and 17), and installs
+#    it into a second such copy (EVSTREAM_OLD_BIN), for the update test
+#    (test/t/100_update.pl): an honest ALTER EXTENSION UPDATE starts from
+#    the old library, since the new one does not run on a 0.1 catalog.
 # 4. Checks that every tool the suites need is there (self-check), prints
 #    the server version under test (`== PostgreSQL 15.x`) and runs the job —
 #    the pg_regress, isolation and TAP suites (test), the word-count demo
@@ -37,6 +42,11 @@ set -euo pipefail
 
 mode=${1:-test}
 top=$(cd "$(dirname "$0")/.." && pwd)
+# the last released version (0.1) for the update test; its install script
+# is kept as sql/evstream--$OLD_VERSION.sql
+OLD_REV=1405788
+OLD_VERSION=0.1
+NEW_VERSION=$(sed -n "s/^default_version = '\(.*\)'$/\1/p" "$top/evstream.control")
 HOST_PG=15
 PG=${PG:-$HOST_PG}
 PGMAJOR=$PG
@@ -45,6 +55,14 @@ SYS_BIN=/usr/lib/postgresql/$PGMAJOR/bin
 say() { printf '== %s\n' "$*"; }
 
 die() { printf 'harness: %s\n' "$*" >&2; exit 1; }
+
+# old_source DIR: the 0.1 source tree (git commit $OLD_REV) into DIR
+old_source() {
+  git -c safe.directory="$top" -C "$top" cat-file -e "$OLD_REV^{commit}" 2>/dev/null ||
+    die "self-check failed: the update test needs evstream $OLD_VERSION (git commit $OLD_REV) from the repository's history, which $top lacks (not a git clone, or a shallow one: git fetch --unshallow)"
+  mkdir -p "$1"
+  git -c safe.directory="$top" -C "$top" archive "$OLD_REV" | tar -x -C "$1"
+}
 
 case "$PG" in
   15|17|18) ;;
@@ -142,6 +160,13 @@ if [ "$PG" != "$HOST_PG" ] && [ -z "${EVS_IN_CHROOT:-}" ]; then
     if [ "${KEEP:-0}" = 1 ]; then say "kept $R"; else rm -rf "$R"; fi
   }
   trap chroot_cleanup EXIT
+  # the chroot has no git (and the copy no .git): the 0.1 tree goes in
+  # ready-made
+  oldenv=()
+  if [ "$mode" = test ]; then
+    old_source "$R/old-src"
+    oldenv=(EVS_OLD_SRC="${R#"$C"}/old-src")
+  fi
   passenv=()
   for v in BENCH_T BENCH_ROUNDS BENCH_N BENCH_CASES; do
     [ -n "${!v:-}" ] && passenv+=("$v=${!v}")
@@ -160,7 +185,7 @@ if [ "$PG" != "$HOST_PG" ] && [ -z "${EVS_IN_CHROOT:-}" ]; then
     chroot "$C" "$@"
   ' _ "$C" env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/root LANG=C.UTF-8 \
       TERM="${TERM:-dumb}" CI="${CI:-}" KEEP="${KEEP:-0}" PG="$PG" EVS_IN_CHROOT=1 \
-      "${passenv[@]}" bash "${R#"$C"}/src/test/harness.sh" "$@" 9>&- || rc=$?
+      "${passenv[@]}" "${oldenv[@]}" bash "${R#"$C"}/src/test/harness.sh" "$@" 9>&- || rc=$?
   exit $rc
 fi
 
@@ -221,6 +246,46 @@ cp -a "/usr/share/postgresql/$PGMAJOR" "$TI/usr/share/postgresql/"
 make -s -C "$top" install DESTDIR="$TI" PG_CONFIG="$PG_CONFIG" >/dev/null
 BIN=$TI/usr/lib/postgresql/$PGMAJOR/bin
 
+# ---------------------------------------------------------------- the old release
+# evstream 0.1 built with the same pg_config and installed into a second
+# copy of the same PostgreSQL, for test/t/100_update.pl
+OLD_BIN=
+if [ "$mode" = test ]; then
+  say "building evstream $OLD_VERSION (git $OLD_REV) for the update test"
+  O=$W/old-src
+  if [ -n "${EVS_OLD_SRC:-}" ]; then
+    mkdir -p "$O" && cp -a "$EVS_OLD_SRC/." "$O/"
+  else
+    old_source "$O"
+  fi
+  grep -Eq "^default_version = '$OLD_VERSION'" "$O/evstream.control" ||
+    die "git commit $OLD_REV is not evstream $OLD_VERSION: $(grep default_version "$O/evstream.control")"
+  cmp -s "$O/sql/evstream.sql" "$top/sql/evstream--$OLD_VERSION.sql" ||
+    die "sql/evstream--$OLD_VERSION.sql differs from the install script of the $OLD_VERSION release (git $OLD_REV)"
+  # 0.1 was written for PostgreSQL 15: the API renames of 16 and 17, the
+  # only changes it needs, patched in (HEAD has them in src/compat.h)
+  if [ "$PGMAJOR" -ge 16 ]; then
+    sed -i -E \
+      -e 's|^#include "postgres.h"$|#include "postgres.h"\n#include "catalog/pg_class_d.h"\n#include "catalog/pg_namespace_d.h"\n#include "miscadmin.h"\n#include "storage/proc.h"|' \
+      -e 's/pg_class_ownercheck\(/object_ownercheck(RelationRelationId, /g' \
+      -e 's/pg_namespace_aclcheck\(/object_aclcheck(NamespaceRelationId, /g' \
+      -e 's/stringToQualifiedNameList\(([^()]*)\)/stringToQualifiedNameList(\1, NULL)/g' \
+      "$O"/src/*.c
+  fi
+  if [ "$PGMAJOR" -ge 17 ]; then
+    sed -i -e 's/MyProc->pgprocno/MyProcNumber/g' "$O"/src/*.c
+  fi
+  # not -Werror: newer compilers warn about code 0.1 was released with
+  make -s -C "$O" PG_CONFIG="$PG_CONFIG" PG_CFLAGS= >"$W/old-build.log" 2>&1 ||
+    { tail -n 40 "$W/old-build.log" >&2; die "evstream $OLD_VERSION does not build against PostgreSQL $PGMAJOR (log above)"; }
+  TO=$W/inst-old
+  mkdir -p "$TO/usr/lib/postgresql" "$TO/usr/share/postgresql"
+  cp -a "/usr/lib/postgresql/$PGMAJOR" "$TO/usr/lib/postgresql/"
+  cp -a "/usr/share/postgresql/$PGMAJOR" "$TO/usr/share/postgresql/"
+  make -s -C "$O" install DESTDIR="$TO" PG_CONFIG="$PG_CONFIG" >/dev/null
+  OLD_BIN=$TO/usr/lib/postgresql/$PGMAJOR/bin
+fi
+
 # ---------------------------------------------------------------- self-check
 # Everything the suites use, checked in the installation they will use, so
 # that a missing tool fails here instead of a suite being skipped.
@@ -244,6 +309,16 @@ selfcheck() {
     miss+=("psycopg2 for examples/listener.py (python3-psycopg2)")
   [ -f "$top/examples/listener.py" ] || miss+=("examples/listener.py (040_push.pl would skip it)")
   [ -x "$BIN/postgres" ] && [ -x "$BIN/initdb" ] && [ -x "$BIN/pg_ctl" ] || miss+=("server binaries in $BIN")
+  [ -x "$BIN/pg_upgrade" ] || miss+=("pg_upgrade in $BIN (110_pg_upgrade.pl)")
+  if [ "$mode" = test ]; then
+    local oext
+    oext=$(dirname "$OLD_BIN")/../../../share/postgresql/$PGMAJOR/extension
+    [ -x "$OLD_BIN/postgres" ] && [ -f "$(dirname "$OLD_BIN")/lib/evstream.so" ] &&
+      grep -Eq "^default_version = '$OLD_VERSION'" "$oext/evstream.control" 2>/dev/null ||
+      miss+=("evstream $OLD_VERSION installed in $(dirname "$OLD_BIN") (100_update.pl)")
+    [ -f "$(dirname "$BIN")/../../../share/postgresql/$PGMAJOR/extension/evstream--$OLD_VERSION--$NEW_VERSION.sql" ] ||
+      miss+=("the update script evstream--$OLD_VERSION--$NEW_VERSION.sql in the new install")
+  fi
   if [ ${#miss[@]} -gt 0 ]; then
     printf 'harness: self-check failed, missing:\n' >&2
     printf '  - %s\n' "${miss[@]}" >&2
@@ -277,7 +352,7 @@ if [ "$(id -u)" = 0 ]; then
   RUN=(runuser -u postgres --)
 fi
 ENV=(env PATH="$BIN:/usr/local/bin:/usr/bin:/bin" TMPDIR="$W/tmp" PG_CONFIG="$BIN/pg_config"
-     EVSTREAM_BIN="$BIN" EVSTREAM_TOP="$W/src" PGHOST= PGPORT= PGUSER= PGDATABASE= LANG=C.UTF-8)
+     EVSTREAM_BIN="$BIN" EVSTREAM_OLD_BIN="$OLD_BIN" EVSTREAM_TOP="$W/src" PGHOST= PGPORT= PGUSER= PGDATABASE= LANG=C.UTF-8)
 
 rc=0
 case "$mode" in
