@@ -24,7 +24,7 @@ use Time::HiRes qw(usleep time);
 
 our @EXPORT = qw(evs_node start_pgbench finish_pgbench stop_pgbench
   listen_session collect_notifications parse_notifications
-  sets_equal_sql wait_until);
+  sets_equal_sql wait_until check_push);
 
 my $script_no = 0;
 
@@ -159,6 +159,27 @@ sub wait_until
 		usleep(50_000);
 	}
 	return $code->() ? 1 : 0;
+}
+
+
+# After an update or upgrade: a LISTEN session gets the topic's ("ev") and
+# the aggregate's ("by_key") notifications for a new event of group k2.
+# $what names the case in the test names ("updated", "upgraded").
+sub check_push
+{
+	my ($node, $db, $what) = @_;
+	my $bg = listen_session($node, $db, 'ev', 'by_key');
+	my $id = $node->safe_psql($db, q{SET ROLE alice; INSERT INTO ev (key) VALUES ('k2') RETURNING id});
+	my $k2 = $node->safe_psql($db, q{SELECT count FROM by_key WHERE group_key = 'k2'});
+	my $topic_note = sub { $_[0]->{channel} eq 'ev' && $_[0]->{payload} =~ /"last_id": $id\}/ };
+	my $k2_note = sub { $_[0]->{channel} eq 'by_key' && $_[0]->{payload} =~ /"group_key": "k2", "bucket_start": null, "count": $k2\}/ };
+	my $notes = collect_notifications($bg,
+		sub { (grep { $topic_note->($_) } @{ $_[0] }) && (grep { $k2_note->($_) } @{ $_[0] }) }, 30);
+	ok((grep { $topic_note->($_) } @$notes), "the $what topic notifies a LISTEN session")
+	  or diag(explain $notes);
+	ok((grep { $k2_note->($_) } @$notes), "the $what aggregate notifies (k2 = $k2)")
+	  or diag(explain $notes);
+	$bg->quit;
 }
 
 1;

@@ -212,18 +212,7 @@ is( $new->safe_psql('other',
 	'0', 'o_counts in the other database = GROUP BY');
 
 # push
-my $bg = listen_session($new, 'app', 'ev', 'by_key');
-my $id = $new->safe_psql('app', q{SET ROLE alice; INSERT INTO ev (key) VALUES ('k2') RETURNING id});
-my $k2 = $new->safe_psql('app', q{SELECT count FROM by_key WHERE group_key = 'k2'});
-my $k2_note = sub { $_[0]->{channel} eq 'by_key' && $_[0]->{payload} =~ /"group_key": "k2", "bucket_start": null, "count": $k2\}/ };
-my $notes = collect_notifications($bg,
-	sub { (grep { $_->{channel} eq 'ev' && $_->{payload} =~ /"last_id": $id\}/ } @{ $_[0] })
-		  && (grep { $k2_note->($_) } @{ $_[0] }) }, 30);
-ok((grep { $_->{channel} eq 'ev' && $_->{payload} =~ /"last_id": $id\}/ } @$notes),
-	'the upgraded topic notifies a LISTEN session') or diag(explain $notes);
-ok((grep { $k2_note->($_) } @$notes), "the upgraded aggregate notifies (k2 = $k2)")
-  or diag(explain $notes);
-$bg->quit;
+check_push($new, 'app', 'upgraded');
 
 # maintenance, guards
 for my $db (@dbs)
