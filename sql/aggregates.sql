@@ -434,6 +434,38 @@ REVOKE ALL ON clicks FROM regress_evs_analyst, regress_evs_stranger;
 REVOKE ALL ON SCHEMA stats FROM regress_evs_analyst, regress_evs_stranger;
 DROP ROLE regress_evs_analyst, regress_evs_stranger;
 
+------------------------------------------------------------------ nested statements
+-- a statement nested in a subtransaction that rolls back loses its own
+-- counts, never the enclosing statement's
+SELECT evstream.create_topic('nest');
+SELECT evstream.create_aggregate('nest_counts', 'nest');
+CREATE FUNCTION nest_inner() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    BEGIN
+        INSERT INTO nest (key) VALUES ('inner');
+        RAISE EXCEPTION 'undo the inner insert';
+    EXCEPTION WHEN raise_exception THEN NULL;
+    END;
+    RETURN true;
+END $$;
+INSERT INTO nest (key) SELECT 'outer' FROM generate_series(1, 5) g WHERE nest_inner();
+-- a nested statement that stays counts too
+CREATE FUNCTION nest_inner_ok() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO nest (key) VALUES ('inner ok');
+    RETURN true;
+END $$;
+INSERT INTO nest (key) SELECT 'outer ok' FROM generate_series(1, 3) g WHERE nest_inner_ok();
+SELECT * FROM nest_counts ORDER BY group_key;
+SELECT count(*) AS differing FROM (
+    (SELECT group_key, count FROM nest_counts EXCEPT SELECT key, count(*) FROM nest GROUP BY key)
+    UNION ALL
+    (SELECT key, count(*) FROM nest GROUP BY key EXCEPT SELECT group_key, count FROM nest_counts)) x;
+SELECT evstream._merge_deltas() >= 0 AS merged;
+SELECT * FROM nest_counts ORDER BY group_key;
+SELECT evstream.drop_topic('nest', cascade => true);
+DROP FUNCTION nest_inner(), nest_inner_ok();
+
 ------------------------------------------------------------------ clean up
 SELECT evstream.drop_topic('clicks', cascade => true);
 SELECT evstream.drop_topic('click_changes');

@@ -175,29 +175,6 @@ pending_reset(void)
 	pending_n = 0;
 }
 
-/*
- * An interval as microseconds, for partition intervals and buckets: whole
- * days count 24 hours, months are refused (their length varies), and the
- * result must be at least one second.
- */
-int64
-EvsBucketUsecs(Interval *ivl, const char *what)
-{
-	int64		us;
-
-	if (ivl->month != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not contain months or years", what),
-				 errhint("Use days instead, for example '30 days'.")));
-	us = (int64) ivl->day * USECS_PER_DAY + ivl->time;
-	if (us < USECS_PER_SEC)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must be at least 1 second", what)));
-	return us;
-}
-
 /* date_bin(bucket, ts, 'epoch') */
 static TimestampTz
 evs_bin(TimestampTz ts, int64 stride)

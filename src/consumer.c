@@ -55,18 +55,6 @@
 
 #include "evstream.h"
 
-/* Refuse snapshot isolation levels (see the header comment) */
-void
-EvsRequireReadCommitted(const char *fn)
-{
-	if (IsolationUsesXactSnapshot())
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("evstream.%s requires the READ COMMITTED isolation level", fn),
-				 errdetail("A REPEATABLE READ or SERIALIZABLE snapshot can miss events that committed after it was taken; they would be skipped."),
-				 errhint("Run evstream.%s in a READ COMMITTED transaction.", fn)));
-}
-
 /* Common argument checks; returns the topic */
 static Oid
 evs_consumer_args(FunctionCallInfo fcinfo, const char *fn, char **group)

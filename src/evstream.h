@@ -131,12 +131,10 @@ extern void EvsFlushDeltas(void);
 extern void EvsCountsPreCommit(void);
 extern void EvsCountsAtEnd(void);
 extern void EvsCountsAtSubXactEnd(bool commit);
-extern int64 EvsBucketUsecs(Interval *ivl, const char *what);
 extern void EvsDropAggregate(Oid view);
 extern int	EvsMergeDeltas(int32 only_agg, StringInfo errors);
 
-/* consumer.c */
-extern void EvsRequireReadCommitted(const char *fn);
+/* consumer.c: SQL functions only */
 
 /* worker.c */
 extern void EvsWorkerRegisterLauncher(void);
@@ -252,6 +250,8 @@ extern void EvsCheckName(const char *what, const char *value);
 extern Oid	EvsRelOwner(Oid relid);
 extern void EvsRequireOwner(Oid relid);
 extern void EvsRequirePrivilege(Oid relid, AclMode mode);
+extern int64 EvsBucketUsecs(Interval *ivl, const char *what);
+extern void EvsRequireReadCommitted(const char *fn);
 extern bool EvsTrySubxact(void (*fn) (void *), void *arg, const char *what,
 						  StringInfo errors);
 

@@ -32,6 +32,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "datatype/timestamp.h"
 #include "catalog/pg_authid_d.h"
 #include "catalog/pg_class.h"
 #include "utils/resowner.h"
@@ -321,3 +322,43 @@ EvsTrySubxact(void (*fn) (void *), void *arg, const char *what, StringInfo error
 	PG_END_TRY();
 	return ok;
 }
+
+/*
+ * An interval as microseconds, for partition intervals and buckets: whole
+ * days count 24 hours, months are refused (their length varies), and the
+ * result must be at least one second.
+ */
+int64
+EvsBucketUsecs(Interval *ivl, const char *what)
+{
+	int64		us;
+
+	if (ivl->month != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not contain months or years", what),
+				 errhint("Use days instead, for example '30 days'.")));
+	us = (int64) ivl->day * USECS_PER_DAY + ivl->time;
+	if (us < USECS_PER_SEC)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be at least 1 second", what)));
+	return us;
+}
+
+/*
+ * Refuse snapshot isolation levels: a REPEATABLE READ or SERIALIZABLE
+ * snapshot predates the stable offset, so reading with it could skip a
+ * late commit (consumer.c), or miss rows in a backfill (aggregates.c).
+ */
+void
+EvsRequireReadCommitted(const char *fn)
+{
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("evstream.%s requires the READ COMMITTED isolation level", fn),
+				 errdetail("A REPEATABLE READ or SERIALIZABLE snapshot can miss events that committed after it was taken; they would be skipped."),
+				 errhint("Run evstream.%s in a READ COMMITTED transaction.", fn)));
+}
+
