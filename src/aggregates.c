@@ -794,7 +794,7 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 			Datum		values[1] = {CStringGetTextDatum(quote_qualified_identifier(get_namespace_name(onsp), orv->relname))};
 			bool		isnull;
 
-			output = (Oid) EvsSpiInt64("SELECT evstream.create_topic($1)::oid", 1, types, values, &isnull);
+			output = (Oid) EvsSpiInt64("SELECT evstream.create_topic($1)::pg_catalog.oid", 1, types, values, &isnull);
 			output_created = true;
 			CommandCounterIncrement();
 		}
@@ -814,7 +814,7 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	(void) find_all_inheritors(topic, ShareLock, NULL);
 
 	EvsBecomeSuperuser(&su);
-	id = (int32) EvsSpiInt64("SELECT pg_catalog.nextval('evstream._aggregate_id_seq')::int4",
+	id = (int32) EvsSpiInt64("SELECT pg_catalog.nextval('evstream._aggregate_id_seq')::pg_catalog.int4",
 							 0, NULL, NULL, NULL);
 	EvsRestoreUser(&su);
 
@@ -822,7 +822,7 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	qview = quote_qualified_identifier(get_namespace_name(nspid), rv->relname);
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "CREATE VIEW %s AS SELECT s.group_key, %spg_catalog.sum(s.n)::bigint AS count "
+					 "CREATE VIEW %s AS SELECT s.group_key, %spg_catalog.sum(s.n)::pg_catalog.int8 AS count "
 					 "FROM (SELECT c.group_key, c.bucket_start, c.count AS n FROM evstream._count c WHERE c.agg OPERATOR(pg_catalog.=) %d "
 					 "UNION ALL SELECT d.group_key, d.bucket_start, d.delta FROM evstream._delta d WHERE d.agg OPERATOR(pg_catalog.=) %d) s "
 					 "GROUP BY s.group_key%s",
@@ -844,7 +844,7 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 			elog(ERROR, "SPI_connect failed");
 		if (SPI_execute_with_args("INSERT INTO evstream._aggregate (id, aggregate, topic, group_by, bucket, "
 								  "output_topic, output_created, notify) "
-								  "VALUES ($1, $2::regclass, $3::regclass, $4, $5, $6::regclass, $7, $8)",
+								  "VALUES ($1, $2::pg_catalog.regclass, $3::pg_catalog.regclass, $4, $5, $6::pg_catalog.regclass, $7, $8)",
 								  8, types, values, nulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not record aggregate");
 		SPI_finish();
@@ -941,7 +941,7 @@ EvsDropAggregate(Oid view)
 		Datum		ovalues[1] = {ObjectIdGetDatum((Oid) output)};
 
 		CommandCounterIncrement();
-		EvsSpiExec("SELECT evstream.drop_topic($1::regclass)", 1, otypes, ovalues, SPI_OK_SELECT);
+		EvsSpiExec("SELECT evstream.drop_topic($1::pg_catalog.regclass)", 1, otypes, ovalues, SPI_OK_SELECT);
 	}
 }
 

@@ -50,7 +50,7 @@
  *	  Cost: W1-W2 once per topic per transaction; stable_id is one buffer
  *	  read plus a scan of MaxBackends slots — O(backends), never O(events).
  *
- *	  The transaction callbacks here also mark, after the slot is cleared,
+ *	  At transaction end (called from xact.c) they also mark, after the slot is cleared,
  *	  the notifying topics whose stable offset may have moved (at commit,
  *	  and at abort too: an aborted lowest id unblocks others' events) in
  *	  the database's shared entry, and wake the worker when that is news.
