@@ -225,7 +225,7 @@ check_push($node, 'upd', 'updated');
 # maintenance
 my $lm = $node->safe_psql('upd', q{SELECT last_maintenance FROM evstream.workers WHERE database = 'upd'});
 ok( $node->poll_query_until('upd',
-		"SELECT last_maintenance > '$lm' AND last_error IS NULL FROM evstream.workers WHERE database = 'upd'"),
+		"SELECT last_maintenance > coalesce(nullif('$lm', '')::timestamptz, '-infinity') AND last_error IS NULL FROM evstream.workers WHERE database = 'upd'"),
 	'maintenance runs after the update without errors')
   or diag($node->safe_psql('upd', 'SELECT * FROM evstream.workers'));
 is($node->safe_psql('upd', q{SELECT evstream.run_maintenance()}), '', 'run_maintenance returns no error');
