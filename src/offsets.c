@@ -50,10 +50,11 @@
  *	  Cost: W1-W2 once per topic per transaction; stable_id is one buffer
  *	  read plus a scan of MaxBackends slots — O(backends), never O(events).
  *
- *	  At transaction end (called from xact.c) they also mark, after the slot is cleared,
- *	  the notifying topics whose stable offset may have moved (at commit,
- *	  and at abort too: an aborted lowest id unblocks others' events) in
- *	  the database's shared entry, and wake the worker when that is news.
+ *	  At transaction end (called from xact.c), the notifying topics whose
+ *	  stable offset may have moved (at commit, and at abort too: an aborted
+ *	  lowest id unblocks others' events) are marked, after the slot is
+ *	  cleared, in the database's shared entry, and the worker is woken when
+ *	  that is news.
  *	  Why no event goes unannounced: the mark is made after our slot is
  *	  cleared; the worker takes the marks (bumping take_gen) under the lock
  *	  before computing stable_id, so a mark it takes yields a stable_id that
@@ -324,8 +325,19 @@ evs_advance_sequences(void)
 
 	for (i = 0; i < xact_ntopics; i++)
 		if (xact_supplied_max[i] > EvsSequenceLastValue(xact_seq[i]))
+		{
+			EvsUserState su;
+
+			/*
+			 * Nobody holds UPDATE on a topic's sequence (topics.c), and the
+			 * apply worker may run as the table's owner: setval runs no user
+			 * code, so run it as the superuser.
+			 */
+			EvsBecomeSuperuser(&su);
 			DirectFunctionCall2(setval_oid, ObjectIdGetDatum(xact_seq[i]),
 								Int64GetDatum(xact_supplied_max[i]));
+			EvsRestoreUser(&su);
+		}
 }
 
 /* Steps R1-R3 */
