@@ -442,7 +442,7 @@ CREATE FUNCTION evstream._edge(topic regclass, first boolean, OUT id bigint, OUT
 CREATE FUNCTION evstream._time_after(topic regclass, after_id bigint)
     RETURNS timestamptz LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'evstream_time_after';
 
-CREATE VIEW evstream.topics AS
+CREATE VIEW evstream.topics WITH (security_barrier) AS
 SELECT t.topic,
        (SELECT pg_catalog.count(*) FROM evstream._partitions(t.topic))::integer AS partitions,
        (SELECT pg_catalog.sum(GREATEST(c.reltuples, 0))::bigint FROM pg_catalog.pg_inherits i
@@ -457,11 +457,13 @@ SELECT t.topic,
   LEFT JOIN LATERAL evstream._edge(t.topic, true) f(first_id, oldest) ON true
   LEFT JOIN LATERAL evstream._edge(t.topic, false) l(last_id, newest) ON true;
 
+-- The views are security barriers: a caller's cheap function in WHERE
+-- cannot see rows before their privilege filters.
 -- lag_events: ids between the position and the last stable event (an
 -- estimate when aborted transactions left gaps in between; cheap: two
 -- index probes, whatever the lag).  Groups of topics the viewer cannot
 -- read are not shown.
-CREATE VIEW evstream.consumer_groups AS
+CREATE VIEW evstream.consumer_groups WITH (security_barrier) AS
 SELECT g.topic, g.consumer_group, g.committed_id,
        GREATEST(LEAST(s.stable, COALESCE(l.id, 0))
                 OPERATOR(pg_catalog.-) GREATEST(g.committed_id, COALESCE(f.id, s.stable OPERATOR(pg_catalog.+) 1) OPERATOR(pg_catalog.-) 1), 0) AS lag_events,
@@ -475,7 +477,7 @@ SELECT g.topic, g.consumer_group, g.committed_id,
   LEFT JOIN LATERAL evstream._edge(g.topic, false) l ON true
  WHERE pg_catalog.has_table_privilege(g.topic, 'SELECT');
 
-CREATE VIEW evstream.aggregates AS
+CREATE VIEW evstream.aggregates WITH (security_barrier) AS
 SELECT a.aggregate AS name, a.topic, a.group_by, a.bucket, a.output_topic,
        CASE WHEN pg_catalog.has_table_privilege(a.topic, 'SELECT') THEN
        (SELECT pg_catalog.count(*) FROM (

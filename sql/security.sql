@@ -582,6 +582,76 @@ SELECT group_key, sum(count) AS count FROM atk.agg6 GROUP BY group_key ORDER BY 
 RESET ROLE;
 SELECT 1 AS server_alive;
 
+------------------------------------------------------------------ second round (an outside attack on 0.2)
+-- (a) an owner's policy that changes a setting while evstream reads its
+-- topic for a view: the setting must not stay in the reader's session
+:attack
+SELECT evstream.create_topic('atk.gucs');
+INSERT INTO atk.gucs (key, payload) VALUES ('x', '{}');
+CREATE FUNCTION atk.set_path() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_catalog.set_config('search_path', 'atk, pg_catalog, public', false); RETURN true; END $$;
+ALTER TABLE atk.gucs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE atk.gucs FORCE ROW LEVEL SECURITY;
+CREATE POLICY p ON atk.gucs USING (atk.set_path());
+:check
+SET search_path = public;
+SELECT count(*) AS listed FROM evstream.topics WHERE topic = 'atk.gucs'::regclass;
+SELECT current_setting('search_path') AS search_path_after_the_view;
+RESET search_path;
+-- (b) a policy that raises does not break the view for everyone
+:attack
+CREATE OR REPLACE FUNCTION atk.set_path() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'no view for you'; END $$;
+:check
+SELECT count(*) AS listed, bool_and(last_id IS NULL) AS unreadable_reads_as_null
+  FROM evstream.topics WHERE topic = 'atk.gucs'::regclass;
+-- (c) group_by code hidden in a domain's CHECK and in constant folding runs
+-- as the aggregate's owner, even when a superuser produces
+:attack
+SELECT evstream.create_topic('atk.dom');
+CREATE FUNCTION atk.dom_ok(text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE
+    SET search_path = pg_catalog, pg_temp AS $$
+BEGIN PERFORM atk.escalate('attacker', 'domain check'); RETURN true; END $$;
+CREATE DOMAIN atk.d AS text CHECK (atk.dom_ok(VALUE));
+CREATE FUNCTION atk.k1(integer) RETURNS text LANGUAGE plpgsql IMMUTABLE
+    SET search_path = pg_catalog, pg_temp AS $$
+BEGIN PERFORM atk.escalate('attacker', 'constant folding'); RETURN 'c'; END $$;
+SELECT public.sqlstate_of($$SELECT evstream.create_aggregate('atk.dom_counts', 'atk.dom', 'key::atk.d')$$) AS domain_group_by;
+SELECT evstream.create_aggregate('atk.fold_counts', 'atk.dom', $$atk.k1(1) OPERATOR(pg_catalog.||) key$$);
+:check
+DISCARD PLANS;
+INSERT INTO atk.dom (key) VALUES ('d1'), ('d2');
+:check
+SELECT group_key, count FROM atk.fold_counts ORDER BY group_key;
+SELECT group_key, count FROM atk.dom_counts ORDER BY group_key;
+-- (d) a restore COPY into one's own topic does not stop counting of the
+-- events its triggers produce into someone else's topic
+SET ROLE tenant_a;
+SELECT evstream.create_topic('ta.fwd');
+SELECT evstream.create_aggregate('ta.fwd_counts', 'ta.fwd');
+GRANT USAGE ON SCHEMA ta TO attacker;
+GRANT INSERT ON ta.fwd TO attacker;
+:attack
+SELECT evstream.create_topic('atk.cp');
+CREATE FUNCTION atk.fwd() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO ta.fwd (key, payload) VALUES ('forged', '{}'); RETURN NEW; END $$;
+CREATE TRIGGER fwd AFTER INSERT ON atk.cp FOR EACH ROW EXECUTE FUNCTION atk.fwd();
+COPY atk.cp (id, key, payload, created_at) FROM stdin;
+1	r1	{}	2026-01-01 00:00:00+00
+2	r2	{}	2026-01-01 00:00:00+00
+\.
+:check
+SELECT (SELECT count(*) FROM ta.fwd) AS events,
+       (SELECT count FROM ta.fwd_counts WHERE group_key = 'forged') AS counted;
+-- (e) a cheap function in the caller's WHERE sees no group of a topic the
+-- caller cannot read (the views are security barriers)
+:attack
+CREATE FUNCTION atk.peek(g text) RETURNS boolean LANGUAGE plpgsql COST 0.0000001 AS $$
+BEGIN IF g = 'ga' THEN RAISE NOTICE 'saw group %', g; END IF; RETURN true; END $$;
+SELECT count(*) AS visible FROM evstream.consumer_groups WHERE atk.peek(consumer_group) AND consumer_group = 'ga';
+:check
+SELECT evstream.drop_topic('ta.fwd', true);
+
 ------------------------------------------------------------------ clean-up
 RESET ROLE;
 RESET search_path;

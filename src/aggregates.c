@@ -284,21 +284,6 @@ EvsAccumulate(Relation rel, TupleTableSlot **slots, int nslots)
 	List	   *aggs;
 	int			level;
 
-	if (evs_copy_restore)
-	{
-		int			i;
-
-		/* restore: remember the highest id, count nothing */
-		for (i = 0; i < nslots; i++)
-		{
-			bool		isnull;
-			Datum		id = slot_getattr(slots[i], 1, &isnull);
-
-			if (!isnull && DatumGetInt64(id) > evs_copy_max_id)
-				evs_copy_max_id = DatumGetInt64(id);
-		}
-		return;
-	}
 	if (evs_restore_mode)
 		return;
 	if (accumulating)
@@ -310,6 +295,25 @@ EvsAccumulate(Relation rel, TupleTableSlot **slots, int nslots)
 	t = EvsLookupTopic(RelationGetRelid(rel));
 	if (!OidIsValid(t->topic))
 		return;
+	if (OidIsValid(evs_copy_restore) && t->topic == evs_copy_restore)
+	{
+		int			i;
+
+		/*
+		 * The owner's restore COPY into this topic: remember the highest
+		 * id, count nothing (the counts come with the catalog).  Rows that
+		 * triggers send to other topics meanwhile count as usual.
+		 */
+		for (i = 0; i < nslots; i++)
+		{
+			bool		isnull;
+			Datum		id = slot_getattr(slots[i], 1, &isnull);
+
+			if (!isnull && DatumGetInt64(id) > evs_copy_max_id)
+				evs_copy_max_id = DatumGetInt64(id);
+		}
+		return;
+	}
 	aggs = EvsTopicAggregates(t);
 	if (aggs == NIL)
 		return;

@@ -330,7 +330,7 @@ EvsRequireTopic(Oid relid, const char *fn)
 {
 	EvsTopic   *t = EvsLookupTopic(relid);
 
-	if (t->topic != relid)
+	if (t->topic != relid || !OidIsValid(relid))
 	{
 		char	   *name = get_rel_name(relid);
 
@@ -401,6 +401,9 @@ evs_calls_user_function(Node *node, void *context)
 	if (node == NULL)
 		return false;
 	if (check_functions_in_node(node, evs_user_function, context))
+		return true;
+	/* a domain's CHECK constraints are user code evaluated at run time */
+	if (IsA(node, CoerceToDomain))
 		return true;
 	return expression_tree_walker(node, evs_calls_user_function, context);
 }
@@ -496,11 +499,19 @@ EvsTopicAggregates(EvsTopic *t)
 			EvsAggregate *a = lfirst(lc);
 			char	   *group_by = (char *) a->expr;
 			MemoryContext old;
+			EvsUserState st;
 
 			a->owner = EvsRelOwner(a->view);
+
+			/*
+			 * As the owner: planning the expression may already run user
+			 * functions (constant folding of IMMUTABLE ones).
+			 */
+			EvsBecomeOwner(a->owner, &st);
 			old = MemoryContextSwitchTo(cxt);
 			a->expr = evs_compile_group_by(topic, group_by, &a->as_owner);
 			MemoryContextSwitchTo(old);
+			EvsRestoreUser(&st);
 		}
 	}
 	{

@@ -119,7 +119,7 @@ extern bool EvsIsTopicPartition(Relation rel);
 
 /* guards.c */
 extern void EvsGuardsInit(void);
-extern bool evs_copy_restore;	/* a COPY listing id runs (restore path) */
+extern Oid	evs_copy_restore;	/* topic a COPY listing id restores into */
 extern int64 evs_copy_max_id;	/* highest id such a COPY stored */
 
 /* topics.c */

@@ -79,7 +79,7 @@
 
 #include "evstream.h"
 
-bool		evs_copy_restore = false;
+Oid			evs_copy_restore = InvalidOid;
 int64		evs_copy_max_id = 0;
 
 static planner_hook_type prev_planner_hook = NULL;
@@ -514,7 +514,7 @@ evs_copy_into_topic(Oid relid, Oid topic, CopyStmt *stmt, PlannedStmt *pstmt,
 					QueryEnvironment *queryEnv, DestReceiver *dest,
 					QueryCompletion *qc)
 {
-	bool		save_restore = evs_copy_restore;
+	Oid			save_restore = evs_copy_restore;
 	volatile bool restore = evs_copy_lists(stmt, "id");
 
 	if (!restore && evs_copy_lists(stmt, "created_at"))
@@ -534,7 +534,7 @@ evs_copy_into_topic(Oid relid, Oid topic, CopyStmt *stmt, PlannedStmt *pstmt,
 				 errhint("List only the key and payload columns: COPY %s (key, payload) FROM ...",
 						 stmt->relation->relname)));
 
-	evs_copy_restore = restore;
+	evs_copy_restore = restore ? topic : InvalidOid;
 	evs_copy_max_id = 0;
 	PG_TRY();
 	{

@@ -18,8 +18,9 @@
  *		pinned to "pg_catalog, pg_temp" for its parse, any re-plan, and its
  *		execution (the plan cache re-analyses a plan under the current path
  *		when the path changed, so pinning at prepare time is not enough).
- *	  Switches are undone explicitly on success and by (sub)transaction
- *	  abort on error: AbortTransaction and AbortSubTransaction restore the
+ *	  Settings changed inside a pinned level (by user code too) are
+ *	  discarded when it closes.  Switches are undone explicitly on success
+ *	  and by (sub)transaction abort on error: AbortTransaction and AbortSubTransaction restore the
  *	  user id, security context and GUC nest level of their start.
  *
  * Copyright (c) 2026, The evstream authors
@@ -36,6 +37,7 @@
 #include "catalog/pg_authid_d.h"
 #include "catalog/pg_class.h"
 #include "utils/resowner.h"
+#include "utils/timeout.h"
 #include "utils/syscache.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -47,6 +49,9 @@
 #include "evstream.h"
 
 #define EVS_SAFE_PATH "pg_catalog, pg_temp"
+
+/* longest a tenant's upkeep or merge may run in the worker */
+#define EVS_TENANT_BUDGET_MS 30000
 
 /* Error for a NULL argument, named as the SQL signature names it */
 void
@@ -81,10 +86,16 @@ EvsPinSearchPath(void)
 	return level;
 }
 
+/*
+ * Close the level, discarding every setting changed inside it: user code
+ * run there (an owner's policy, trigger or function) must not leave a SET
+ * behind in the caller's session or the worker, as PostgreSQL's own
+ * maintenance code discards them (AtEOXact_GUC(false, ...)).
+ */
 void
 EvsUnpinSearchPath(int level)
 {
-	AtEOXact_GUC(true, level);
+	AtEOXact_GUC(false, level);
 }
 
 /*
@@ -283,7 +294,9 @@ EvsRequirePrivilege(Oid relid, AclMode mode)
  * Run fn(arg) in a subtransaction: on error roll it back (which also
  * undoes any user switch and GUC level fn made), append "what: message; "
  * to errors (a lock timeout only raises a NOTICE: it is retried at the
- * next pass) and return false.  One tenant's failure stays its own.
+ * next pass) and return false.  One tenant's failure stays its own; in a
+ * background worker its time is bounded too (EVS_TENANT_BUDGET_MS), so a
+ * trigger that sleeps cannot stall every other tenant's push and upkeep.
  */
 bool
 EvsTrySubxact(void (*fn) (void *), void *arg, const char *what, StringInfo errors)
@@ -291,12 +304,18 @@ EvsTrySubxact(void (*fn) (void *), void *arg, const char *what, StringInfo error
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	volatile bool ok = true;
+	bool		budget = MyBackendType == B_BG_WORKER;
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
+	/* in the worker, a tenant's code gets a time budget, not the process */
+	if (budget)
+		enable_timeout_after(STATEMENT_TIMEOUT, EVS_TENANT_BUDGET_MS);
 	PG_TRY();
 	{
 		fn(arg);
+		if (budget)
+			disable_timeout(STATEMENT_TIMEOUT, false);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -305,6 +324,8 @@ EvsTrySubxact(void (*fn) (void *), void *arg, const char *what, StringInfo error
 	{
 		ErrorData  *edata;
 
+		if (budget)
+			disable_timeout(STATEMENT_TIMEOUT, false);
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();

@@ -666,11 +666,16 @@ evs_maintain_database(int premake)
 
 	/*
 	 * pg_dump reads the catalog first and locks the tables one by one: a
-	 * partition dropped in between makes it fail.  No drops meanwhile.
+	 * partition dropped in between makes it fail.  No drops meanwhile —
+	 * for dumps of the database owner or a superuser only: anyone can name
+	 * a session "pg_dump", and must not freeze everyone's retention.
 	 */
 	if (SPI_execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a "
 					"WHERE a.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() "
-					"AND a.application_name OPERATOR(pg_catalog.=) ANY (ARRAY['pg_dump', 'pg_dumpall']))",
+					"AND a.application_name OPERATOR(pg_catalog.=) ANY (ARRAY['pg_dump', 'pg_dumpall']) "
+					"AND (a.usesysid OPERATOR(pg_catalog.=) (SELECT d.datdba FROM pg_catalog.pg_database d "
+					"WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) "
+					"OR EXISTS (SELECT FROM pg_catalog.pg_authid r WHERE r.oid OPERATOR(pg_catalog.=) a.usesysid AND r.rolsuper)))",
 					true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pg_stat_activity");
 	{
