@@ -51,6 +51,27 @@ BEGIN
 END
 $$;
 
+-- A free relation name in a schema: `wanted`, or, when someone already
+-- took it, `wanted` cut short with a random suffix (partition names carry
+-- no meaning -- bounds come from the catalog -- so a tenant who can create
+-- relations in the same schema cannot block premake or rehoming by taking
+-- the names in advance).
+CREATE FUNCTION evstream._free_name(nsp name, wanted text)
+    RETURNS text LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v text := wanted;
+BEGIN
+    WHILE EXISTS (SELECT FROM pg_catalog.pg_class c
+                    JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+                   WHERE n.nspname OPERATOR(pg_catalog.=) nsp AND c.relname OPERATOR(pg_catalog.=) v) LOOP
+        v := pg_catalog.left(wanted, 57) OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||)
+             pg_catalog.substr(pg_catalog.md5(pg_catalog.random()::text), 1, 5);
+    END LOOP;
+    RETURN v;
+END
+$$;
+
 -- Creates the missing partitions of a topic from the one holding `from_ts`
 -- up to the one holding `upto`.  Partitions are aligned on the epoch like
 -- date_bin(partition_interval, created_at, 'epoch'), named
@@ -93,8 +114,8 @@ BEGIN
                         WHERE NOT p.is_default AND p.lo OPERATOR(pg_catalog.<) v_hi
                           AND p.hi OPERATOR(pg_catalog.>) v_lo)
            AND (v_dmin IS NULL OR v_hi OPERATOR(pg_catalog.<=) v_dmin OR v_lo OPERATOR(pg_catalog.>) v_dmax) THEN
-            v_name := v_rel OPERATOR(pg_catalog.||) '_p' OPERATOR(pg_catalog.||)
-                      pg_catalog.to_char(v_lo AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MISS');
+            v_name := evstream._free_name(v_nsp, v_rel OPERATOR(pg_catalog.||) '_p' OPERATOR(pg_catalog.||)
+                      pg_catalog.to_char(v_lo AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MISS'));
             EXECUTE pg_catalog.format(
                 'CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L) USING evstream',
                 v_nsp, v_name, v_nsp, v_rel,
@@ -159,12 +180,12 @@ BEGIN
                 WHERE NOT p.is_default AND p.lo OPERATOR(pg_catalog.<) v_hi AND p.hi OPERATOR(pg_catalog.>) v_lo) THEN
         RETURN 0;
     END IF;
-    v_name := v_rel OPERATOR(pg_catalog.||) '_p' OPERATOR(pg_catalog.||)
-              pg_catalog.to_char(v_lo AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MISS');
+    v_name := evstream._free_name(v_nsp, v_rel OPERATOR(pg_catalog.||) '_p' OPERATOR(pg_catalog.||)
+              pg_catalog.to_char(v_lo AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MISS'));
     EXECUTE pg_catalog.format('ALTER TABLE %s DETACH PARTITION %s', $1, v_default);
     EXECUTE pg_catalog.format('ALTER TABLE %s RENAME TO %I', v_default, v_name);
     EXECUTE pg_catalog.format('CREATE TABLE %I.%I PARTITION OF %s DEFAULT USING evstream',
-                              v_nsp, v_rel OPERATOR(pg_catalog.||) '_default', $1);
+                              v_nsp, evstream._free_name(v_nsp, v_rel OPERATOR(pg_catalog.||) '_default'), $1);
     EXECUTE pg_catalog.format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
                               $1, v_nsp, v_name,
                               pg_catalog.to_char(v_lo AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS+00'),

@@ -652,6 +652,30 @@ SELECT count(*) AS visible FROM evstream.consumer_groups WHERE atk.peek(consumer
 :check
 SELECT evstream.drop_topic('ta.fwd', true);
 
+-- (f) in a schema both may create in, a tenant who takes another's future
+-- partition names does not stop its premake
+CREATE SCHEMA shared;
+GRANT CREATE, USAGE ON SCHEMA shared TO attacker, tenant_a;
+SET ROLE tenant_a;
+SELECT evstream.create_topic('shared.vs', partition_interval => '1 hour');
+RESET ROLE;
+:attack
+DO $$
+DECLARE
+    h timestamptz := pg_catalog.date_bin('1 hour', pg_catalog.now(), 'epoch');
+BEGIN
+    FOR i IN 5 .. 10 LOOP
+        EXECUTE pg_catalog.format('CREATE TABLE shared.%I (x int)',
+            'vs_p' || pg_catalog.to_char((h + i * interval '1 hour') AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MISS'));
+    END LOOP;
+END $$;
+:check
+SELECT pg_catalog.strpos(coalesce(evstream.run_maintenance(10), ''), 'topic vs:') AS vs_maintenance_error;
+SELECT count(*) >= 10 AS premade_despite_squatting
+  FROM evstream._partitions('shared.vs') WHERE NOT is_default AND hi > now();
+SELECT evstream.drop_topic('shared.vs');
+DROP SCHEMA shared CASCADE;
+
 ------------------------------------------------------------------ clean-up
 RESET ROLE;
 RESET search_path;
