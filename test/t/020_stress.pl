@@ -15,7 +15,9 @@
 #     GROUP BY over the topic at every instant during the load (checked in
 #     single statements) and at the end, before and after the worker merged
 #     the deltas;
-#   - the output topic's latest event per word carries the final count.
+#   - the output topic's latest event per word carries the final count, and
+#     per word the counts only grow in id order, while a second merger races
+#     the worker's merges.
 use strict;
 use warnings;
 use FindBin;
@@ -114,7 +116,10 @@ my $all_aggs_sql = 'SELECT ' . join(' + ',
 my $t0 = time;
 my @load = (
 	start_pgbench($node, script => $producer, clients => 4, time => $LOAD_SECS),
-	start_pgbench($node, script => $consumer, clients => 2, time => $LOAD_SECS));
+	start_pgbench($node, script => $consumer, clients => 2, time => $LOAD_SECS),
+	# merges racing the worker's: change events must still follow commit order
+	start_pgbench($node, script => "SELECT evstream._merge_deltas();\n", clients => 1,
+		time => $LOAD_SECS, rate => 20));
 
 # the test process produces with COPY and checks the aggregates meanwhile
 my $copier = $node->background_psql('postgres', timeout => 180);
@@ -141,7 +146,7 @@ cmp_ok($checks, '>', 0, "checked the aggregates during the load ($copies COPY tr
 is($bad_checks, 0, 'every aggregate equalled GROUP BY at every check during the load');
 
 my @rc = map { (finish_pgbench($_))[0] } @load;
-is_deeply(\@rc, [ 0, 0 ], 'every producer and consumer transaction succeeded')
+is_deeply(\@rc, [ 0, 0, 0 ], 'every producer, consumer and merger transaction succeeded')
   or diag(join("\n", map { ${ $_->{err} } } @load));
 note 'producers: ' . ${ $load[0]{out} } =~ s/\n/ /gr;
 
@@ -202,6 +207,15 @@ is( $node->safe_psql(
 			'SELECT group_key, count FROM by_word')),
 	'0',
 	'output topic: the latest event of every group carries its final count');
+is( $node->safe_psql(
+		'postgres', q{
+SELECT count(*) FROM (
+    SELECT (payload->>'count')::bigint AS n,
+           lag((payload->>'count')::bigint) OVER (PARTITION BY key ORDER BY id) AS before
+      FROM word_counts) x
+ WHERE n <= before}),
+	'0',
+	'output topic: per group, counts only grow in id order (never back, never repeated), with merges racing the worker');
 
 note sprintf('runtime %.1f s', time - $t0);
 $node->stop;
