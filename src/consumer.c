@@ -445,121 +445,16 @@ evs_drop_poison(EvsRead *r, EvsShardState *st, int64 stable)
 	return moved;
 }
 
-/* consume's delivery from a claimed shard; false when it has no events */
-static bool
-evs_consume_from(EvsRead *r, EvsShardState *st, int64 stable, bool *moved)
-{
-	int64		first,
-				last;
-
-	*moved = evs_drop_poison(r, st, stable);
-	if (evs_read_shard(r, st, stable, &first, &last) == 0)
-		return false;
-	EvsCountAttempt(r->g.id, st->shard, st->position, first);
-	if (st->member != NULL)
-	{
-		/* fence the member whose expired lease this was */
-		EvsSetLease(&r->g, st->shard, NULL, 0);
-		st->member = NULL;
-	}
-	EvsSetShardPosition(&r->g, st, last);
-	*moved = true;
-	return true;
-}
-
 /*
- * Shards to try: not held by this transaction already (tried first), not
- * under another member's live lease, with a position behind stable.
- */
-static int
-evs_candidates(EvsRead *r, EvsShardState *st, int64 stable, TimestampTz now, int skip, int *cands)
-{
-	int			n = 0;
-
-	for (int s = 0; s < r->g.shards; s++)
-	{
-		if (s == skip || EvsHoldsShard(&r->g, s) ||
-			EvsLeasedByOther(&st[s], r->member, now) || st[s].position >= stable)
-			continue;
-		cands[n++] = s;
-	}
-	return n;
-}
-
-/* One look of consume: true when it returned events */
-static bool
-evs_look_consume(void *arg)
-{
-	EvsRead    *r = arg;
-	int64		stable = EvsStableId(r->topic);
-	int			nshards;
-	EvsShardState *st;
-	int		   *cands;
-	int		   *order;
-	int			ncands;
-	int			n;
-	TimestampTz now;
-	bool		moved;
-
-	if (!r->have_group)
-	{
-		if (!EvsGroupOpen(r->topic, r->group, true, true, &r->g))
-			return false;		/* being created by another open transaction */
-		r->have_group = true;
-	}
-	nshards = r->g.shards;
-	st = palloc0(sizeof(EvsShardState) * nshards);
-	cands = palloc(sizeof(int) * nshards);
-	order = palloc(sizeof(int) * nshards);
-
-	/* a shard this transaction holds, while it has events */
-	for (int s = 0; s < nshards; s++)
-	{
-		if (!EvsHoldsShard(&r->g, s))
-			continue;
-		EvsShardStates(&r->g, s, s, &st[s]);
-		if (evs_consume_from(r, &st[s], stable, &moved))
-			return true;
-	}
-
-	now = GetCurrentTimestamp();
-	if (nshards == 1)
-	{
-		ncands = EvsHoldsShard(&r->g, 0) ? 0 : 1;
-		cands[0] = 0;
-		n = ncands;
-		order[0] = 0;
-	}
-	else
-	{
-		EvsShardStates(&r->g, 0, nshards - 1, st);
-		ncands = evs_candidates(r, st, stable, now, -1, cands);
-		n = evs_order_shards(r, st, cands, ncands, stable, order);
-	}
-	for (int i = 0; i < n; i++)
-	{
-		int			s = order[i];
-
-		if (!EvsTryLockShard(&r->g, s))
-			continue;
-		/* the state as of now that we hold it */
-		EvsShardStates(&r->g, s, s, &st[s]);
-		if (!EvsLeasedByOther(&st[s], NULL, now) &&
-			evs_consume_from(r, &st[s], stable, &moved))
-			return true;
-		if (!moved)
-			EvsUnlockShard(&r->g, s);
-	}
-	return false;
-}
-
-/*
- * A member poll's delivery from a shard it holds the lock of: events after
- * the position, not moving it.  A new claim counts an attempt and takes
- * the lease; a poll within the live lease extends it.
+ * Deliver from a shard this transaction holds the lock of (false when it
+ * has no events).  consume: the events after the position, moving it (and
+ * fencing the member whose expired lease this was).  member poll: the
+ * events after the position, not moving it; the member takes the lease
+ * (renew: it held it already, which is no new attempt).  *wrote: the
+ * shard's rows were changed, so its lock must be kept.
  */
 static bool
-evs_member_from(EvsRead *r, EvsShardState *st, int64 stable, bool renew, bool *wrote)
+evs_deliver(EvsRead *r, EvsShardState *st, int64 stable, bool renew, bool *wrote)
 {
 	int64		first,
 				last;
@@ -569,9 +464,104 @@ evs_member_from(EvsRead *r, EvsShardState *st, int64 stable, bool renew, bool *w
 		return false;
 	if (!renew)
 		EvsCountAttempt(r->g.id, st->shard, st->position, first);
-	EvsSetLease(&r->g, st->shard, r->member, GetCurrentTimestamp() + r->lease_us);
+	if (r->member != NULL)
+		EvsSetLease(&r->g, st->shard, r->member, GetCurrentTimestamp() + r->lease_us);
+	else
+	{
+		if (st->member != NULL)
+		{
+			EvsSetLease(&r->g, st->shard, NULL, 0);
+			st->member = NULL;
+		}
+		EvsSetShardPosition(&r->g, st, last);
+	}
 	*wrote = true;
 	return true;
+}
+
+/*
+ * Claim a free shard and deliver from it: among the shards not held by
+ * this transaction already (tried first), not under another member's live
+ * lease, with a position behind stable (except `skip`), the one whose next
+ * event is the oldest that can be locked without waiting and still has
+ * events once its state is read again under the lock.  `st` holds every
+ * shard's state as read before.
+ */
+static bool
+evs_claim(EvsRead *r, EvsShardState *st, int64 stable, int skip)
+{
+	int			nshards = r->g.shards;
+	int		   *cands = palloc(sizeof(int) * nshards);
+	int		   *order = palloc(sizeof(int) * nshards);
+	TimestampTz now = GetCurrentTimestamp();
+	int			ncands = 0;
+	int			n;
+	bool		wrote;
+
+	for (int s = 0; s < nshards; s++)
+	{
+		if (s == skip || EvsHoldsShard(&r->g, s) ||
+			EvsLeasedByOther(&st[s], r->member, now) || st[s].position >= stable)
+			continue;
+		cands[ncands++] = s;
+	}
+	n = evs_order_shards(r, st, cands, ncands, stable, order);
+	for (int i = 0; i < n; i++)
+	{
+		int			s = order[i];
+
+		if (!EvsTryLockShard(&r->g, s))
+			continue;
+		/* the state as of now that we hold it */
+		EvsShardStates(&r->g, s, s, &st[s]);
+		if (!EvsLeasedByOther(&st[s], r->member, now) &&
+			evs_deliver(r, &st[s], stable, false, &wrote))
+			return true;
+		if (!wrote)
+			EvsUnlockShard(&r->g, s);
+	}
+	return false;
+}
+
+/* The group of a look, opened to claim (false: another transaction is creating it) */
+static bool
+evs_look_group(EvsRead *r)
+{
+	if (!r->have_group)
+	{
+		if (!EvsGroupOpen(r->topic, r->group, true, true, &r->g))
+			return false;
+		r->have_group = true;
+	}
+	return true;
+}
+
+/* One look of consume: true when it returned events */
+static bool
+evs_look_consume(void *arg)
+{
+	EvsRead    *r = arg;
+	int64		stable = EvsStableId(r->topic);
+	EvsShardState *st;
+	bool		wrote;
+
+	if (!evs_look_group(r))
+		return false;
+	st = palloc0(sizeof(EvsShardState) * r->g.shards);
+
+	/* a shard this transaction holds, while it has events */
+	for (int s = 0; s < r->g.shards; s++)
+	{
+		if (!EvsHoldsShard(&r->g, s))
+			continue;
+		EvsShardStates(&r->g, s, s, &st[s]);
+		if (evs_deliver(r, &st[s], stable, false, &wrote))
+			return true;
+	}
+	/* one shard: its state is read under the lock anyway */
+	if (r->g.shards > 1)
+		EvsShardStates(&r->g, 0, r->g.shards - 1, st);
+	return evs_claim(r, st, stable, -1);
 }
 
 /* One look of a member poll */
@@ -580,62 +570,36 @@ evs_look_member(void *arg)
 {
 	EvsRead    *r = arg;
 	int64		stable = EvsStableId(r->topic);
-	int			nshards;
 	EvsShardState *st;
-	int		   *cands;
-	int		   *order;
-	int			ncands;
-	int			n;
 	int			cur = -1;
-	TimestampTz now;
+	TimestampTz now = GetCurrentTimestamp();
 	bool		wrote;
 
-	if (!r->have_group)
-	{
-		if (!EvsGroupOpen(r->topic, r->group, true, true, &r->g))
-			return false;
-		r->have_group = true;
-	}
-	nshards = r->g.shards;
-	st = palloc0(sizeof(EvsShardState) * nshards);
-	cands = palloc(sizeof(int) * nshards);
-	order = palloc(sizeof(int) * nshards);
-	EvsShardStates(&r->g, 0, nshards - 1, st);
-	now = GetCurrentTimestamp();
+	if (!evs_look_group(r))
+		return false;
+	st = palloc0(sizeof(EvsShardState) * r->g.shards);
+	EvsShardStates(&r->g, 0, r->g.shards - 1, st);
 
 	/* the member's current shard, while it has events */
-	for (int s = 0; s < nshards; s++)
+	for (int s = 0; s < r->g.shards; s++)
 		if (st[s].member && strcmp(st[s].member, r->member) == 0 &&
 			st[s].has_expiry && st[s].expires > now)
 			cur = s;
 	if (cur >= 0 && EvsTryLockShard(&r->g, cur))
 	{
+		bool		mine;
+
 		EvsShardStates(&r->g, cur, cur, &st[cur]);
-		if (st[cur].member && strcmp(st[cur].member, r->member) == 0 &&
-			st[cur].has_expiry && st[cur].expires > now)
-		{
-			if (evs_member_from(r, &st[cur], stable, true, &wrote))
-				return true;
-			EvsEndLease(&r->g, cur);	/* no events left: claim afresh */
-		}
-	}
-
-	ncands = evs_candidates(r, st, stable, now, cur, cands);
-	n = evs_order_shards(r, st, cands, ncands, stable, order);
-	for (int i = 0; i < n; i++)
-	{
-		int			s = order[i];
-
-		if (!EvsTryLockShard(&r->g, s))
-			continue;
-		EvsShardStates(&r->g, s, s, &st[s]);
-		if (!EvsLeasedByOther(&st[s], r->member, now) &&
-			evs_member_from(r, &st[s], stable, false, &wrote))
+		mine = st[cur].member && strcmp(st[cur].member, r->member) == 0 &&
+			st[cur].has_expiry && st[cur].expires > now;
+		if (mine && evs_deliver(r, &st[cur], stable, true, &wrote))
 			return true;
-		if (!wrote)
-			EvsUnlockShard(&r->g, s);
+		if (mine)
+			EvsEndLease(&r->g, cur);	/* no events left: claim afresh */
+		else
+			EvsUnlockShard(&r->g, cur);
 	}
-	return false;
+	return evs_claim(r, st, stable, cur);
 }
 
 /* One look of a poll without member: every shard, claiming nothing */
