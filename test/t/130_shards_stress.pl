@@ -43,6 +43,23 @@ my $node = evs_node('shards', "evstream.maintenance_interval = '1s'");
 my $LOAD_SECS = 15;
 my $SHARDS = 8;
 
+# is() on two id multisets being equal; on failure, the ids in one and not
+# the other (with multiplicities) and $detail about them
+sub ids_equal
+{
+	my ($a, $b, $name, $detail) = @_;
+	my $ok = is($node->safe_psql('postgres', sets_equal_sql($a, $b)), '0', $name);
+	return $ok if $ok;
+	for my $d ([ $a, $b, 'only in the first' ], [ $b, $a, 'only in the second' ])
+	{
+		my $rows = $node->safe_psql('postgres', qq{
+SELECT x.id, x.n, ($detail) FROM (SELECT id, count(*) AS n FROM (($d->[0]) EXCEPT ALL ($d->[1])) e(id) GROUP BY id) x
+ ORDER BY 1 LIMIT 20});
+		diag("$d->[2] (id, times, detail):\n$rows");
+	}
+	return $ok;
+}
+
 $node->safe_psql('postgres', qq{
 CREATE EXTENSION evstream;
 SELECT evstream.create_topic('ev', partition_interval => '5 seconds', shards => $SHARDS);
@@ -311,8 +328,8 @@ is($node->safe_psql('postgres', q{SELECT shards FROM evstream.topics WHERE topic
 # --- g: exactly once, per key in order
 is($node->safe_psql('postgres', 'SELECT count(*) - count(DISTINCT id) FROM consumed'),
 	'0', 'g: no event consumed twice');
-is($node->safe_psql('postgres', sets_equal_sql('SELECT id FROM consumed', 'SELECT id FROM produced')),
-	'0', 'g: consumed ids = committed ids');
+ids_equal('SELECT id FROM consumed', 'SELECT id FROM produced', 'g: consumed ids = committed ids',
+	q{SELECT string_agg(format('seq %s pid %s', c.seq, c.pid), ', ') FROM consumed c WHERE c.id = x.id});
 is( $node->safe_psql('postgres', q{
 SELECT count(*) FROM (SELECT id, lag(id) OVER (PARTITION BY key ORDER BY seq) AS prev
                         FROM consumed WHERE key IS NOT NULL) x
@@ -344,17 +361,19 @@ cmp_ok($node->safe_psql('postgres', q{SELECT count(DISTINCT member) FROM member_
 # --- dlqg: dead letters accounted for
 is($node->safe_psql('postgres', 'SELECT count(*) - count(DISTINCT id) FROM dlq_consumed'),
 	'0', 'dlqg: no event consumed twice');
-is( $node->safe_psql('postgres',
-		sets_equal_sql('SELECT id FROM dlq_consumed', q{SELECT id FROM produced WHERE key IS NULL OR key NOT LIKE 'poison%'})),
-	'0', 'dlqg: consumed ids = committed non-poison ids');
+ids_equal('SELECT id FROM dlq_consumed', q{SELECT id FROM produced WHERE key IS NULL OR key NOT LIKE 'poison%'},
+	'dlqg: consumed ids = committed non-poison ids',
+	q{SELECT format('key %s shard %s', e.key, evstream.shard_of('ev', e.key)) FROM ev e WHERE e.id = x.id});
 is( $node->safe_psql('postgres', q{
 SELECT count(*) FROM (SELECT id, lag(id) OVER (PARTITION BY key ORDER BY seq) AS prev
                         FROM dlq_consumed WHERE key IS NOT NULL) x
  WHERE id < prev}),
 	'0', 'dlqg: per key, events were consumed in id order');
-is( $node->safe_psql('postgres',
-		sets_equal_sql(q{SELECT (payload->>'id')::bigint FROM dlq}, q{SELECT id FROM produced WHERE key LIKE 'poison%'})),
-	'0', 'dlqg: the dead-letter topic holds every committed poison event exactly once');
+ids_equal(q{SELECT (payload->>'id')::bigint FROM dlq}, q{SELECT id FROM produced WHERE key LIKE 'poison%'},
+	'dlqg: the dead-letter topic holds every committed poison event exactly once',
+	q{SELECT format('key %s shard %s, dead letters: %s', e.key, evstream.shard_of('ev', e.key),
+	                (SELECT string_agg(d.id || ' ' || d.payload::text, '; ') FROM dlq d WHERE (d.payload->>'id')::bigint = x.id))
+	    FROM ev e WHERE e.id = x.id});
 is( $node->safe_psql('postgres', q{
 SELECT count(*) FROM dlq d LEFT JOIN ev o ON o.id = (d.payload->>'id')::bigint
  WHERE o.id IS NULL OR d.key IS DISTINCT FROM o.key OR d.payload->'payload' IS DISTINCT FROM o.payload
