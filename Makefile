@@ -38,6 +38,9 @@ endif
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# every object is rebuilt when the shared headers change
+$(OBJS): src/evstream.h src/compat.h
+
 sql/evstream--$(EXTVERSION).sql: sql/evstream.sql
 	cp $< $@
 

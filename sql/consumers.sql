@@ -29,7 +29,7 @@ SELECT evstream.commit('orders', 'g1', 1);
 SELECT evstream.commit('orders', 'g1', 0);
 SELECT evstream.commit('orders', 'g1', 3);
 SELECT id FROM evstream.poll('orders', 'g1', 2);
-SELECT consumer_group, committed_id FROM evstream._group WHERE topic = 'orders'::regclass ORDER BY 1;
+SELECT consumer_group, committed_id FROM evstream.consumer_groups WHERE topic = 'orders'::regclass ORDER BY 1;
 -- commit up to the stable id, not beyond
 SELECT evstream.commit('orders', 'g1', 10);
 SELECT id FROM evstream.poll('orders', 'g1');
@@ -44,7 +44,7 @@ SELECT evstream.commit('orders', 'g1', NULL);
 -- poll + commit in one call
 SELECT id, key FROM evstream.consume('orders', 'g2', 4);
 SELECT id, key FROM evstream.consume('orders', 'g2', 4);
-SELECT consumer_group, committed_id FROM evstream._group WHERE topic = 'orders'::regclass ORDER BY 1;
+SELECT consumer_group, committed_id FROM evstream.consumer_groups WHERE topic = 'orders'::regclass ORDER BY 1;
 -- in the caller's transaction: rolled back, the position stays
 BEGIN;
 SELECT id FROM evstream.consume('orders', 'g2', 1);
@@ -61,10 +61,10 @@ COMMIT;
 INSERT INTO processed SELECT id FROM evstream.consume('orders', 'g3', 5);
 INSERT INTO processed SELECT id FROM evstream.consume('orders', 'g3', 5);
 SELECT array_agg(id ORDER BY id) FROM processed;
-SELECT committed_id FROM evstream._group WHERE topic = 'orders'::regclass AND consumer_group = 'g3';
+SELECT committed_id FROM evstream.consumer_groups WHERE topic = 'orders'::regclass AND consumer_group = 'g3';
 -- nothing left: an empty result, the position stays
 SELECT * FROM evstream.consume('orders', 'g3');
-SELECT committed_id FROM evstream._group WHERE topic = 'orders'::regclass AND consumer_group = 'g3';
+SELECT committed_id FROM evstream.consumer_groups WHERE topic = 'orders'::regclass AND consumer_group = 'g3';
 -- several consume calls in one transaction go on from each other
 BEGIN;
 SELECT id FROM evstream.consume('orders', 'g4', 2);
@@ -123,7 +123,7 @@ SELECT id FROM evstream.poll('orders', 'g4', 3);
 -- seek moves anywhere, also backwards over commits
 SELECT evstream.commit('orders', 'g4', 12);
 SELECT evstream.seek('orders', 'g4', 5);
-SELECT committed_id FROM evstream._group WHERE topic = 'orders'::regclass AND consumer_group = 'g4';
+SELECT committed_id FROM evstream.consumer_groups WHERE topic = 'orders'::regclass AND consumer_group = 'g4';
 SELECT id FROM evstream.consume('orders', 'g4', 2);
 -- to the end: stable_id + 1
 SELECT evstream.seek('orders', 'g4', evstream.stable_id('orders') + 1);
@@ -160,7 +160,7 @@ SELECT evstream.seek('timed', 'tg', NULL::timestamptz);
 ------------------------------------------------------------------ groups are per topic
 SELECT id FROM evstream.consume('refunds', 'g1');
 SELECT id FROM evstream.consume('timed', 'g1', 1);
-SELECT topic, consumer_group, committed_id FROM evstream._group ORDER BY topic::text, consumer_group;
+SELECT topic, consumer_group, committed_id FROM evstream.consumer_groups ORDER BY topic::text, consumer_group;
 
 ------------------------------------------------------------------ after a truncate
 -- a group whose unconsumed events are gone goes on from the oldest one left
@@ -210,7 +210,7 @@ SELECT evstream.stable_id('orders_default');
 -- group names are data, never SQL
 SELECT id FROM evstream.consume('orders', 'g''); DROP TABLE processed; --', 1);
 SELECT id FROM evstream.consume('orders', E'tab\tand\nnewline', 1);
-SELECT consumer_group, committed_id FROM evstream._group
+SELECT consumer_group, committed_id FROM evstream.consumer_groups
  WHERE topic = 'orders'::regclass AND consumer_group NOT LIKE 'g_' AND consumer_group NOT LIKE 'ggg%' ORDER BY 1;
 SELECT count(*) FROM processed;
 
@@ -252,9 +252,11 @@ SELECT evstream._next_id('orders');
 \echo :LAST_ERROR_SQLSTATE
 ROLLBACK;
 -- the catalog cannot be written around the functions
-INSERT INTO evstream._group (topic, consumer_group, committed_id) VALUES ('orders', 'forged', 0);
+INSERT INTO evstream._group (topic, consumer_group, owner) VALUES ('orders', 'forged', 'regress_evs_stranger');
 \echo :LAST_ERROR_SQLSTATE
-UPDATE evstream._group SET committed_id = 0;
+UPDATE evstream._group SET dead_lettered = 0;
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO evstream._position VALUES (1, 0, 100, 0);
 \echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 -- SELECT on the topic is what a consumer needs
@@ -271,7 +273,7 @@ SELECT evstream.stable_id('orders');
 INSERT INTO orders (key) VALUES ('reader');
 \echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
-SELECT consumer_group, committed_id FROM evstream._group
+SELECT consumer_group, committed_id FROM evstream.consumer_groups
  WHERE topic = 'orders'::regclass AND consumer_group IN ('reader', 'forged') ORDER BY 1;
 REVOKE SELECT ON orders FROM regress_evs_reader;
 DROP ROLE regress_evs_reader, regress_evs_stranger;

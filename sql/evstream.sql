@@ -31,16 +31,49 @@ CREATE TABLE evstream._topic (
     partition_interval interval NOT NULL,
     retention          interval,
     notify             boolean NOT NULL,
-    created            timestamptz NOT NULL DEFAULT pg_catalog.now()
+    created            timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    shards             integer NOT NULL DEFAULT 1     -- (0.2) key shards, fixed
+        CHECK (shards OPERATOR(pg_catalog.>=) 1 AND shards OPERATOR(pg_catalog.<=) 256)
 );
 
+-- A consumer group.  Its positions (one per shard) are in _position, its
+-- members' leases in _lease; both are keyed by the group's id and hold no
+-- foreign key (a key check would row-lock the group row on every consume).
+CREATE SEQUENCE evstream._group_id_seq;
 CREATE TABLE evstream._group (
     topic          regclass NOT NULL REFERENCES evstream._topic ON DELETE CASCADE,
     consumer_group text NOT NULL,
-    committed_id   bigint NOT NULL,
-    updated_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    created        timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (topic, consumer_group),
-    owner          regrole NOT NULL                   -- (0.2) who may move it
+    owner          regrole NOT NULL,                  -- (0.2) who may move it
+    id             integer NOT NULL UNIQUE DEFAULT pg_catalog.nextval('evstream._group_id_seq'),
+    max_attempts   integer,                           -- NULL: retry forever
+    dead_letter_topic regclass REFERENCES evstream._topic ON DELETE SET NULL,
+    dead_lettered  bigint NOT NULL DEFAULT 0
+);
+
+-- Group positions, insert-only: a move adds the shard's next version and
+-- the worker deletes superseded versions.  Readers take the highest
+-- visible version (one backward index probe), so a transaction horizon
+-- held open for hours does not slow consumers down the way the dead
+-- versions of an updated row would.
+CREATE TABLE evstream._position (
+    group_id     integer NOT NULL,
+    shard        integer NOT NULL,
+    version      bigint NOT NULL,
+    committed_id bigint NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (group_id, shard, version)
+);
+
+-- Member leases: the last member that claimed a shard, and until when its
+-- lease runs (NULL: ended by its commit or release).
+CREATE TABLE evstream._lease (
+    group_id     integer NOT NULL,
+    shard        integer NOT NULL,
+    member       text,
+    expires_at   timestamptz,
+    PRIMARY KEY (group_id, shard)
 );
 
 CREATE SEQUENCE evstream._aggregate_id_seq;
@@ -79,18 +112,28 @@ CREATE INDEX _delta_agg_key ON evstream._delta (agg, group_key, bucket_start);
 
 SELECT pg_catalog.pg_extension_config_dump('evstream._topic', '');
 SELECT pg_catalog.pg_extension_config_dump('evstream._group', '');
+SELECT pg_catalog.pg_extension_config_dump('evstream._group_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('evstream._position', '');
+SELECT pg_catalog.pg_extension_config_dump('evstream._lease', '');
 SELECT pg_catalog.pg_extension_config_dump('evstream._aggregate', '');
 SELECT pg_catalog.pg_extension_config_dump('evstream._aggregate_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('evstream._count', '');
 SELECT pg_catalog.pg_extension_config_dump('evstream._delta', '');
 
 GRANT SELECT ON evstream._topic, evstream._group, evstream._aggregate,
-                evstream._count, evstream._delta TO PUBLIC;
+                evstream._count, evstream._delta, evstream._position,
+                evstream._lease TO PUBLIC;
 
 -- Group positions are readable only by roles that can read the topic.
 ALTER TABLE evstream._group ENABLE ROW LEVEL SECURITY;
 CREATE POLICY readable_groups ON evstream._group FOR SELECT USING
     (pg_catalog.has_table_privilege(topic, 'SELECT'));
+ALTER TABLE evstream._position ENABLE ROW LEVEL SECURITY;
+ALTER TABLE evstream._lease ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readable_positions ON evstream._position FOR SELECT USING
+    (group_id IN (SELECT g.id FROM evstream._group g));
+CREATE POLICY readable_leases ON evstream._lease FOR SELECT USING
+    (group_id IN (SELECT g.id FROM evstream._group g));
 
 -- Counts are readable only by roles that can read the aggregate's topic
 -- (an aggregate's view reads them with its owner's rights).
@@ -121,9 +164,19 @@ CREATE FUNCTION evstream._next_id(regclass) RETURNS bigint
 CREATE FUNCTION evstream.create_topic(topic text,
                                          partition_interval interval DEFAULT '1 day',
                                          retention interval DEFAULT NULL,
-                                         notify boolean DEFAULT true)
+                                         notify boolean DEFAULT true,
+                                         shards integer DEFAULT 1)
     RETURNS regclass LANGUAGE C CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'evstream_create_topic';
+
+-- The shard of an event: a hash of its key's bytes modulo the topic's
+-- shards, or for a NULL key its id modulo the shards.  The expression
+-- index of sharded topics is on (evstream._shard(key, id, shards), id).
+CREATE FUNCTION evstream._shard(key text, id bigint, shards integer) RETURNS integer
+    LANGUAGE C IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'evstream_shard';
+
+CREATE FUNCTION evstream.shard_of(topic regclass, key text) RETURNS integer
+    LANGUAGE C CALLED ON NULL INPUT STABLE AS 'MODULE_PATHNAME', 'evstream_shard_of';
 
 CREATE FUNCTION evstream.drop_topic(topic regclass, "cascade" boolean DEFAULT false)
     RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
@@ -137,17 +190,35 @@ CREATE FUNCTION evstream.set_retention(topic regclass, retention interval)
 CREATE FUNCTION evstream.stable_id(topic regclass) RETURNS bigint
     LANGUAGE C CALLED ON NULL INPUT VOLATILE AS 'MODULE_PATHNAME', 'evstream_stable_id';
 
-CREATE FUNCTION evstream.poll(topic regclass, consumer_group text, max_events int DEFAULT 100)
+CREATE FUNCTION evstream.poll(topic regclass, consumer_group text, max_events int DEFAULT 100,
+                              wait interval DEFAULT NULL, member text DEFAULT NULL,
+                              lease interval DEFAULT '30 seconds')
     RETURNS SETOF evstream.event LANGUAGE C CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'evstream_poll';
 
-CREATE FUNCTION evstream.consume(topic regclass, consumer_group text, max_events int DEFAULT 100)
+CREATE FUNCTION evstream.consume(topic regclass, consumer_group text, max_events int DEFAULT 100,
+                                 wait interval DEFAULT NULL)
     RETURNS SETOF evstream.event LANGUAGE C CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'evstream_consume';
 
-CREATE FUNCTION evstream.commit(topic regclass, consumer_group text, last_id bigint)
+CREATE FUNCTION evstream.commit(topic regclass, consumer_group text, last_id bigint,
+                                member text DEFAULT NULL)
     RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'evstream_commit';
+
+CREATE FUNCTION evstream.release(topic regclass, consumer_group text, member text)
+    RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
+    AS 'MODULE_PATHNAME', 'evstream_release';
+
+CREATE FUNCTION evstream.drop_group(topic regclass, consumer_group text)
+    RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
+    AS 'MODULE_PATHNAME', 'evstream_drop_group';
+
+CREATE FUNCTION evstream.set_group_options(topic regclass, consumer_group text,
+                                           max_attempts integer DEFAULT NULL,
+                                           dead_letter_topic text DEFAULT NULL)
+    RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
+    AS 'MODULE_PATHNAME', 'evstream_set_group_options';
 
 CREATE FUNCTION evstream.seek(topic regclass, consumer_group text, next_id bigint)
     RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
@@ -448,6 +519,10 @@ BEGIN
         DELETE FROM evstream._count WHERE agg IN
             (SELECT a.id FROM evstream._aggregate a WHERE a.topic::oid = o.objid);
         DELETE FROM evstream._aggregate a WHERE a.topic::oid = o.objid;
+        DELETE FROM evstream._position p WHERE p.group_id IN
+            (SELECT g.id FROM evstream._group g WHERE g.topic::oid = o.objid);
+        DELETE FROM evstream._lease l WHERE l.group_id IN
+            (SELECT g.id FROM evstream._group g WHERE g.topic::oid = o.objid);
         DELETE FROM evstream._topic t WHERE t.topic::oid = o.objid;
     END LOOP;
 END
@@ -463,6 +538,30 @@ CREATE FUNCTION evstream._edge(topic regclass, first boolean, OUT id bigint, OUT
 CREATE FUNCTION evstream._time_after(topic regclass, after_id bigint)
     RETURNS timestamptz LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'evstream_time_after';
 
+-- (0.2) Per shard: the pid of the transaction bounding the stable id,
+-- the committed events after a group's positions (exact up to 10000), and
+-- the attempts of a shard's next event (waits.c; not kept over restarts).
+CREATE FUNCTION evstream._held_by(topic regclass) RETURNS integer
+    LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'evstream_held_by';
+CREATE FUNCTION evstream._lag(topic regclass, positions bigint[], shard integer,
+        OUT events bigint, OUT oldest timestamptz)
+    RETURNS record LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'evstream_lag';
+CREATE FUNCTION evstream._attempts(group_id integer, shard integer, after_id bigint) RETURNS integer
+    LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'evstream_attempts';
+
+-- The latest position of every shard of a group (0: none yet)
+CREATE FUNCTION evstream._positions(group_id integer, shards integer,
+        OUT shard integer, OUT committed_id bigint, OUT updated_at timestamptz)
+    RETURNS SETOF record LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp AS $$
+    SELECT s.shard, COALESCE(p.committed_id, 0), p.updated_at
+      FROM pg_catalog.generate_series(0, $2 OPERATOR(pg_catalog.-) 1) s(shard)
+      LEFT JOIN LATERAL (SELECT x.committed_id, x.updated_at FROM evstream._position x
+                          WHERE x.group_id OPERATOR(pg_catalog.=) $1
+                            AND x.shard OPERATOR(pg_catalog.=) s.shard
+                          ORDER BY x.version DESC LIMIT 1) p ON true
+$$;
+
 CREATE VIEW evstream.topics WITH (security_barrier) AS
 SELECT t.topic,
        (SELECT pg_catalog.count(*) FROM evstream._partitions(t.topic))::integer AS partitions,
@@ -472,30 +571,46 @@ SELECT t.topic,
        (SELECT pg_catalog.sum(pg_catalog.pg_total_relation_size(i.inhrelid))::bigint
           FROM pg_catalog.pg_inherits i WHERE i.inhparent OPERATOR(pg_catalog.=) t.topic::pg_catalog.oid) AS bytes,
        f.first_id, l.last_id, evstream.stable_id(t.topic) AS stable_id,
-       f.oldest, l.newest, t.retention, t.partition_interval, t.notify
+       f.oldest, l.newest, t.retention, t.partition_interval, t.notify,
+       t.shards, evstream._held_by(t.topic) AS held_by
   FROM evstream._topic t
   JOIN pg_catalog.pg_class tc ON tc.oid OPERATOR(pg_catalog.=) t.topic::pg_catalog.oid
   LEFT JOIN LATERAL evstream._edge(t.topic, true) f(first_id, oldest) ON true
   LEFT JOIN LATERAL evstream._edge(t.topic, false) l(last_id, newest) ON true;
 
 -- The views are security barriers: a caller's cheap function in WHERE
--- cannot see rows before their privilege filters.
--- lag_events: ids between the position and the last stable event (an
--- estimate when aborted transactions left gaps in between; cheap: two
--- index probes, whatever the lag).  Groups of topics the viewer cannot
--- read are not shown.
+-- cannot see rows before their privilege filters.  Groups of topics the
+-- viewer cannot read are not shown.  committed_id of a sharded group is its
+-- lowest shard position; lag_events counts the committed events after the
+-- positions, also those not deliverable yet (exact below 10000).
 CREATE VIEW evstream.consumer_groups WITH (security_barrier) AS
-SELECT g.topic, g.consumer_group, g.committed_id,
-       GREATEST(LEAST(s.stable, COALESCE(l.id, 0))
-                OPERATOR(pg_catalog.-) GREATEST(g.committed_id, COALESCE(f.id, s.stable OPERATOR(pg_catalog.+) 1) OPERATOR(pg_catalog.-) 1), 0) AS lag_events,
-       COALESCE(EXTRACT(epoch FROM pg_catalog.now() OPERATOR(pg_catalog.-) evstream._time_after(g.topic, g.committed_id)), 0)::double precision AS lag_seconds,
-       g.updated_at,
-       g.owner
+SELECT g.topic, g.consumer_group, p.committed_id,
+       lag.events AS lag_events,
+       COALESCE(EXTRACT(epoch FROM pg_catalog.now() OPERATOR(pg_catalog.-) lag.oldest), 0)::double precision AS lag_seconds,
+       COALESCE(p.updated_at, g.created) AS updated_at,
+       g.owner, g.dead_lettered
   FROM evstream._group g
   JOIN pg_catalog.pg_class tc ON tc.oid OPERATOR(pg_catalog.=) g.topic::pg_catalog.oid
-  CROSS JOIN LATERAL (SELECT evstream.stable_id(g.topic) AS stable) s
-  LEFT JOIN LATERAL evstream._edge(g.topic, true) f ON true
-  LEFT JOIN LATERAL evstream._edge(g.topic, false) l ON true
+  JOIN evstream._topic t ON t.topic OPERATOR(pg_catalog.=) g.topic
+  CROSS JOIN LATERAL (SELECT pg_catalog.min(x.committed_id) AS committed_id,
+                             pg_catalog.max(x.updated_at) AS updated_at,
+                             pg_catalog.array_agg(x.committed_id ORDER BY x.shard) AS positions
+                        FROM evstream._positions(g.id, t.shards) x) p
+  CROSS JOIN LATERAL evstream._lag(g.topic, p.positions, NULL) lag
+ WHERE pg_catalog.has_table_privilege(g.topic, 'SELECT');
+
+CREATE VIEW evstream.group_shards WITH (security_barrier) AS
+SELECT g.topic, g.consumer_group, x.shard, x.committed_id,
+       lag.events AS lag_events,
+       CASE WHEN l.expires_at OPERATOR(pg_catalog.>) pg_catalog.now() THEN l.member END AS member,
+       CASE WHEN l.expires_at OPERATOR(pg_catalog.>) pg_catalog.now() THEN l.expires_at END AS lease_expires_at,
+       evstream._attempts(g.id, x.shard, x.committed_id) AS attempts
+  FROM evstream._group g
+  JOIN pg_catalog.pg_class tc ON tc.oid OPERATOR(pg_catalog.=) g.topic::pg_catalog.oid
+  JOIN evstream._topic t ON t.topic OPERATOR(pg_catalog.=) g.topic
+  CROSS JOIN LATERAL evstream._positions(g.id, t.shards) x
+  LEFT JOIN evstream._lease l ON l.group_id OPERATOR(pg_catalog.=) g.id AND l.shard OPERATOR(pg_catalog.=) x.shard
+  CROSS JOIN LATERAL evstream._lag(g.topic, ARRAY[x.committed_id], x.shard) lag
  WHERE pg_catalog.has_table_privilege(g.topic, 'SELECT');
 
 CREATE VIEW evstream.aggregates WITH (security_barrier) AS
@@ -513,5 +628,5 @@ SELECT a.aggregate AS name, a.topic, a.group_by, a.bucket, a.output_topic,
 CREATE VIEW evstream.workers AS
 SELECT * FROM evstream._workers();
 
-GRANT SELECT ON evstream.topics, evstream.consumer_groups, evstream.aggregates,
-                evstream.workers TO PUBLIC;
+GRANT SELECT ON evstream.topics, evstream.consumer_groups, evstream.group_shards,
+                evstream.aggregates, evstream.workers TO PUBLIC;

@@ -41,7 +41,8 @@ SELECT topic, consumer_group, committed_id, lag_events,
 SELECT abs(g.lag_seconds - extract(epoch FROM now() - o.created_at)) < 0.001 AS age_of_oldest_unconsumed
   FROM evstream.consumer_groups g, v_orders o
  WHERE g.topic = 'v_orders'::regclass AND g.consumer_group = 'behind' AND o.id = 3;
--- events of open transactions are no lag yet
+-- (0.2) lag_events counts the events after the position that the viewer
+-- sees, also those not stable yet (here: its own transaction's)
 BEGIN;
 INSERT INTO v_orders (key) VALUES ('open');
 SELECT consumer_group, lag_events FROM evstream.consumer_groups

@@ -165,8 +165,9 @@ evs_cache_reset(void)
 
 		hash_seq_init(&seq, topic_cache);
 		while ((t = hash_seq_search(&seq)) != NULL)
-			if (t->read_plan.plan != NULL)
-				zombie_plans = lappend(zombie_plans, t->read_plan.plan);
+			for (int k = 0; k < EVS_NUM_TOPIC_PLANS; k++)
+				if (t->plans[k].plan != NULL)
+					zombie_plans = lappend(zombie_plans, t->plans[k].plan);
 		zombie_cxts = lappend(zombie_cxts, topic_cache_cxt);
 		MemoryContextSwitchTo(old);
 		if (cache_pins == 0)
@@ -186,33 +187,93 @@ evs_cache_reset(void)
 }
 
 /*
- * The prepared statement reading a topic's events after a position (one
- * generic plan per topic, re-made if the topic was renamed).  Call inside
- * SPI_connect.
+ * The prepared statements consumer.c runs on a topic's events (one generic
+ * plan per topic and kind, all re-made if the topic was renamed).  Every
+ * one reads stable events only ($stable) in id order.  On a sharded topic
+ * a shard's events are read through the expression index on
+ * (evstream._shard(key, id, shards), id): a range scan of that shard only.
+ * Call inside SPI_connect.
  */
 SPIPlanPtr
-EvsTopicReadPlan(EvsTopic *t)
+EvsTopicPlan(EvsTopic *t, EvsTopicPlanKind kind)
 {
 	char	   *qname = EvsQualifiedName(t->topic);
+	EvsPlan    *p = &t->plans[kind];
+	char	   *shard;
+	char	   *sql = NULL;
 
-	if (t->read_name == NULL || strcmp(t->read_name, qname) != 0)
+	if (t->plan_name == NULL || strcmp(t->plan_name, qname) != 0)
 	{
-		if (t->read_plan.plan != NULL)
-			SPI_freeplan(t->read_plan.plan);
-		memset(&t->read_plan, 0, sizeof(t->read_plan));
-		t->read_name = MemoryContextStrdup(topic_cache_cxt, qname);
-		t->read_plan.sql = MemoryContextStrdup(topic_cache_cxt,
-											   psprintf("SELECT e.id, e.key, e.payload, e.created_at FROM %s e "
-														"WHERE e.id OPERATOR(pg_catalog.>) $1 AND e.id OPERATOR(pg_catalog.<=) $2 "
-														"ORDER BY e.id LIMIT $3",
-														qname));
-		t->read_plan.nargs = 3;
-		t->read_plan.types[0] = INT8OID;
-		t->read_plan.types[1] = INT8OID;
-		t->read_plan.types[2] = INT4OID;
-		t->read_plan.cursor_options = CURSOR_OPT_GENERIC_PLAN;
+		for (int k = 0; k < EVS_NUM_TOPIC_PLANS; k++)
+		{
+			if (t->plans[k].plan != NULL)
+				SPI_freeplan(t->plans[k].plan);
+			memset(&t->plans[k], 0, sizeof(EvsPlan));
+		}
+		t->plan_name = MemoryContextStrdup(topic_cache_cxt, qname);
 	}
-	return EvsPrepare(&t->read_plan);
+	if (p->sql != NULL)
+		return EvsPrepare(p);
+
+	shard = psprintf("evstream._shard(e.key, e.id, %d)", t->shards);
+	switch (kind)
+	{
+		case EVS_PLAN_READ:
+			/* $1 position, $2 stable, $3 max: every shard (1-shard topics) */
+			sql = psprintf("SELECT e.id, e.key, e.payload, e.created_at FROM %s e "
+						   "WHERE e.id OPERATOR(pg_catalog.>) $1 AND e.id OPERATOR(pg_catalog.<=) $2 "
+						   "ORDER BY e.id LIMIT $3", qname);
+			p->nargs = 3;
+			p->types[0] = INT8OID;
+			p->types[1] = INT8OID;
+			p->types[2] = INT4OID;
+			break;
+		case EVS_PLAN_READ_SHARD:
+			/* $1 position, $2 stable, $3 max, $4 shard */
+			sql = psprintf("SELECT e.id, e.key, e.payload, e.created_at FROM %s e "
+						   "WHERE %s OPERATOR(pg_catalog.=) $4 "
+						   "AND e.id OPERATOR(pg_catalog.>) $1 AND e.id OPERATOR(pg_catalog.<=) $2 "
+						   "ORDER BY e.id LIMIT $3", qname, shard);
+			p->nargs = 4;
+			p->types[0] = INT8OID;
+			p->types[1] = INT8OID;
+			p->types[2] = INT4OID;
+			p->types[3] = INT4OID;
+			break;
+		case EVS_PLAN_READ_ALL:
+			/* $1 lowest position, $2 stable, $3 max, $4 positions by shard */
+			sql = psprintf("SELECT e.id, e.key, e.payload, e.created_at FROM %s e "
+						   "WHERE e.id OPERATOR(pg_catalog.>) $1 AND e.id OPERATOR(pg_catalog.<=) $2 "
+						   "AND e.id OPERATOR(pg_catalog.>) ($4)[(%s) OPERATOR(pg_catalog.+) 1] "
+						   "ORDER BY e.id LIMIT $3", qname, shard);
+			p->nargs = 4;
+			p->types[0] = INT8OID;
+			p->types[1] = INT8OID;
+			p->types[2] = INT4OID;
+			p->types[3] = INT8ARRAYOID;
+			break;
+		case EVS_PLAN_NEXT:
+			/* $1 shards, $2 their positions, $3 stable: each one's next id */
+			sql = psprintf("SELECT u.s, (SELECT e.id FROM %s e WHERE %s OPERATOR(pg_catalog.=) u.s "
+						   "AND e.id OPERATOR(pg_catalog.>) u.p AND e.id OPERATOR(pg_catalog.<=) $3 "
+						   "ORDER BY e.id LIMIT 1) FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) u(s, p)",
+						   qname, shard);
+			p->nargs = 3;
+			p->types[0] = INT4ARRAYOID;
+			p->types[1] = INT8ARRAYOID;
+			p->types[2] = INT8OID;
+			break;
+		case EVS_PLAN_EVENT:
+			/* $1 id: one event and its shard */
+			sql = psprintf("SELECT e.key, e.payload, e.created_at, %s FROM %s e "
+						   "WHERE e.id OPERATOR(pg_catalog.=) $1", shard, qname);
+			p->nargs = 1;
+			p->types[0] = INT8OID;
+			break;
+	}
+	p->sql = MemoryContextStrdup(topic_cache_cxt, sql);
+	p->cursor_options = CURSOR_OPT_GENERIC_PLAN;
+	return EvsPrepare(p);
 }
 
 /* Keep copies of a topic's column defaults (guards.c) in the cache */
@@ -228,7 +289,7 @@ EvsTopicSetDefaults(EvsTopic *t, Node *id_default, Node *created_default)
 
 /* The _topic row of a relation: is it a topic, and does it notify? */
 static bool
-evs_topic_row(Oid topic, bool *notify)
+evs_topic_row(Oid topic, bool *notify, int *shards)
 {
 	Relation	rel = table_open(EvsCatalogRelid(EVS_REL_TOPIC), AccessShareLock);
 	ScanKeyData key;
@@ -246,6 +307,9 @@ evs_topic_row(Oid topic, bool *notify)
 		Datum		d = heap_getattr(tup, 4, RelationGetDescr(rel), &isnull);
 
 		*notify = !isnull && DatumGetBool(d);
+		/* column 6: shards (0.2; a 0.1 row has none) */
+		d = heap_getattr(tup, 6, RelationGetDescr(rel), &isnull);
+		*shards = isnull ? 1 : DatumGetInt32(d);
 		found = true;
 	}
 	systable_endscan(scan);
@@ -259,6 +323,7 @@ evs_load_topic(EvsTopic *t, Oid relid)
 {
 	Oid			topic = relid;
 	bool		notify = false;
+	int			shards = 1;
 	char		relkind;
 
 	t->topic = InvalidOid;
@@ -267,8 +332,9 @@ evs_load_topic(EvsTopic *t, Oid relid)
 	t->notify = false;
 	t->aggs_loaded = false;
 	t->aggregates = NIL;
-	memset(&t->read_plan, 0, sizeof(t->read_plan));
-	t->read_name = NULL;
+	memset(t->plans, 0, sizeof(t->plans));
+	t->plan_name = NULL;
+	t->shards = 1;
 	t->id_default = NULL;
 	t->created_default = NULL;
 
@@ -281,9 +347,10 @@ evs_load_topic(EvsTopic *t, Oid relid)
 		topic = get_partition_parent(relid, true);
 	if (get_rel_relkind(topic) != RELKIND_PARTITIONED_TABLE)
 		return;
-	if (!evs_topic_row(topic, &notify))
+	if (!evs_topic_row(topic, &notify, &shards))
 		return;
 	t->topic = topic;
+	t->shards = shards;
 	t->notify = notify;
 	t->owner = EvsRelOwner(topic);
 	{

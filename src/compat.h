@@ -69,6 +69,13 @@ typedef TU_UpdateIndexes evs_update_indexes_t;
 typedef bool evs_update_indexes_t;
 #endif
 
+/* LockHeldByMe gained an "or stronger" argument in 17 */
+#if PG_VERSION_NUM >= 170000
+#define EVS_LOCK_HELD_BY_ME(tag, mode) LockHeldByMe((tag), (mode), false)
+#else
+#define EVS_LOCK_HELD_BY_ME(tag, mode) LockHeldByMe((tag), (mode))
+#endif
+
 /* "does not return": an attribute after the declarator until 17, pg_noreturn before it in 18 */
 #if PG_VERSION_NUM >= 180000
 #define EVS_NORETURN_BEFORE pg_noreturn

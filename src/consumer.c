@@ -1,33 +1,51 @@
 /*-------------------------------------------------------------------------
  *
  * consumer.c
- *	  Consumer groups: evstream.poll, consume, commit, seek (by id and by
- *	  time).  A group's position (evstream._group.committed_id) is the id of
- *	  the last event it consumed; 0 for a group that has none yet, so it
- *	  starts before the oldest retained event.
+ *	  Consumer groups, the SQL entry points: evstream.poll, consume,
+ *	  commit, seek (by id and by time), release, drop_group and
+ *	  set_group_options.  A group has one position per shard of its topic
+ *	  (groups.c): the id of the last event of that shard it consumed (0:
+ *	  none yet, so it starts before the oldest retained event).
  *
  *	  Reading never passes the stable offset: the stable id is computed
  *	  first, then the rows are read by a statement with a new snapshot
  *	  (READ COMMITTED), so every id up to it is visible or will never
  *	  appear (see offsets.c).  In REPEATABLE READ or SERIALIZABLE the
  *	  transaction snapshot predates the stable offset and a late commit
- *	  could be skipped, so poll and consume refuse to run there.
+ *	  could be skipped, so poll and consume refuse to run there.  Events are
+ *	  read as the caller (who has SELECT on the topic) with search_path
+ *	  pinned.
+ *
+ *	  consume claims a shard for the caller's transaction (the shard lock
+ *	  of groups.c, only ever tried): first a shard it holds already while
+ *	  that has events, else among the shards no transaction holds and no
+ *	  live member lease holds, the one whose next stable event is the
+ *	  oldest.  Its position is read after the lock is taken, the events
+ *	  after it are returned and the position moved, all in the caller's
+ *	  transaction: exactly once for work done in the same transaction, in
+ *	  id order per shard, hence per key (groups.c has the invariant).
+ *	  Taking a shard whose expired lease names a member fences that member.
+ *
+ *	  A member poll claims a shard for a lease (a row in evstream._lease,
+ *	  written under the shard lock): its live-lease shard while that has
+ *	  events, else a free one as consume would choose.  It returns events
+ *	  without moving the position; commit with the member moves it if the
+ *	  member is still the shard's last claimant (else "lease lost", 55000)
+ *	  and ends the lease.
+ *
+ *	  Poison events: each delivery of a shard's next event is counted
+ *	  (waits.c); once a group's max_attempts deliveries did not commit past
+ *	  it, the next delivery first moves it to the dead-letter topic (as the
+ *	  dead-letter topic's owner, restricted) or skips it, and moves the
+ *	  position past it, in the delivering transaction.
+ *
+ *	  Long poll: with wait, a call that finds nothing sleeps until a commit
+ *	  to the topic wakes it (waits.c) or the wait is over, and looks again.
  *
  *	  Group ownership (SPEC 0.2): a group belongs to the role that created
- *	  it (evstream._group.owner).  Moving it (consume, commit, seek) needs
- *	  SELECT on the topic and membership in the owner role, or ownership of
- *	  the topic; reading without moving (poll) needs SELECT only.  The
- *	  check is made on the locked row, before the position moves; a group
- *	  that does not exist yet is created owned by the caller.  The group
- *	  statements are fixed, schema-qualified SQL on evstream's own table,
- *	  run as the superuser with search_path pinned.
- *
- *	  consume is exactly-once for work done in the same transaction: it
- *	  locks the group's row (FOR UPDATE) before computing anything, so two
- *	  concurrent consume calls on one group serialize; the second re-reads
- *	  the committed position once the first commits (or sees the old one if
- *	  it aborts) and never hands out the same event to two transactions
- *	  that both commit.
+ *	  it.  Moving or claiming it needs SELECT on the topic and membership in
+ *	  the owner role, or ownership of the topic (groups.c checks it before
+ *	  anything is written); reading without claiming needs SELECT only.
  *
  * Copyright (c) 2026, The evstream authors
  *
@@ -39,21 +57,37 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "executor/tstoreReceiver.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "nodes/params.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
-#include "executor/tstoreReceiver.h"
-#include "nodes/params.h"
-#include "utils/memutils.h"
 
 #include "evstream.h"
+
+/* What a call reads, and where the events go */
+typedef struct EvsRead
+{
+	FunctionCallInfo fcinfo;
+	Oid			topic;
+	EvsTopic   *t;
+	const char *group;
+	int32		max;
+	const char *member;			/* member poll */
+	int64		lease_us;
+	bool		have_group;
+	EvsGroup	g;
+} EvsRead;
 
 /* Common argument checks; returns the topic */
 static Oid
@@ -84,130 +118,48 @@ evs_max_events(FunctionCallInfo fcinfo)
 	return max;
 }
 
-/* Statements on evstream._group, prepared once per backend */
-#define GROUP_KEY "g.topic OPERATOR(pg_catalog.=) $1 AND g.consumer_group OPERATOR(pg_catalog.=) $2"
-static EvsPlan plan_position = {
-	"SELECT g.committed_id, g.owner::pg_catalog.oid FROM evstream._group g WHERE " GROUP_KEY,
-	2, {REGCLASSOID, TEXTOID}
-};
-static EvsPlan plan_position_lock = {
-	"SELECT g.committed_id, g.owner::pg_catalog.oid FROM evstream._group g WHERE " GROUP_KEY " FOR UPDATE",
-	2, {REGCLASSOID, TEXTOID}
-};
-static EvsPlan plan_group_create = {
-	"INSERT INTO evstream._group (topic, consumer_group, committed_id, owner) "
-	"VALUES ($1, $2, 0, $3) ON CONFLICT DO NOTHING",
-	3, {REGCLASSOID, TEXTOID, REGROLEOID}
-};
-static EvsPlan plan_set_position = {
-	"UPDATE evstream._group g SET committed_id = CASE WHEN $4 THEN "
-	"GREATEST(g.committed_id, $3) ELSE $3 END, updated_at = pg_catalog.now() WHERE " GROUP_KEY,
-	4, {REGCLASSOID, TEXTOID, INT8OID, BOOLOID}
-};
-
-/* Read (position, owner) of a group; false when it does not exist */
-static bool
-evs_group_row(EvsPlan *p, Datum *values, bool read_only, int64 *pos, Oid *owner)
-{
-	int			ret;
-	bool		isnull;
-
-	ret = EvsExecPlan(p, values, NULL, read_only, 1);
-	if (ret < 0)
-		elog(ERROR, "SPI_execute_plan failed: %s", p->sql);
-	if (SPI_processed == 0 || SPI_tuptable == NULL)
-		return false;
-	*pos = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	*owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-	return true;
-}
-
-/* May the current user move or claim this group? */
-static void
-evs_check_group_owner(Oid topic, const char *group, Oid owner, Oid user)
-{
-	if (!OidIsValid(owner) || has_privs_of_role(user, owner) ||
-		evs_class_ownercheck(topic, user))
-		return;
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("permission denied for consumer group \"%s\" of topic \"%s\"",
-					group, get_rel_name(topic)),
-			 errdetail("The group belongs to role \"%s\".", GetUserNameFromId(owner, true)),
-			 errhint("Use a group of your own, or ask its owner to grant you membership in role \"%s\".",
-					 GetUserNameFromId(owner, true))));
-}
-
-/*
- * The group's committed position.  When claim: the caller must be allowed
- * to move the group (checked before anything is written); the row is
- * created (owned by the caller) if missing and locked for the transaction.
- */
+/* An interval argument as microseconds: NULL -> dflt, negative refused */
 static int64
-evs_group_position(Oid topic, const char *group, bool claim)
+evs_interval_arg(FunctionCallInfo fcinfo, int argno, const char *what, int64 dflt, bool positive)
 {
-	Oid			user = GetUserId();
-	Datum		values[3] = {ObjectIdGetDatum(topic), CStringGetTextDatum(group),
-	ObjectIdGetDatum(user)};
-	int64		pos = 0;
-	Oid			owner = InvalidOid;
-	EvsUserState su;
+	Interval   *ivl;
+	int64		us;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	EvsBecomeSuperuser(&su);
-	if (!claim)
-	{
-		if (!evs_group_row(&plan_position, values, true, &pos, &owner))
-			pos = 0;
-	}
-	else
-	{
-		/* privileges first, then the row lock */
-		if (evs_group_row(&plan_position, values, false, &pos, &owner))
-			evs_check_group_owner(topic, group, owner, user);
-		if (!evs_group_row(&plan_position_lock, values, false, &pos, &owner))
-		{
-			/* a new group: create its row (waits for a concurrent creator) */
-			if (EvsExecPlan(&plan_group_create, values, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "could not create consumer group");
-			if (!evs_group_row(&plan_position_lock, values, false, &pos, &owner))
-				elog(ERROR, "consumer group \"%s\" vanished", group);
-		}
-		evs_check_group_owner(topic, group, owner, user);
-	}
-	EvsRestoreUser(&su);
-	SPI_finish();
-	return pos;
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return dflt;
+	ivl = PG_GETARG_INTERVAL_P(argno);
+	us = ivl->time + (int64) ivl->day * USECS_PER_DAY + (int64) ivl->month * 30 * USECS_PER_DAY;
+	if (us < 0 || (positive && us == 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be %s", what, positive ? "positive" : "NULL, zero or positive")));
+	return us;
 }
 
-/* Set the claimed group's position (forward_only: never move it back) */
-static void
-evs_set_position(Oid topic, const char *group, int64 pos, bool forward_only)
+static const char *
+evs_member_arg(FunctionCallInfo fcinfo, int argno)
 {
-	Datum		values[4] = {ObjectIdGetDatum(topic), CStringGetTextDatum(group),
-	Int64GetDatum(pos), BoolGetDatum(forward_only)};
-	EvsUserState su;
+	char	   *m;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	EvsBecomeSuperuser(&su);
-	if (EvsExecPlan(&plan_set_position, values, NULL, false, 0) != SPI_OK_UPDATE ||
-		SPI_processed != 1)
-		elog(ERROR, "could not set the position of consumer group \"%s\"", group);
-	EvsRestoreUser(&su);
-	SPI_finish();
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return NULL;
+	m = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	EvsCheckName("member", m);
+	return m;
 }
 
 /*
  * A DestReceiver that stores rows into the SRF's tuplestore and remembers
- * the last id, so events are copied once, straight from the executor.
+ * the first and last id, so events are copied once, straight from the
+ * executor.
  */
 typedef struct EvsReadDest
 {
 	DestReceiver pub;
 	DestReceiver *inner;
+	int64		first;
 	int64		last;
+	uint64		n;
 } EvsReadDest;
 
 static bool
@@ -218,7 +170,12 @@ evs_read_receive(TupleTableSlot *slot, DestReceiver *self)
 	Datum		id = slot_getattr(slot, 1, &isnull);
 
 	if (!isnull)
+	{
 		d->last = DatumGetInt64(id);
+		if (d->n == 0)
+			d->first = d->last;
+	}
+	d->n++;
 	return d->inner->receiveSlot(slot, d->inner);
 }
 
@@ -244,37 +201,26 @@ evs_read_destroy(DestReceiver *self)
 }
 
 /*
- * Read events position < id <= stable into the SRF's tuplestore; returns
- * the last id returned, or position when none.
+ * Run one of the topic's read statements into the SRF's tuplestore, as
+ * the caller with the path pinned; returns the number of events, their
+ * first and last ids.
  */
-static int64
-evs_read_events(FunctionCallInfo fcinfo, Oid topic, int64 position, int32 max)
+static uint64
+evs_read_rows(EvsRead *r, EvsTopicPlanKind kind, int nparams, Datum *values, Oid *types,
+			  int64 *first, int64 *last)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	EvsTopic   *t;
-	int64		stable = EvsStableId(topic);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) r->fcinfo->resultinfo;
 	EvsReadDest dest;
 	SPIExecuteOptions options;
-	ParamListInfo params;
+	ParamListInfo params = makeParamList(nparams);
 
-	InitMaterializedSRF(fcinfo, 0);
-	if (stable <= position)
-		return position;
-
-	t = EvsRequireTopic(topic, "poll");
-	params = makeParamList(3);
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < nparams; i++)
 	{
 		params->params[i].isnull = false;
 		params->params[i].pflags = PARAM_FLAG_CONST;
+		params->params[i].value = values[i];
+		params->params[i].ptype = types[i];
 	}
-	params->params[0].value = Int64GetDatum(position);
-	params->params[0].ptype = INT8OID;
-	params->params[1].value = Int64GetDatum(stable);
-	params->params[1].ptype = INT8OID;
-	params->params[2].value = Int32GetDatum(max);
-	params->params[2].ptype = INT4OID;
-
 	memset(&dest, 0, sizeof(dest));
 	dest.pub.receiveSlot = evs_read_receive;
 	dest.pub.rStartup = evs_read_startup;
@@ -285,7 +231,6 @@ evs_read_events(FunctionCallInfo fcinfo, Oid topic, int64 position, int32 max)
 	SetTuplestoreDestReceiverParams(dest.inner, rsinfo->setResult,
 									rsinfo->econtext->ecxt_per_query_memory,
 									false, NULL, NULL);
-	dest.last = position;
 
 	memset(&options, 0, sizeof(options));
 	options.params = params;
@@ -296,63 +241,492 @@ evs_read_events(FunctionCallInfo fcinfo, Oid topic, int64 position, int32 max)
 		elog(ERROR, "SPI_connect failed");
 	EvsCachePin();
 	{
-		SPIPlanPtr	plan = EvsTopicReadPlan(t);
+		SPIPlanPtr	plan = EvsTopicPlan(r->t, kind);
 		int			level = EvsPinSearchPath();
 
 		if (SPI_execute_plan_extended(plan, &options) != SPI_OK_SELECT)
-			elog(ERROR, "could not read topic \"%s\"", get_rel_name(topic));
+			elog(ERROR, "could not read topic \"%s\"", get_rel_name(r->topic));
 		EvsUnpinSearchPath(level);
 	}
 	EvsCacheUnpin();
 	SPI_finish();
-	return dest.last;
+	pfree(dest.inner);
+	*first = dest.first;
+	*last = dest.last;
+	return dest.n;
+}
+
+/* Up to max events of one shard after its position */
+static uint64
+evs_read_shard(EvsRead *r, EvsShardState *st, int64 stable, int64 *first, int64 *last)
+{
+	Datum		values[4] = {Int64GetDatum(st->position), Int64GetDatum(stable),
+	Int32GetDatum(r->max), Int32GetDatum(st->shard)};
+	Oid			types[4] = {INT8OID, INT8OID, INT4OID, INT4OID};
+
+	if (st->position >= stable)
+		return 0;
+	if (r->t->shards == 1)
+		return evs_read_rows(r, EVS_PLAN_READ, 3, values, types, first, last);
+	return evs_read_rows(r, EVS_PLAN_READ_SHARD, 4, values, types, first, last);
+}
+
+/*
+ * The shards among `cands` (positions in `st`) with stable events, in the
+ * order of their next event, oldest first; returns how many.  One index
+ * probe per shard, in one statement, as the caller.
+ */
+static int
+evs_order_shards(EvsRead *r, EvsShardState *st, int *cands, int ncands, int64 stable, int *order)
+{
+	Datum	   *shards;
+	Datum	   *positions;
+	int64	   *next;
+	Datum		values[3];
+	int			n = 0;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (ncands == 0)
+		return 0;
+	if (r->t->shards == 1)
+	{
+		order[0] = cands[0];
+		return 1;
+	}
+	shards = palloc(sizeof(Datum) * ncands);
+	positions = palloc(sizeof(Datum) * ncands);
+	next = palloc(sizeof(int64) * ncands);
+	for (int i = 0; i < ncands; i++)
+	{
+		shards[i] = Int32GetDatum(cands[i]);
+		positions[i] = Int64GetDatum(st[cands[i]].position);
+	}
+	values[0] = PointerGetDatum(construct_array(shards, ncands, INT4OID, 4, true, TYPALIGN_INT));
+	values[1] = PointerGetDatum(construct_array(positions, ncands, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[2] = Int64GetDatum(stable);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EvsCachePin();
+	{
+		SPIPlanPtr	plan = EvsTopicPlan(r->t, EVS_PLAN_NEXT);
+		int			level = EvsPinSearchPath();
+
+		if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read topic \"%s\"", get_rel_name(r->topic));
+		EvsUnpinSearchPath(level);
+	}
+	EvsCacheUnpin();
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		int			s = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+		int			k;
+
+		if (isnull)
+			continue;
+		/* insertion sort by next id: ncands <= 256 */
+		for (k = n; k > 0 && next[k - 1] > id; k--)
+		{
+			next[k] = next[k - 1];
+			order[k] = order[k - 1];
+		}
+		next[k] = id;
+		order[k] = s;
+		n++;
+	}
+	SPI_finish();
+	(void) cxt;
+	return n;
+}
+
+/*
+ * Dead-letter (or skip) event `id` of the group: its row goes to the
+ * dead-letter topic, inserted as that topic's owner under
+ * SECURITY_RESTRICTED_OPERATION, with the SPEC's payload.
+ */
+static void
+evs_dead_letter(EvsRead *r, int64 id, int32 attempts)
+{
+	EvsGroup   *g = &r->g;
+	char	   *topic_text = DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(r->topic)));
+
+	if (OidIsValid(g->dead_letter) && EvsLookupTopic(g->dead_letter)->topic == g->dead_letter)
+	{
+		Datum		values[1] = {Int64GetDatum(id)};
+		Datum		key = (Datum) 0;
+		Datum		payload = (Datum) 0;
+		Datum		created = (Datum) 0;
+		bool		key_null = true;
+		bool		payload_null = true;
+		bool		found = false;
+		MemoryContext cxt = CurrentMemoryContext;
+
+		/* the event, as the caller */
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		EvsCachePin();
+		{
+			SPIPlanPtr	plan = EvsTopicPlan(r->t, EVS_PLAN_EVENT);
+			int			level = EvsPinSearchPath();
+
+			if (SPI_execute_plan(plan, values, NULL, false, 1) != SPI_OK_SELECT)
+				elog(ERROR, "could not read topic \"%s\"", get_rel_name(r->topic));
+			EvsUnpinSearchPath(level);
+		}
+		EvsCacheUnpin();
+		if (SPI_processed > 0)
+		{
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+			bool		isnull;
+
+			found = true;
+			key = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &key_null);
+			if (!key_null)
+				key = PointerGetDatum(PG_DETOAST_DATUM_COPY(key));
+			payload = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &payload_null);
+			if (!payload_null)
+				payload = PointerGetDatum(PG_DETOAST_DATUM_COPY(payload));
+			created = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+			MemoryContextSwitchTo(old);
+		}
+		SPI_finish();
+
+		if (found)
+		{
+			Oid			types[7] = {TEXTOID, TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID, INT4OID, JSONBOID};
+			Datum		args[7] = {key, CStringGetTextDatum(topic_text), CStringGetTextDatum(g->name),
+			Int64GetDatum(id), created, Int32GetDatum(attempts), payload};
+			char		nulls[7] = {key_null ? 'n' : ' ', ' ', ' ', ' ', ' ', ' ', payload_null ? 'n' : ' '};
+			EvsUserState st;
+			char	   *sql = psprintf("INSERT INTO %s (key, payload) VALUES ($1, pg_catalog.jsonb_build_object("
+									   "'topic', $2, 'consumer_group', $3, 'id', $4, 'created_at', $5, "
+									   "'attempts', $6, 'payload', $7))",
+									   EvsQualifiedName(g->dead_letter));
+
+			if (SPI_connect() != SPI_OK_CONNECT)
+				elog(ERROR, "SPI_connect failed");
+			EvsBecomeOwner(EvsRelOwner(g->dead_letter), &st);
+			if (SPI_execute_with_args(sql, 7, types, args, nulls, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not dead-letter event " INT64_FORMAT " of topic \"%s\"",
+					 id, get_rel_name(r->topic));
+			EvsRestoreUser(&st);
+			SPI_finish();
+		}
+	}
+	EvsCountDeadLettered(g);
+	ereport(DEBUG1,
+			(errmsg("evstream: event " INT64_FORMAT " of topic \"%s\" dead-lettered by group \"%s\" after %d attempts",
+					id, get_rel_name(r->topic), g->name, attempts)));
+}
+
+/*
+ * Before delivering from a claimed shard: move poison events out of the
+ * way (the shard's next event delivered max_attempts times without a
+ * commit past it).  Returns true when the position moved.
+ */
+static bool
+evs_drop_poison(EvsRead *r, EvsShardState *st, int64 stable)
+{
+	bool		moved = false;
+
+	while (r->g.max_attempts > 0 && st->position < stable)
+	{
+		int64		head = 0;
+		int32		n = EvsAttemptsOf(r->g.id, st->shard, st->position, &head);
+
+		if (n < r->g.max_attempts || head <= st->position || head > stable)
+			break;
+		evs_dead_letter(r, head, n);
+		EvsSetShardPosition(&r->g, st, head);
+		moved = true;
+	}
+	return moved;
+}
+
+/*
+ * Deliver from a shard this transaction holds the lock of (false when it
+ * has no events).  consume: the events after the position, moving it (and
+ * fencing the member whose expired lease this was).  member poll: the
+ * events after the position, not moving it; the member takes the lease
+ * (renew: it held it already, which is no new attempt).  *wrote: the
+ * shard's rows were changed, so its lock must be kept.
+ */
+static bool
+evs_deliver(EvsRead *r, EvsShardState *st, int64 stable, bool renew, bool *wrote)
+{
+	int64		first,
+				last;
+
+	*wrote = evs_drop_poison(r, st, stable);
+	if (evs_read_shard(r, st, stable, &first, &last) == 0)
+		return false;
+	if (!renew)
+		EvsCountAttempt(r->g.id, st->shard, st->position, first);
+	if (r->member != NULL)
+		EvsSetLease(&r->g, st->shard, r->member, GetCurrentTimestamp() + r->lease_us);
+	else
+	{
+		if (st->member != NULL)
+		{
+			EvsSetLease(&r->g, st->shard, NULL, 0);
+			st->member = NULL;
+		}
+		EvsSetShardPosition(&r->g, st, last);
+	}
+	*wrote = true;
+	return true;
+}
+
+/*
+ * Claim a free shard and deliver from it: among the shards not held by
+ * this transaction already (tried first), not under another member's live
+ * lease, with a position behind stable (except `skip`), the one whose next
+ * event is the oldest that can be locked without waiting and still has
+ * events once its state is read again under the lock.  `st` holds every
+ * shard's state as read before.
+ */
+static bool
+evs_claim(EvsRead *r, EvsShardState *st, int64 stable, int skip)
+{
+	int			nshards = r->g.shards;
+	int		   *cands = palloc(sizeof(int) * nshards);
+	int		   *order = palloc(sizeof(int) * nshards);
+	TimestampTz now = GetCurrentTimestamp();
+	int			ncands = 0;
+	int			n;
+	bool		wrote = false;
+
+	for (int s = 0; s < nshards; s++)
+	{
+		if (s == skip || EvsHoldsShard(&r->g, s) ||
+			EvsLeasedByOther(&st[s], r->member, now) || st[s].position >= stable)
+			continue;
+		cands[ncands++] = s;
+	}
+	n = evs_order_shards(r, st, cands, ncands, stable, order);
+	for (int i = 0; i < n; i++)
+	{
+		int			s = order[i];
+
+		if (!EvsTryLockShard(&r->g, s))
+			continue;
+		/* the state as of now that we hold it */
+		EvsShardStates(&r->g, s, s, &st[s]);
+		if (!EvsLeasedByOther(&st[s], r->member, now) &&
+			evs_deliver(r, &st[s], stable, false, &wrote))
+			return true;
+		if (!wrote)
+			EvsUnlockShard(&r->g, s);
+	}
+	return false;
+}
+
+/* The group of a look, opened to claim (false: another transaction is creating it) */
+static bool
+evs_look_group(EvsRead *r)
+{
+	if (!r->have_group)
+	{
+		if (!EvsGroupOpen(r->topic, r->group, true, true, &r->g))
+			return false;
+		r->have_group = true;
+	}
+	return true;
+}
+
+/* One look of consume: true when it returned events */
+static bool
+evs_look_consume(void *arg)
+{
+	EvsRead    *r = arg;
+	int64		stable = EvsStableId(r->topic);
+	EvsShardState *st;
+	bool		wrote = false;
+
+	if (!evs_look_group(r))
+		return false;
+	st = palloc0(sizeof(EvsShardState) * r->g.shards);
+
+	/* a shard this transaction holds, while it has events */
+	for (int s = 0; s < r->g.shards; s++)
+	{
+		if (!EvsHoldsShard(&r->g, s))
+			continue;
+		EvsShardStates(&r->g, s, s, &st[s]);
+		if (evs_deliver(r, &st[s], stable, false, &wrote))
+			return true;
+	}
+	/* one shard: its state is read under the lock anyway */
+	if (r->g.shards > 1)
+		EvsShardStates(&r->g, 0, r->g.shards - 1, st);
+	return evs_claim(r, st, stable, -1);
+}
+
+/* One look of a member poll */
+static bool
+evs_look_member(void *arg)
+{
+	EvsRead    *r = arg;
+	int64		stable = EvsStableId(r->topic);
+	EvsShardState *st;
+	int			cur = -1;
+	TimestampTz now = GetCurrentTimestamp();
+	bool		wrote = false;
+
+	if (!evs_look_group(r))
+		return false;
+	st = palloc0(sizeof(EvsShardState) * r->g.shards);
+	EvsShardStates(&r->g, 0, r->g.shards - 1, st);
+
+	/* the member's current shard, while it has events */
+	for (int s = 0; s < r->g.shards; s++)
+		if (st[s].member && strcmp(st[s].member, r->member) == 0 &&
+			st[s].has_expiry && st[s].expires > now)
+			cur = s;
+	if (cur >= 0 && EvsTryLockShard(&r->g, cur))
+	{
+		bool		mine;
+
+		EvsShardStates(&r->g, cur, cur, &st[cur]);
+		mine = st[cur].member && strcmp(st[cur].member, r->member) == 0 &&
+			st[cur].has_expiry && st[cur].expires > now;
+		if (mine && evs_deliver(r, &st[cur], stable, true, &wrote))
+			return true;
+		if (mine)
+			EvsEndLease(&r->g, cur);	/* no events left: claim afresh */
+		else
+			EvsUnlockShard(&r->g, cur);
+	}
+	return evs_claim(r, st, stable, cur);
+}
+
+/* One look of a poll without member: every shard, claiming nothing */
+static bool
+evs_look_all(void *arg)
+{
+	EvsRead    *r = arg;
+	int64		stable = EvsStableId(r->topic);
+	int			nshards = r->t->shards;
+	EvsShardState *st = palloc0(sizeof(EvsShardState) * nshards);
+	int64		low = PG_INT64_MAX;
+	int64		first,
+				last;
+
+	if (EvsGroupLookup(r->topic, r->group, &r->g))
+		EvsShardStates(&r->g, 0, nshards - 1, st);
+	for (int s = 0; s < nshards; s++)
+		low = Min(low, st[s].position);
+	if (low >= stable)
+		return false;
+	if (nshards == 1)
+	{
+		Datum		values[3] = {Int64GetDatum(low), Int64GetDatum(stable), Int32GetDatum(r->max)};
+		Oid			types[3] = {INT8OID, INT8OID, INT4OID};
+
+		return evs_read_rows(r, EVS_PLAN_READ, 3, values, types, &first, &last) > 0;
+	}
+	else
+	{
+		Datum	   *pos = palloc(sizeof(Datum) * nshards);
+		Datum		values[4];
+		Oid			types[4] = {INT8OID, INT8OID, INT4OID, INT8ARRAYOID};
+
+		for (int s = 0; s < nshards; s++)
+			pos[s] = Int64GetDatum(st[s].position);
+		values[0] = Int64GetDatum(low);
+		values[1] = Int64GetDatum(stable);
+		values[2] = Int32GetDatum(r->max);
+		values[3] = PointerGetDatum(construct_array(pos, nshards, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		return evs_read_rows(r, EVS_PLAN_READ_ALL, 4, values, types, &first, &last) > 0;
+	}
+}
+
+/* Run a look, and with a wait, look again after each wake-up */
+static void
+evs_run(EvsRead *r, bool (*look) (void *), int64 wait_us)
+{
+	InitMaterializedSRF(r->fcinfo, 0);
+	if (look(r) || wait_us <= 0)
+		return;
+	(void) EvsWaitFor(r->topic, Max(wait_us / 1000, 1), look, r);
 }
 
 PG_FUNCTION_INFO_V1(evstream_poll);
 
-/* evstream.poll(topic, consumer_group, max_events) */
+/* evstream.poll(topic, consumer_group, max_events, wait, member, lease) */
 Datum
 evstream_poll(PG_FUNCTION_ARGS)
 {
 	char	   *group;
 	Oid			topic = evs_consumer_args(fcinfo, "poll", &group);
-	int32		max = evs_max_events(fcinfo);
+	EvsRead		r;
+	int64		wait_us;
 
+	memset(&r, 0, sizeof(r));
+	r.fcinfo = fcinfo;
+	r.topic = topic;
+	r.t = EvsRequireTopic(topic, "poll");
+	r.group = group;
+	r.max = evs_max_events(fcinfo);
+	wait_us = evs_interval_arg(fcinfo, 3, "wait", 0, false);
+	r.member = evs_member_arg(fcinfo, 4);
+	r.lease_us = evs_interval_arg(fcinfo, 5, "lease", 30 * USECS_PER_SEC, true);
 	EvsRequireReadCommitted("poll");
-	(void) evs_read_events(fcinfo, topic, evs_group_position(topic, group, false), max);
+	evs_run(&r, r.member ? evs_look_member : evs_look_all, wait_us);
 	return (Datum) 0;
 }
 
 PG_FUNCTION_INFO_V1(evstream_consume);
 
-/* evstream.consume(topic, consumer_group, max_events): poll + commit */
+/* evstream.consume(topic, consumer_group, max_events, wait): poll + commit */
 Datum
 evstream_consume(PG_FUNCTION_ARGS)
 {
 	char	   *group;
 	Oid			topic = evs_consumer_args(fcinfo, "consume", &group);
-	int32		max = evs_max_events(fcinfo);
-	int64		pos;
-	int64		last;
+	EvsRead		r;
+	int64		wait_us;
 
+	memset(&r, 0, sizeof(r));
+	r.fcinfo = fcinfo;
+	r.topic = topic;
+	r.t = EvsRequireTopic(topic, "consume");
+	r.group = group;
+	r.max = evs_max_events(fcinfo);
+	wait_us = evs_interval_arg(fcinfo, 3, "wait", 0, false);
 	EvsRequireReadCommitted("consume");
-	pos = evs_group_position(topic, group, true);
-	last = evs_read_events(fcinfo, topic, pos, max);
-	if (last > pos)
-		evs_set_position(topic, group, last, true);
+	evs_run(&r, evs_look_consume, wait_us);
 	return (Datum) 0;
+}
+
+static void
+evs_lease_lost(Oid topic, const char *group, const char *member, int64 last_id)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("lease lost: member \"%s\" of consumer group \"%s\" does not hold the shard of event " INT64_FORMAT " of topic \"%s\"",
+					member, group, last_id, get_rel_name(topic)),
+			 errdetail("Another member or a consume claimed the shard after this member's lease, or the member never held it."),
+			 errhint("Drop the batch (another consumer is processing it) and poll again.")));
 }
 
 PG_FUNCTION_INFO_V1(evstream_commit);
 
-/* evstream.commit(topic, consumer_group, last_id): forward only */
+/* evstream.commit(topic, consumer_group, last_id, member): forward only */
 Datum
 evstream_commit(PG_FUNCTION_ARGS)
 {
 	char	   *group;
 	Oid			topic = evs_consumer_args(fcinfo, "commit", &group);
+	EvsTopic   *t = EvsRequireTopic(topic, "commit");
+	const char *member = evs_member_arg(fcinfo, 3);
 	int64		last_id;
 	int64		stable;
+	EvsGroup	g;
+	EvsShardState st;
+	int			shard = 0;
 
 	EvsArgNotNull(fcinfo, 2, "last_id");
 	last_id = PG_GETARG_INT64(2);
@@ -368,9 +742,74 @@ evstream_commit(PG_FUNCTION_ARGS)
 						last_id, get_rel_name(topic), group, stable),
 				 errdetail("Events up to the stable id are the only ones a consumer can have received."),
 				 errhint("Commit the id of the last event poll returned.")));
-	(void) evs_group_position(topic, group, true);
-	evs_set_position(topic, group, last_id, true);
+	if (member == NULL && t->shards > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot commit group \"%s\" of topic \"%s\" without a member: the topic has %d shards",
+						group, get_rel_name(topic), t->shards),
+				 errdetail("A sharded group has one position per shard; an id alone does not say which shards it covers."),
+				 errhint("Use consume, or poll and commit with member => ..., or seek.")));
+
+	if (member == NULL)
+	{
+		(void) EvsGroupOpen(topic, group, true, false, &g);
+		EvsLockShard(&g, 0);
+	}
+	else
+	{
+		Datum		values[1] = {Int64GetDatum(last_id)};
+		bool		found = false;
+
+		if (!EvsGroupOpen(topic, group, false, false, &g))
+			evs_lease_lost(topic, group, member, last_id);
+		/* the shard of last_id's event */
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		EvsCachePin();
+		{
+			SPIPlanPtr	plan = EvsTopicPlan(t, EVS_PLAN_EVENT);
+			int			level = EvsPinSearchPath();
+
+			if (SPI_execute_plan(plan, values, NULL, false, 1) != SPI_OK_SELECT)
+				elog(ERROR, "could not read topic \"%s\"", get_rel_name(topic));
+			EvsUnpinSearchPath(level);
+		}
+		EvsCacheUnpin();
+		if (SPI_processed > 0)
+		{
+			bool		isnull;
+
+			found = true;
+			shard = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+		}
+		SPI_finish();
+		if (!found)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("topic \"%s\" has no event with id " INT64_FORMAT, get_rel_name(topic), last_id),
+					 errhint("Commit the id of the last event poll returned.")));
+		EvsLockShard(&g, shard);
+	}
+	EvsShardStates(&g, shard, shard, &st);
+	if (member != NULL && (st.member == NULL || strcmp(st.member, member) != 0))
+		evs_lease_lost(topic, group, member, last_id);
+	if (last_id > st.position)
+		EvsSetShardPosition(&g, &st, last_id);
+	if (member != NULL && st.has_expiry)
+		EvsEndLease(&g, shard);
 	PG_RETURN_VOID();
+}
+
+/* Set every shard's position (seek): the caller holds every shard's lock */
+static void
+evs_seek_all(EvsGroup *g, int64 position)
+{
+	EvsShardState *st = palloc0(sizeof(EvsShardState) * g->shards);
+
+	EvsShardStates(g, 0, g->shards - 1, st);
+	for (int s = 0; s < g->shards; s++)
+		EvsSetShardPosition(g, &st[s], position);
+	EvsForgetAttempts(g->id, -1);
 }
 
 PG_FUNCTION_INFO_V1(evstream_seek_id);
@@ -383,6 +822,7 @@ evstream_seek_id(PG_FUNCTION_ARGS)
 	Oid			topic = evs_consumer_args(fcinfo, "seek", &group);
 	int64		next_id;
 	int64		stable;
+	EvsGroup	g;
 
 	EvsArgNotNull(fcinfo, 2, "next_id");
 	next_id = PG_GETARG_INT64(2);
@@ -394,8 +834,9 @@ evstream_seek_id(PG_FUNCTION_ARGS)
 						group, get_rel_name(topic), next_id),
 				 errdetail("next_id must be between 0 and the stable id + 1 (" INT64_FORMAT ").", stable + 1),
 				 errhint("Seek to 0 to replay from the oldest retained event, or to evstream.stable_id(topic) + 1 to skip to the end.")));
-	(void) evs_group_position(topic, group, true);
-	evs_set_position(topic, group, Max(next_id - 1, 0), false);
+	(void) EvsGroupOpen(topic, group, true, false, &g);
+	EvsLockAllShards(&g, true);
+	evs_seek_all(&g, Max(next_id - 1, 0));
 	PG_RETURN_VOID();
 }
 
@@ -417,10 +858,12 @@ evstream_seek_time(PG_FUNCTION_ARGS)
 	bool		isnull;
 	Oid			types[2] = {TIMESTAMPTZOID, INT8OID};
 	Datum		values[2];
+	EvsGroup	g;
 
 	EvsArgNotNull(fcinfo, 2, "since");
 	since = PG_GETARG_TIMESTAMPTZ(2);
-	(void) evs_group_position(topic, group, true);
+	(void) EvsGroupOpen(topic, group, true, false, &g);
+	EvsLockAllShards(&g, true);
 	stable = EvsStableId(topic);
 	values[0] = TimestampTzGetDatum(since);
 	values[1] = Int64GetDatum(stable);
@@ -428,6 +871,96 @@ evstream_seek_time(PG_FUNCTION_ARGS)
 								 "AND e.id OPERATOR(pg_catalog.<=) $2 ORDER BY e.id LIMIT 1",
 								 EvsQualifiedName(topic)),
 						2, types, values, &isnull);
-	evs_set_position(topic, group, isnull ? stable : first - 1, false);
+	evs_seek_all(&g, isnull ? stable : first - 1);
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(evstream_release);
+
+/* evstream.release(topic, consumer_group, member): end its leases */
+Datum
+evstream_release(PG_FUNCTION_ARGS)
+{
+	char	   *group;
+	Oid			topic = evs_consumer_args(fcinfo, "release", &group);
+	const char *member = evs_member_arg(fcinfo, 2);
+	EvsGroup	g;
+
+	if (member == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("member must not be NULL")));
+	if (EvsGroupOpen(topic, group, false, false, &g))
+		EvsReleaseMember(&g, member);
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(evstream_drop_group);
+
+/* evstream.drop_group(topic, consumer_group) */
+Datum
+evstream_drop_group(PG_FUNCTION_ARGS)
+{
+	char	   *group;
+	Oid			topic = evs_consumer_args(fcinfo, "drop_group", &group);
+	EvsGroup	g;
+
+	if (!EvsGroupOpen(topic, group, false, false, &g))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("consumer group \"%s\" of topic \"%s\" does not exist",
+						group, get_rel_name(topic))));
+	EvsLockAllShards(&g, false);
+	EvsDropGroup(&g);
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(evstream_set_group_options);
+
+/*
+ * evstream.set_group_options(topic, consumer_group, max_attempts,
+ * dead_letter_topic): the dead-letter topic is created (by the caller,
+ * with create_topic's defaults) when it does not exist; an existing one
+ * must be another topic the caller may INSERT into.
+ */
+Datum
+evstream_set_group_options(PG_FUNCTION_ARGS)
+{
+	char	   *group;
+	Oid			topic = evs_consumer_args(fcinfo, "set_group_options", &group);
+	int32		max_attempts = 0;
+	Oid			dlt = InvalidOid;
+	EvsGroup	g;
+
+	if (!PG_ARGISNULL(2))
+	{
+		max_attempts = PG_GETARG_INT32(2);
+		if (max_attempts <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("max_attempts must be positive, not %d", max_attempts),
+					 errhint("Pass NULL to retry forever.")));
+	}
+	(void) EvsGroupOpen(topic, group, true, false, &g);
+	if (!PG_ARGISNULL(3))
+	{
+		char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(3));
+		RangeVar   *rv = makeRangeVarFromNameList(evs_string_to_qualified_name_list(name));
+
+		dlt = RangeVarGetRelid(rv, NoLock, true);
+		if (!OidIsValid(dlt))
+			dlt = EvsCreateTopic(name, NULL, NULL, true, 1);
+		else if (EvsLookupTopic(dlt)->topic != dlt)
+			ereport(ERROR,
+					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+					 errmsg("dead-letter topic \"%s\" is not an evstream topic", name),
+					 errhint("Name a topic, or a relation that does not exist yet (it is created).")));
+		if (dlt == topic)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("a group cannot dead-letter into its own topic \"%s\"", name)));
+		EvsRequirePrivilege(dlt, ACL_INSERT);
+	}
+	EvsSetGroupOptions(&g, max_attempts, dlt);
 	PG_RETURN_VOID();
 }

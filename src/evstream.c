@@ -51,7 +51,9 @@ evs_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(EvsShmemSize());
+	RequestAddinShmemSpace(EvsWaitsShmemSize());
 	RequestNamedLWLockTranche("evstream", 1);
+	RequestNamedLWLockTranche("evstream attempts", 1);
 }
 
 /* Create or attach the shared state */
@@ -92,6 +94,7 @@ evs_shmem_startup(void)
 			}
 		}
 	}
+	EvsWaitsShmemInit();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -123,6 +123,8 @@ extern Oid	evs_copy_restore;	/* topic a COPY listing id restores into */
 extern int64 evs_copy_max_id;	/* highest id such a COPY stored */
 
 /* topics.c */
+extern Oid	EvsCreateTopic(const char *name, Interval *ivl, Interval *ret, bool notify, int shards);
+extern int	EvsShardOf(const char *key, int len, int64 id, int shards);
 
 /* aggregates.c */
 extern void EvsAggregatesInit(void);
@@ -135,6 +137,55 @@ extern void EvsDropAggregate(Oid view);
 extern int	EvsMergeDeltas(int32 only_agg, StringInfo errors);
 
 /* consumer.c: SQL functions only */
+
+/* groups.c */
+typedef struct EvsGroup
+{
+	int32		id;
+	Oid			topic;
+	const char *name;
+	Oid			owner;
+	int			shards;			/* the topic's */
+	int32		max_attempts;	/* 0: retry forever */
+	Oid			dead_letter;	/* InvalidOid: skip poison events */
+} EvsGroup;
+
+typedef struct EvsShardState
+{
+	int			shard;
+	int64		position;		/* id of the last event consumed (0: none) */
+	int64		version;		/* of the position row (0: none yet) */
+	char	   *member;			/* last claimant, NULL: none or a consume */
+	TimestampTz expires;		/* its lease, if has_expiry */
+	bool		has_expiry;
+} EvsShardState;
+
+extern bool EvsGroupLookup(Oid topic, const char *name, EvsGroup *g);
+extern bool EvsGroupOpen(Oid topic, const char *name, bool create, bool nowait, EvsGroup *g);
+extern bool EvsTryLockShard(EvsGroup *g, int shard);
+extern void EvsLockShard(EvsGroup *g, int shard);
+extern void EvsUnlockShard(EvsGroup *g, int shard);
+extern bool EvsHoldsShard(EvsGroup *g, int shard);
+extern void EvsLockAllShards(EvsGroup *g, bool fence);
+extern void EvsShardStates(EvsGroup *g, int from, int to, EvsShardState *out);
+extern bool EvsLeasedByOther(EvsShardState *s, const char *member, TimestampTz now);
+extern void EvsSetShardPosition(EvsGroup *g, EvsShardState *s, int64 position);
+extern void EvsSetLease(EvsGroup *g, int shard, const char *member, TimestampTz expires);
+extern void EvsEndLease(EvsGroup *g, int shard);
+extern void EvsReleaseMember(EvsGroup *g, const char *member);
+extern void EvsCountDeadLettered(EvsGroup *g);
+extern void EvsSetGroupOptions(EvsGroup *g, int32 max_attempts, Oid dead_letter);
+extern void EvsDropGroup(EvsGroup *g);
+extern void EvsPrunePositions(void);
+
+/* waits.c */
+extern Size EvsWaitsShmemSize(void);
+extern void EvsWaitsShmemInit(void);
+extern void EvsWakeWaiters(Oid topic);
+extern bool EvsWaitFor(Oid topic, int64 timeout_ms, bool (*look) (void *), void *arg);
+extern int32 EvsAttemptsOf(int32 group_id, int32 shard, int64 position, int64 *event_id);
+extern void EvsCountAttempt(int32 group_id, int32 shard, int64 position, int64 event_id);
+extern void EvsForgetAttempts(int32 group_id, int32 shard);
 
 /* worker.c */
 extern void EvsWorkerRegisterLauncher(void);
@@ -178,6 +229,16 @@ typedef struct EvsPlan
 	struct _SPI_plan *plan;		/* prepared on first use, kept */
 } EvsPlan;
 
+typedef enum EvsTopicPlanKind
+{
+	EVS_PLAN_READ,
+	EVS_PLAN_READ_SHARD,
+	EVS_PLAN_READ_ALL,
+	EVS_PLAN_NEXT,
+	EVS_PLAN_EVENT
+} EvsTopicPlanKind;
+#define EVS_NUM_TOPIC_PLANS 5
+
 typedef struct EvsTopic
 {
 	Oid			relid;			/* hash key: topic or one of its partitions */
@@ -187,8 +248,9 @@ typedef struct EvsTopic
 	bool		notify;
 	bool		aggs_loaded;
 	List	   *aggregates;		/* EvsAggregate *, in the cache's context */
-	EvsPlan		read_plan;		/* events after a position (consumer.c) */
-	char	   *read_name;		/* the topic name read_plan was made for */
+	int			shards;			/* key shards (1 to 256) */
+	EvsPlan		plans[EVS_NUM_TOPIC_PLANS]; /* reads of consumer.c */
+	char	   *plan_name;		/* the topic name the plans were made for */
 	Node	   *id_default;		/* defaults forced on INSERT (guards.c) */
 	Node	   *created_default;
 } EvsTopic;
@@ -202,7 +264,7 @@ extern EvsTopic *EvsRequireTopic(Oid relid, const char *fn);
 extern Oid	EvsTopicOf(Oid relid);
 extern List *EvsTopicAggregates(EvsTopic *t);
 extern bool EvsIsTopicSequence(Oid seqrelid, Oid *topic);
-extern struct _SPI_plan *EvsTopicReadPlan(EvsTopic *t);
+extern struct _SPI_plan *EvsTopicPlan(EvsTopic *t, EvsTopicPlanKind kind);
 extern void EvsTopicSetDefaults(EvsTopic *t, Node *id_default, Node *created_default);
 
 /* extension.c */

@@ -340,28 +340,27 @@ evs_advance_sequences(void)
 		}
 }
 
-/* Steps R1-R3 */
-int64
-EvsStableId(Oid topic)
+/*
+ * Step R2: the lowest in-flight id of the topic over every backend's slot
+ * (PG_UINT64_MAX: none), and the slot it is in.
+ */
+static uint64
+evs_lowest_in_flight(Oid topic, int *who)
 {
-	EvsTopic   *t = EvsRequireTopic(topic, "stable_id");
-	int64		high = EvsSequenceLastValue(t->seqrelid);
 	uint64		low = PG_UINT64_MAX;
-	int			i,
-				j;
 
+	*who = -1;
 	pg_memory_barrier();
-	for (i = 0; i < MaxBackends; i++)
+	for (int i = 0; i < MaxBackends; i++)
 	{
 		EvsBackendSlot *s = &evs_shared->slots[i];
-
 		uint32		n;
 
 		if (pg_atomic_read_u32(&s->dboid) != MyDatabaseId)
 			continue;
 		n = pg_atomic_read_u32(&s->nused);
 		pg_read_barrier();
-		for (j = 0; j < n && j < EVS_MAX_XACT_TOPICS; j++)
+		for (uint32 j = 0; j < n && j < EVS_MAX_XACT_TOPICS; j++)
 		{
 			if (pg_atomic_read_u32(&s->relid[j]) == topic)
 			{
@@ -370,13 +369,55 @@ EvsStableId(Oid topic)
 				pg_read_barrier();
 				m = pg_atomic_read_u64(&s->min_id[j]);
 				if (m != 0 && m < low)
+				{
 					low = m;
+					*who = i;
+				}
 			}
 		}
 	}
+	return low;
+}
+
+/* Steps R1-R3 */
+int64
+EvsStableId(Oid topic)
+{
+	EvsTopic   *t = EvsRequireTopic(topic, "stable_id");
+	int64		high = EvsSequenceLastValue(t->seqrelid);
+	int			who;
+	uint64		low = evs_lowest_in_flight(topic, &who);
+
 	if (low != PG_UINT64_MAX && (int64) low - 1 < high)
 		high = (int64) low - 1;
 	return high;
+}
+
+PG_FUNCTION_INFO_V1(evstream_held_by);
+
+/*
+ * evstream._held_by(topic): the pid of the backend whose open transaction
+ * has the lowest in-flight id of the topic (what bounds its stable id),
+ * NULL when no transaction is producing to it.  A snapshot of moving
+ * state, for monitoring.
+ */
+Datum
+evstream_held_by(PG_FUNCTION_ARGS)
+{
+	int			who;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	(void) evs_lowest_in_flight(PG_GETARG_OID(0), &who);
+	if (who < 0)
+		PG_RETURN_NULL();
+	{
+		int			pid = ProcGlobal->allProcs[who].pid;
+
+		if (pid == 0)
+			PG_RETURN_NULL();
+		PG_RETURN_INT32(pid);
+	}
 }
 
 PG_FUNCTION_INFO_V1(evstream_stable_id);
@@ -506,9 +547,14 @@ EvsOffsetsPrePrepare(void)
 void
 EvsOffsetsAtEnd(bool committed, bool aborted)
 {
-	/* clear first: the worker must see our ids as stable */
+	/* clear first: the worker and long polls must see our ids as stable */
 	if (xact_ntopics > 0)
+	{
 		evs_clear_slot();
+		if (committed || aborted)
+			for (int i = 0; i < xact_ntopics; i++)
+				EvsWakeWaiters(xact_topics[i]);
+	}
 	if (committed && (xact_ntopics > 0 || xact_deltas))
 		evs_after_end(true);
 	else if (aborted && xact_ntopics > 0)

@@ -42,6 +42,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/datum.h"
 #include "access/htup_details.h"
 #include "funcapi.h"
@@ -144,7 +145,27 @@ PG_FUNCTION_INFO_V1(evstream_create_topic);
 Datum
 evstream_create_topic(PG_FUNCTION_ARGS)
 {
-	char	   *name;
+	Interval   *ret = NULL;
+
+	EvsArgNotNull(fcinfo, 0, "topic");
+	EvsArgNotNull(fcinfo, 1, "partition_interval");
+	EvsArgNotNull(fcinfo, 3, "notify");
+	if (!PG_ARGISNULL(2))
+		ret = PG_GETARG_INTERVAL_P(2);
+	if (PG_NARGS() > 4)
+		EvsArgNotNull(fcinfo, 4, "shards");
+	PG_RETURN_OID(EvsCreateTopic(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+								 PG_GETARG_INTERVAL_P(1), ret, PG_GETARG_BOOL(3),
+								 PG_NARGS() > 4 ? PG_GETARG_INT32(4) : 1));
+}
+
+/*
+ * Create a topic (create_topic, and set_group_options' dead-letter
+ * topics), as the current user; ivl NULL: one day.  Returns its OID.
+ */
+Oid
+EvsCreateTopic(const char *name, Interval *ivl, Interval *ret, bool notify, int shards)
+{
 	List	   *names;
 	RangeVar   *rv;
 	Oid			nspid;
@@ -152,24 +173,19 @@ evstream_create_topic(PG_FUNCTION_ARGS)
 	char	   *qname;
 	char	   *qseq;
 	char	   *qdef;
-	Interval   *ivl;
-	Interval   *ret = NULL;
-	bool		notify;
 	Oid			relid;
 	StringInfoData sql;
 	EvsUserState su;
 
-	EvsArgNotNull(fcinfo, 0, "topic");
-	EvsArgNotNull(fcinfo, 1, "partition_interval");
-	EvsArgNotNull(fcinfo, 3, "notify");
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	ivl = PG_GETARG_INTERVAL_P(1);
-	if (!PG_ARGISNULL(2))
-	{
-		ret = PG_GETARG_INTERVAL_P(2);
+	if (ivl == NULL)
+		ivl = DatumGetIntervalP(DirectFunctionCall3(interval_in, CStringGetDatum("1 day"),
+													ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
+	if (ret != NULL)
 		evs_check_retention(ret);
-	}
-	notify = PG_GETARG_BOOL(3);
+	if (shards < 1 || shards > 256)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("shards must be between 1 and 256, not %d", shards)));
 
 	(void) EvsBucketUsecs(ivl, "partition_interval");
 
@@ -177,10 +193,10 @@ evstream_create_topic(PG_FUNCTION_ARGS)
 		ErrorContextCallback cb;
 
 		cb.callback = evs_name_errcontext;
-		cb.arg = name;
+		cb.arg = (void *) name;
 		cb.previous = error_context_stack;
 		error_context_stack = &cb;
-		names = evs_string_to_qualified_name_list(name);
+		names = evs_string_to_qualified_name_list((char *) name);
 		rv = makeRangeVarFromNameList(names);
 		error_context_stack = cb.previous;
 	}
@@ -235,20 +251,28 @@ evstream_create_topic(PG_FUNCTION_ARGS)
 					 qname, quote_literal_cstr(qname));
 	EvsSpiExec(sql.data, 0, NULL, NULL, 0);
 	evs_lock_sequence(qseq);
+	if (shards > 1)
+	{
+		/* a shard's events: a range scan of this index (consumer.c) */
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "CREATE INDEX ON %s (evstream._shard(key, id, %d), id)", qname, shards);
+		EvsSpiExec(sql.data, 0, NULL, NULL, 0);
+	}
 
 	/* catalog entry, as the superuser */
 	EvsBecomeSuperuser(&su);
 	{
-		Oid			types[4] = {OIDOID, INTERVALOID, INTERVALOID, BOOLOID};
-		Datum		values[4] = {ObjectIdGetDatum(relid), IntervalPGetDatum(ivl),
-		ret ? IntervalPGetDatum(ret) : (Datum) 0, BoolGetDatum(notify)};
-		char		nulls[4] = {' ', ' ', ret ? ' ' : 'n', ' '};
+		Oid			types[5] = {OIDOID, INTERVALOID, INTERVALOID, BOOLOID, INT4OID};
+		Datum		values[5] = {ObjectIdGetDatum(relid), IntervalPGetDatum(ivl),
+			ret ? IntervalPGetDatum(ret) : (Datum) 0, BoolGetDatum(notify),
+		Int32GetDatum(shards)};
+		char		nulls[5] = {' ', ' ', ret ? ' ' : 'n', ' ', ' '};
 
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute_with_args("INSERT INTO evstream._topic (topic, partition_interval, retention, notify) "
-								  "VALUES ($1::pg_catalog.regclass, $2, $3, $4)",
-								  4, types, values, nulls, false, 0) != SPI_OK_INSERT)
+		if (SPI_execute_with_args("INSERT INTO evstream._topic (topic, partition_interval, retention, notify, shards) "
+								  "VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5)",
+								  5, types, values, nulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not record topic");
 		SPI_finish();
 	}
@@ -267,7 +291,7 @@ evstream_create_topic(PG_FUNCTION_ARGS)
 
 	evs_make_partitions(relid, Max(evs_premake, 1));
 
-	PG_RETURN_OID(relid);
+	return relid;
 }
 
 PG_FUNCTION_INFO_V1(evstream_drop_topic);
@@ -503,4 +527,157 @@ evstream_time_after(PG_FUNCTION_ARGS)
 						   2, types, values, out, 1, nulls) || nulls[0])
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(out[0]);
+}
+
+/*
+ * The shard of an event (SPEC: the same key, the same shard, for the life
+ * of the topic): FNV-1a over the key's bytes, the same on every platform
+ * and version, modulo the shards; a NULL key spreads by id.
+ */
+int
+EvsShardOf(const char *key, int len, int64 id, int shards)
+{
+	uint64		h = UINT64CONST(14695981039346656037);
+
+	if (shards <= 1)
+		return 0;
+	if (key == NULL)
+		return (int) ((uint64) id % (uint64) shards);
+	for (int i = 0; i < len; i++)
+	{
+		h ^= (unsigned char) key[i];
+		h *= UINT64CONST(1099511628211);
+	}
+	return (int) (h % (uint64) shards);
+}
+
+PG_FUNCTION_INFO_V1(evstream_shard);
+
+/* evstream._shard(key, id, shards): the index expression of sharded topics */
+Datum
+evstream_shard(PG_FUNCTION_ARGS)
+{
+	int			shards;
+
+	if (PG_ARGISNULL(2))
+		PG_RETURN_NULL();
+	shards = PG_GETARG_INT32(2);
+	if (PG_ARGISNULL(0))
+	{
+		if (PG_ARGISNULL(1))
+			PG_RETURN_NULL();
+		PG_RETURN_INT32(EvsShardOf(NULL, 0, PG_GETARG_INT64(1), shards));
+	}
+	else
+	{
+		text	   *key = PG_GETARG_TEXT_PP(0);
+
+		PG_RETURN_INT32(EvsShardOf(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), 0, shards));
+	}
+}
+
+PG_FUNCTION_INFO_V1(evstream_shard_of);
+
+/* evstream.shard_of(topic, key): NULL for a NULL key */
+Datum
+evstream_shard_of(PG_FUNCTION_ARGS)
+{
+	EvsTopic   *t;
+	text	   *key;
+
+	EvsArgNotNull(fcinfo, 0, "topic");
+	t = EvsRequireTopic(PG_GETARG_OID(0), "shard_of");
+	if (PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	key = PG_GETARG_TEXT_PP(1);
+	PG_RETURN_INT32(EvsShardOf(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), 0, t->shards));
+}
+
+#define EVS_LAG_EXACT 10000
+
+PG_FUNCTION_INFO_V1(evstream_lag);
+
+/*
+ * evstream._lag(topic, positions, shard, OUT events, OUT oldest): the
+ * committed events after a group's positions -- also those not stable yet
+ * -- exactly up to EVS_LAG_EXACT, estimated from the ids above; and the
+ * creation time of the oldest of them.  positions[s + 1] is shard s's
+ * position; with shard given, positions[1] is that shard's and only its
+ * events count.  Read as the topic's owner (see evs_read_as_owner).
+ */
+Datum
+evstream_lag(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	Datum		out[2] = {0, 0};
+	bool		nulls[2] = {true, true};
+	Oid			topic;
+	EvsTopic   *t;
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *enulls;
+	int			nelems;
+	int64		low = PG_INT64_MAX;
+	char	   *sql;
+	Oid			types[3] = {INT8OID, INT8ARRAYOID, INT4OID};
+	Datum		values[3];
+	Datum		res[3];
+	bool		rnulls[3];
+	bool		one_shard;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	topic = PG_GETARG_OID(0);
+	if (get_rel_name(topic) == NULL)
+		PG_RETURN_NULL();
+	t = EvsLookupTopic(topic);
+	if (t->topic != topic || pg_class_aclcheck(topic, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		PG_RETURN_NULL();		/* counts only for those who may read the topic */
+	one_shard = !PG_ARGISNULL(2);
+	arr = PG_GETARG_ARRAYTYPE_P(1);
+	deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, &enulls, &nelems);
+	if (nelems < (one_shard ? 1 : t->shards))
+		PG_RETURN_NULL();
+	for (int i = 0; i < (one_shard ? 1 : t->shards); i++)
+		low = Min(low, enulls[i] ? 0 : DatumGetInt64(elems[i]));
+
+	if (t->shards == 1)
+		sql = psprintf("SELECT pg_catalog.count(*), pg_catalog.min(x.created_at), pg_catalog.max(x.id) FROM "
+					   "(SELECT e.id, e.created_at FROM %%s e WHERE e.id OPERATOR(pg_catalog.>) $1 "
+					   "ORDER BY e.id LIMIT %d) x", EVS_LAG_EXACT + 1);
+	else if (one_shard)
+		sql = psprintf("SELECT pg_catalog.count(*), pg_catalog.min(x.created_at), pg_catalog.max(x.id) FROM "
+					   "(SELECT e.id, e.created_at FROM %%s e WHERE evstream._shard(e.key, e.id, %d) "
+					   "OPERATOR(pg_catalog.=) $3 AND e.id OPERATOR(pg_catalog.>) $1 "
+					   "ORDER BY e.id LIMIT %d) x", t->shards, EVS_LAG_EXACT + 1);
+	else
+		sql = psprintf("SELECT pg_catalog.count(*), pg_catalog.min(x.created_at), pg_catalog.max(x.id) FROM "
+					   "(SELECT e.id, e.created_at FROM %%s e WHERE e.id OPERATOR(pg_catalog.>) $1 "
+					   "AND e.id OPERATOR(pg_catalog.>) ($2)[evstream._shard(e.key, e.id, %d) OPERATOR(pg_catalog.+) 1] "
+					   "ORDER BY e.id LIMIT %d) x", t->shards, EVS_LAG_EXACT + 1);
+	values[0] = Int64GetDatum(low);
+	values[1] = PointerGetDatum(arr);
+	values[2] = Int32GetDatum(one_shard ? PG_GETARG_INT32(2) : 0);
+	if (evs_read_as_owner(topic, sql, 3, types, values, res, 3, rnulls))
+	{
+		int64		n = DatumGetInt64(res[0]);
+
+		if (n > EVS_LAG_EXACT)
+		{
+			Datum		last[2];
+			bool		lnulls[2] = {true, true};
+
+			/* an estimate: ids after the lowest position, per shard */
+			if (evs_read_as_owner(topic, "SELECT e.id, e.created_at FROM %s e ORDER BY e.id DESC LIMIT 1",
+								  0, NULL, NULL, last, 2, lnulls) && !lnulls[0])
+				n = Max(n, (DatumGetInt64(last[0]) - low) / (one_shard ? t->shards : 1));
+		}
+		out[0] = Int64GetDatum(n);
+		nulls[0] = false;
+		out[1] = res[1];
+		nulls[1] = rnulls[1];
+	}
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), out, nulls)));
 }

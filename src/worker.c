@@ -749,6 +749,23 @@ evs_worker_maintain(void)
 		pfree(errors);
 }
 
+/*
+ * Delete superseded group positions (groups.c), in a transaction of its
+ * own, about once a second: positions are insert-only.
+ */
+static void
+evs_worker_prune(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "evstream: pruning group positions");
+	EvsPrunePositions();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
 /* Run a step; on error log it, keep it for evstream.workers, go on */
 static void
 evs_worker_step(void (*step) (void))
@@ -782,6 +799,7 @@ EvsWorkerMain(Datum arg)
 	TimestampTz last_push = 0;
 	TimestampTz last_merge = 0;
 	TimestampTz last_check = 0;
+	TimestampTz last_prune = 0;
 	TimestampTz next_maintenance = 0;
 	MemoryContext loop_cxt;
 	HASHCTL		ctl;
@@ -897,6 +915,13 @@ EvsWorkerMain(Datum arg)
 				timeout = Min(timeout, evs_ms_until(now, last_push, push_gap));
 			if (deltas_pending)
 				timeout = Min(timeout, evs_ms_until(now, last_merge, merge_gap));
+		}
+
+		if (worker_catalog_current && TimestampDifferenceExceeds(last_prune, now, 1000))
+		{
+			evs_worker_step(evs_worker_prune);
+			last_prune = GetCurrentTimestamp();
+			continue;
 		}
 
 		if (now >= next_maintenance && !worker_catalog_current)

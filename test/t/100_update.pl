@@ -104,7 +104,7 @@ my %snap = (
 	logs => q{SELECT md5(string_agg(format('%s|%s|%s|%s', id, key, payload, created_at), ',' ORDER BY id)) FROM logs},
 	sys => q{SELECT md5(string_agg(format('%s|%s|%s|%s', id, key, payload, created_at), ',' ORDER BY id)) FROM sys},
 	key_counts => q{SELECT md5(string_agg(format('%s|%s|%s|%s', id, key, payload, created_at), ',' ORDER BY id)) FROM key_counts},
-	groups => q{SELECT string_agg(format('%s/%s=%s@%s', topic, consumer_group, committed_id, updated_at), ',' ORDER BY topic::text, consumer_group) FROM evstream._group},
+	groups => q{SELECT string_agg(format('%s/%s=%s@%s', topic, consumer_group, committed_id, updated_at), ',' ORDER BY topic::text, consumer_group) FROM evstream.consumer_groups},
 	group_view => q{SELECT string_agg(format('%s/%s=%s lag %s', topic, consumer_group, committed_id, lag_events), ',' ORDER BY topic::text, consumer_group) FROM evstream.consumer_groups},
 	by_key => q{SELECT string_agg(format('%s=%s', group_key, count), ',' ORDER BY group_key) FROM by_key},
 	by_w => q{SELECT string_agg(format('%s@%s=%s', group_key, bucket_start, count), ',' ORDER BY group_key, bucket_start) FROM by_w},
@@ -122,7 +122,7 @@ ok($old->poll_query_until('upd', 'SELECT count(*) = 0 FROM evstream._delta'), 'o
 my %before = map { $_ => $old->safe_psql('upd', $snap{$_}) } keys %snap;
 my $last_handed = $old->safe_psql('upd', q{SELECT evstream.stable_id('ev')});
 my $kc_max = $old->safe_psql('upd', q{SELECT max(id) FROM key_counts});
-my %pos = map { $_ => $old->safe_psql('upd', "SELECT committed_id FROM evstream._group WHERE consumer_group = '$_'") }
+my %pos = map { $_ => $old->safe_psql('upd', "SELECT committed_id FROM evstream.consumer_groups WHERE consumer_group = '$_'") }
   qw(g1 g2 g3 c1 s1);
 $old->stop;
 

@@ -81,7 +81,7 @@ my %snap = (
 	events => q{SELECT md5(string_agg(format('%s|%s|%s|%s', id, key, payload, created_at), ',' ORDER BY id)) FROM ev},
 	logs => q{SELECT md5(string_agg(format('%s|%s|%s|%s', id, key, payload, created_at), ',' ORDER BY id)) FROM s.logs},
 	key_counts => q{SELECT md5(string_agg(format('%s|%s|%s|%s', id, key, payload, created_at), ',' ORDER BY id)) FROM key_counts},
-	groups => q{SELECT string_agg(format('%s/%s=%s@%s by %s', topic, consumer_group, committed_id, updated_at, owner), ',' ORDER BY topic::text, consumer_group) FROM evstream._group},
+	groups => q{SELECT string_agg(format('%s/%s=%s@%s by %s', topic, consumer_group, committed_id, updated_at, owner), ',' ORDER BY topic::text, consumer_group) FROM evstream.consumer_groups},
 	by_key => q{SELECT string_agg(format('%s=%s', group_key, count), ',' ORDER BY group_key) FROM by_key},
 	by_w => q{SELECT string_agg(format('%s@%s=%s', group_key, bucket_start, count), ',' ORDER BY group_key, bucket_start) FROM s.by_w},
 	deltas => q{SELECT count(*) FROM evstream._delta},
@@ -92,7 +92,7 @@ my %snap = (
 );
 my %osnap = (
 	events => q{SELECT md5(string_agg(format('%s|%s|%s|%s', id, key, payload, created_at), ',' ORDER BY id)) FROM o},
-	groups => q{SELECT string_agg(format('%s/%s=%s', topic, consumer_group, committed_id), ',' ORDER BY consumer_group) FROM evstream._group},
+	groups => q{SELECT string_agg(format('%s/%s=%s', topic, consumer_group, committed_id), ',' ORDER BY consumer_group) FROM evstream.consumer_groups},
 	counts => q{SELECT string_agg(format('%s=%s', group_key, count), ',' ORDER BY group_key) FROM o_counts},
 );
 # the worker folds the last deltas within 250 ms (and publishes them to the
@@ -103,7 +103,7 @@ my %obefore = map { $_ => $old->safe_psql('other', $osnap{$_}) } keys %osnap;
 my $last_handed = $old->safe_psql('app', q{SELECT evstream.stable_id('ev')});
 is($last_handed, $old->safe_psql('app', 'SELECT max(id) + 5 FROM ev'), 'old: stable_id counts the rolled-back ids');
 my $kc_max = $old->safe_psql('app', q{SELECT max(id) FROM key_counts});
-my $g1 = $old->safe_psql('app', q{SELECT committed_id FROM evstream._group WHERE consumer_group = 'g1'});
+my $g1 = $old->safe_psql('app', q{SELECT committed_id FROM evstream.consumer_groups WHERE consumer_group = 'g1'});
 $old->stop;
 
 # ---------------------------------------------------------------- pg_upgrade

@@ -1,0 +1,272 @@
+/*-------------------------------------------------------------------------
+ *
+ * waits.c
+ *	  Shared memory of the consumers (0.2): the wake-ups of long polls and
+ *	  the attempt counts of the shards' next events.
+ *
+ *	  Long poll.  A consumer that found nothing to return and may wait
+ *	  sleeps on one of EVS_WAIT_SLOTS condition variables, chosen by the
+ *	  topic's OID, after counting itself in that slot's `waiters`.  A
+ *	  producing transaction, once its slot in offsets.c is cleared (the
+ *	  stable id of its topics may have moved), broadcasts on the slots of
+ *	  its topics whose `waiters` is not zero: with nobody waiting a producer
+ *	  pays one atomic read per topic.
+ *	  Why no wake-up is lost: the waiter increments `waiters` (a full
+ *	  barrier) and prepares to sleep *before* it looks for events with a
+ *	  new snapshot; the producer clears its slot, issues a full barrier and
+ *	  then reads `waiters`.  Either the producer reads a count that includes
+ *	  the waiter, and its broadcast finds the waiter prepared (or the
+ *	  waiter's sleep returns at once), or the waiter's increment came after
+ *	  the producer's read, hence its look for events came after the
+ *	  producer's clear and sees the new stable id.  A waiter whose prepared
+ *	  sleep was cancelled by a condition variable used inside its look (e.g.
+ *	  buffer I/O) has ConditionVariableTimedSleep return at once and looks
+ *	  again.  Slots are shared by topics (and databases) of equal hash:
+ *	  that costs spurious wake-ups, never lost ones.
+ *
+ *	  Attempts.  A hash table keyed by (database, group id, shard) holds,
+ *	  for the shard's last delivery, the position it was delivered from, the
+ *	  id of the event at its head and how many deliveries from that position
+ *	  started with that event.  A delivery that commits moves the position,
+ *	  so the next one starts a new count: the count is the number of
+ *	  deliveries that did not commit past the event (rolled back, or a
+ *	  member lease that expired or was released), plus the current one.
+ *	  The table is bounded (EVS_ATTEMPT_ENTRIES); when it is full a new
+ *	  shard is not counted (no dead-lettering for it until entries free up)
+ *	  rather than evicting others.  Counts do not survive a restart (SPEC).
+ *
+ * Copyright (c) 2026, The evstream authors
+ *
+ * IDENTIFICATION
+ *	  src/waits.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/condition_variable.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/hsearch.h"
+#include "utils/timestamp.h"
+
+#include "evstream.h"
+
+#define EVS_WAIT_SLOTS 64
+#define EVS_ATTEMPT_ENTRIES 8192
+
+typedef struct EvsWaitSlot
+{
+	pg_atomic_uint32 waiters;
+	ConditionVariable cv;
+} EvsWaitSlot;
+
+typedef struct EvsWaits
+{
+	LWLock	   *lock;			/* protects the attempts table */
+	EvsWaitSlot slots[EVS_WAIT_SLOTS];
+} EvsWaits;
+
+typedef struct EvsAttemptKey
+{
+	Oid			dboid;
+	int32		group_id;
+	int32		shard;
+} EvsAttemptKey;
+
+typedef struct EvsAttempt
+{
+	EvsAttemptKey key;
+	int64		position;		/* the shard's position at the delivery */
+	int64		event_id;		/* the event at its head */
+	int32		count;
+} EvsAttempt;
+
+static EvsWaits *evs_waits = NULL;
+static HTAB *evs_attempts = NULL;
+
+Size
+EvsWaitsShmemSize(void)
+{
+	return add_size(MAXALIGN(sizeof(EvsWaits)),
+					hash_estimate_size(EVS_ATTEMPT_ENTRIES, sizeof(EvsAttempt)));
+}
+
+/* Called from the shmem startup hook, under AddinShmemInitLock */
+void
+EvsWaitsShmemInit(void)
+{
+	bool		found;
+	HASHCTL		ctl;
+
+	evs_waits = ShmemInitStruct("evstream waits", sizeof(EvsWaits), &found);
+	if (!found)
+	{
+		evs_waits->lock = &(GetNamedLWLockTranche("evstream attempts"))->lock;
+		for (int i = 0; i < EVS_WAIT_SLOTS; i++)
+		{
+			pg_atomic_init_u32(&evs_waits->slots[i].waiters, 0);
+			ConditionVariableInit(&evs_waits->slots[i].cv);
+		}
+	}
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(EvsAttemptKey);
+	ctl.entrysize = sizeof(EvsAttempt);
+	evs_attempts = ShmemInitHash("evstream attempts", EVS_ATTEMPT_ENTRIES,
+								 EVS_ATTEMPT_ENTRIES, &ctl, HASH_ELEM | HASH_BLOBS);
+}
+
+static EvsWaitSlot *
+evs_wait_slot(Oid topic)
+{
+	return &evs_waits->slots[topic % EVS_WAIT_SLOTS];
+}
+
+/*
+ * Producer side (offsets.c), after this transaction's slot was cleared:
+ * wake the long polls of a topic whose stable id may have moved.
+ */
+void
+EvsWakeWaiters(Oid topic)
+{
+	EvsWaitSlot *slot;
+
+	if (evs_waits == NULL)
+		return;
+	slot = evs_wait_slot(topic);
+	pg_memory_barrier();
+	if (pg_atomic_read_u32(&slot->waiters) > 0)
+		ConditionVariableBroadcast(&slot->cv);
+}
+
+/*
+ * Waiter side: call look() until it returns true or `timeout_ms` passed;
+ * returns look()'s last result.  look() runs at least once after the
+ * waiter is registered.  Cancellable (statement_timeout and query cancel
+ * raise from ConditionVariableTimedSleep's CHECK_FOR_INTERRUPTS); the
+ * waiter count is restored on any exit.
+ */
+bool
+EvsWaitFor(Oid topic, int64 timeout_ms, bool (*look) (void *), void *arg)
+{
+	EvsWaitSlot *slot = evs_wait_slot(topic);
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	volatile bool found = false;
+
+	pg_atomic_fetch_add_u32(&slot->waiters, 1);
+	PG_TRY();
+	{
+		ConditionVariablePrepareToSleep(&slot->cv);
+		for (;;)
+		{
+			long		remaining;
+
+			CHECK_FOR_INTERRUPTS();
+			if (look(arg))
+			{
+				found = true;
+				break;
+			}
+			remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+			if (remaining <= 0)
+				break;
+			(void) ConditionVariableTimedSleep(&slot->cv, remaining, PG_WAIT_EXTENSION);
+		}
+	}
+	PG_FINALLY();
+	{
+		ConditionVariableCancelSleep();
+		pg_atomic_fetch_sub_u32(&slot->waiters, 1);
+	}
+	PG_END_TRY();
+	return found;
+}
+
+/*
+ * Attempts of a shard's head event as of position `position`: the count
+ * of deliveries so far (0 when none is recorded).
+ */
+int32
+EvsAttemptsOf(int32 group_id, int32 shard, int64 position, int64 *event_id)
+{
+	EvsAttemptKey key;
+	EvsAttempt *e;
+	int32		n = 0;
+
+	memset(&key, 0, sizeof(key));
+	key.dboid = MyDatabaseId;
+	key.group_id = group_id;
+	key.shard = shard;
+	LWLockAcquire(evs_waits->lock, LW_SHARED);
+	e = hash_search(evs_attempts, &key, HASH_FIND, NULL);
+	if (e != NULL && e->position == position)
+	{
+		n = e->count;
+		if (event_id)
+			*event_id = e->event_id;
+	}
+	LWLockRelease(evs_waits->lock);
+	return n;
+}
+
+/* A delivery of `event_id` from `position` starts: count it */
+void
+EvsCountAttempt(int32 group_id, int32 shard, int64 position, int64 event_id)
+{
+	EvsAttemptKey key;
+	EvsAttempt *e;
+	bool		found;
+
+	memset(&key, 0, sizeof(key));
+	key.dboid = MyDatabaseId;
+	key.group_id = group_id;
+	key.shard = shard;
+	LWLockAcquire(evs_waits->lock, LW_EXCLUSIVE);
+	e = hash_search(evs_attempts, &key, HASH_ENTER_NULL, &found);
+	if (e != NULL)
+	{
+		if (!found || e->position != position || e->event_id != event_id)
+		{
+			e->position = position;
+			e->event_id = event_id;
+			e->count = 0;
+		}
+		e->count++;
+	}
+	LWLockRelease(evs_waits->lock);
+}
+
+/* Forget a group's counts (shard -1: every shard) */
+void
+EvsForgetAttempts(int32 group_id, int32 shard)
+{
+	HASH_SEQ_STATUS seq;
+	EvsAttempt *e;
+
+	LWLockAcquire(evs_waits->lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, evs_attempts);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		if (e->key.dboid == MyDatabaseId && e->key.group_id == group_id &&
+			(shard < 0 || e->key.shard == shard))
+			hash_search(evs_attempts, &e->key, HASH_REMOVE, NULL);
+	}
+	LWLockRelease(evs_waits->lock);
+}
+
+PG_FUNCTION_INFO_V1(evstream_attempts);
+
+/*
+ * evstream._attempts(group_id, shard, after_id): deliveries of the shard's
+ * next event after position after_id that have not committed (0: none).
+ */
+Datum
+evstream_attempts(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		PG_RETURN_NULL();
+	PG_RETURN_INT32(EvsAttemptsOf(PG_GETARG_INT32(0), PG_GETARG_INT32(1),
+								  PG_GETARG_INT64(2), NULL));
+}
