@@ -10,8 +10,9 @@
 #     (an INSERT) in one transaction: every committed event is processed
 #     exactly once, with its key, by at least two workers in parallel, and
 #     per key in id order; a worker whose connection is killed with
-#     pg_terminate_backend in mid-run reconnects and goes on; SIGTERM stops
-#     it cleanly (exit 0);
+#     pg_terminate_backend in mid-run, inside its transaction after consume
+#     handed it events, reconnects and goes on (its events are delivered
+#     again); SIGTERM stops it cleanly (exit 0);
 #   - worker_pool.py, two pools of 2 members (host:pid:n) each, member poll
 #     with a 2 s lease and commit with member, the work recorded in its own
 #     transaction: every event is processed at least once, none is lost or
@@ -160,13 +161,25 @@ SELECT (SELECT count(*) FROM processed) > 50 AND (SELECT count(*) FROM delivered
 	'both clients are processing events');
 
 # ---------------------------------------------------------------- Node: kill a connection
+# mid-transaction: a lock on processed holds the Node workers in their work
+# (the INSERT), after consume() handed them events; one of them is killed
+# there, so its transaction, events and work roll back together
+my $locker = $node->background_psql('postgres');
+$locker->query_safe('BEGIN; LOCK TABLE processed IN EXCLUSIVE MODE');
+ok( $node->poll_query_until('postgres', q{
+SELECT count(*) > 0 FROM pg_stat_activity
+ WHERE application_name LIKE 'node-consumer %' AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO%'}),
+	'a Node worker is doing its work inside its consuming transaction');
 my ($victim, $victim_app) = split /\|/, $node->safe_psql('postgres', q{
 SELECT pid, application_name FROM pg_stat_activity
- WHERE application_name LIKE 'node-consumer %' ORDER BY backend_start LIMIT 1});
+ WHERE application_name LIKE 'node-consumer %' AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO%'
+ ORDER BY backend_start LIMIT 1});
 my ($victim_worker) = $victim_app =~ /^node-consumer (.*)$/;
 my $before = $node->safe_psql('postgres', "SELECT count(*) FROM processed WHERE worker = " . q_lit($victim_worker));
 is($node->safe_psql('postgres', "SELECT pg_terminate_backend($victim, 10000)"), 't',
-	"pg_terminate_backend of Node worker $victim_worker (backend $victim)");
+	"pg_terminate_backend of Node worker $victim_worker (backend $victim) in its transaction");
+$locker->query_safe('COMMIT');
+$locker->quit;
 ok( $node->poll_query_until('postgres',
 		"SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = " . q_lit($victim_app) . " AND pid <> $victim"),
 	'the Node worker reconnected')
@@ -236,6 +249,10 @@ ok( $node->poll_query_until('postgres',
 # ---------------------------------------------------------------- stop producing, drain
 my ($prc, $pout, $perr) = stop_pgbench($producer);
 note "producers: $pout";
+# a producer's COMMIT in flight when pgbench stopped lands (or not) before
+# its backend goes
+ok( $node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name = 'pgbench'}),
+	'the producers are gone');
 my $events = $node->safe_psql('postgres', 'SELECT count(*) FROM ev');
 cmp_ok($events, '>', 200, "$events events produced");
 ok( $node->poll_query_until('postgres', q{
