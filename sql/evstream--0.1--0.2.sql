@@ -114,6 +114,43 @@ CREATE FUNCTION evstream.set_group_options(topic regclass, consumer_group text,
 
 ALTER TABLE evstream._group DROP COLUMN committed_id;
 
+-- (0.2) Continuous transforms: each consumes its source with a group of its
+-- own (named after it) and inserts its query's rows into its output topic,
+-- one transaction per batch, as its owner (transforms.c).
+CREATE TABLE evstream._transform (
+    name          text PRIMARY KEY,
+    owner         regrole NOT NULL,
+    source        regclass NOT NULL REFERENCES evstream._topic ON DELETE CASCADE,
+    query         text NOT NULL,
+    output_topic  regclass NOT NULL REFERENCES evstream._topic ON DELETE CASCADE,
+    batch         integer NOT NULL,
+    paused        boolean NOT NULL DEFAULT false,
+    failures      integer NOT NULL DEFAULT 0,     -- of the current batch, in a row
+    last_error    text,
+    search_path   text,                           -- the owner's, at creation
+    created       timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+SELECT pg_catalog.pg_extension_config_dump('evstream._transform', '');
+GRANT SELECT ON evstream._transform TO PUBLIC;
+ALTER TABLE evstream._transform ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readable_transforms ON evstream._transform FOR SELECT USING
+    (pg_catalog.has_table_privilege(source, 'SELECT'));
+
+------------------------------------------------------------------ transforms
+CREATE FUNCTION evstream.create_transform(name text, source regclass, query text,
+                                          output_topic text, batch integer DEFAULT 1000)
+    RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
+    AS 'MODULE_PATHNAME', 'evstream_create_transform';
+
+CREATE FUNCTION evstream.drop_transform(name text)
+    RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
+    AS 'MODULE_PATHNAME', 'evstream_drop_transform';
+
+CREATE FUNCTION evstream.resume_transform(name text)
+    RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
+    AS 'MODULE_PATHNAME', 'evstream_resume_transform';
+
+
 DROP FUNCTION evstream._edge(regclass, boolean);
 DROP FUNCTION evstream._time_after(regclass, bigint);
 DROP FUNCTION evstream.run_maintenance(integer);
@@ -466,11 +503,19 @@ SELECT a.aggregate AS name, a.topic, a.group_by, a.bucket, a.output_topic,
   FROM evstream._aggregate a
   JOIN pg_catalog.pg_class ac ON ac.oid OPERATOR(pg_catalog.=) a.aggregate::pg_catalog.oid;
 
+CREATE VIEW evstream.transforms WITH (security_barrier) AS
+SELECT x.name, x.source, x.query, x.output_topic,
+       g.lag_events, x.last_error, x.paused
+  FROM evstream._transform x
+  LEFT JOIN evstream.consumer_groups g
+    ON g.topic OPERATOR(pg_catalog.=) x.source AND g.consumer_group OPERATOR(pg_catalog.=) x.name
+ WHERE pg_catalog.has_table_privilege(x.source, 'SELECT');
+
 CREATE VIEW evstream.workers AS
 SELECT * FROM evstream._workers();
 
 GRANT SELECT ON evstream.topics, evstream.consumer_groups, evstream.group_shards,
-                evstream.aggregates, evstream.workers TO PUBLIC;
+                evstream.aggregates, evstream.transforms, evstream.workers TO PUBLIC;
 
 -- (0.2) forget positions and leases of a dropped topic's groups
 CREATE OR REPLACE FUNCTION evstream._on_sql_drop() RETURNS event_trigger

@@ -110,6 +110,23 @@ CREATE TABLE evstream._delta (
 );
 CREATE INDEX _delta_agg_key ON evstream._delta (agg, group_key, bucket_start);
 
+-- (0.2) Continuous transforms: each consumes its source with a group of its
+-- own (named after it) and inserts its query's rows into its output topic,
+-- one transaction per batch, as its owner (transforms.c).
+CREATE TABLE evstream._transform (
+    name          text PRIMARY KEY,
+    owner         regrole NOT NULL,
+    source        regclass NOT NULL REFERENCES evstream._topic ON DELETE CASCADE,
+    query         text NOT NULL,
+    output_topic  regclass NOT NULL REFERENCES evstream._topic ON DELETE CASCADE,
+    batch         integer NOT NULL,
+    paused        boolean NOT NULL DEFAULT false,
+    failures      integer NOT NULL DEFAULT 0,     -- of the current batch, in a row
+    last_error    text,
+    search_path   text,                           -- the owner's, at creation
+    created       timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
 SELECT pg_catalog.pg_extension_config_dump('evstream._topic', '');
 SELECT pg_catalog.pg_extension_config_dump('evstream._group', '');
 SELECT pg_catalog.pg_extension_config_dump('evstream._group_id_seq', '');
@@ -119,10 +136,11 @@ SELECT pg_catalog.pg_extension_config_dump('evstream._aggregate', '');
 SELECT pg_catalog.pg_extension_config_dump('evstream._aggregate_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('evstream._count', '');
 SELECT pg_catalog.pg_extension_config_dump('evstream._delta', '');
+SELECT pg_catalog.pg_extension_config_dump('evstream._transform', '');
 
 GRANT SELECT ON evstream._topic, evstream._group, evstream._aggregate,
                 evstream._count, evstream._delta, evstream._position,
-                evstream._lease TO PUBLIC;
+                evstream._lease, evstream._transform TO PUBLIC;
 
 -- Group positions are readable only by roles that can read the topic.
 ALTER TABLE evstream._group ENABLE ROW LEVEL SECURITY;
@@ -134,6 +152,9 @@ CREATE POLICY readable_positions ON evstream._position FOR SELECT USING
     (group_id IN (SELECT g.id FROM evstream._group g));
 CREATE POLICY readable_leases ON evstream._lease FOR SELECT USING
     (group_id IN (SELECT g.id FROM evstream._group g));
+ALTER TABLE evstream._transform ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readable_transforms ON evstream._transform FOR SELECT USING
+    (pg_catalog.has_table_privilege(source, 'SELECT'));
 
 -- Counts are readable only by roles that can read the aggregate's topic
 -- (an aggregate's view reads them with its owner's rights).
@@ -240,6 +261,20 @@ CREATE FUNCTION evstream.create_aggregate(name text, topic regclass,
 CREATE FUNCTION evstream.drop_aggregate(name regclass)
     RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'evstream_drop_aggregate';
+
+------------------------------------------------------------------ transforms
+CREATE FUNCTION evstream.create_transform(name text, source regclass, query text,
+                                          output_topic text, batch integer DEFAULT 1000)
+    RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
+    AS 'MODULE_PATHNAME', 'evstream_create_transform';
+
+CREATE FUNCTION evstream.drop_transform(name text)
+    RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
+    AS 'MODULE_PATHNAME', 'evstream_drop_transform';
+
+CREATE FUNCTION evstream.resume_transform(name text)
+    RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
+    AS 'MODULE_PATHNAME', 'evstream_resume_transform';
 
 ------------------------------------------------------------------ maintenance
 -- Partition bounds of a topic's partitions (the default partition has none).
@@ -625,8 +660,16 @@ SELECT a.aggregate AS name, a.topic, a.group_by, a.bucket, a.output_topic,
   FROM evstream._aggregate a
   JOIN pg_catalog.pg_class ac ON ac.oid OPERATOR(pg_catalog.=) a.aggregate::pg_catalog.oid;
 
+CREATE VIEW evstream.transforms WITH (security_barrier) AS
+SELECT x.name, x.source, x.query, x.output_topic,
+       g.lag_events, x.last_error, x.paused
+  FROM evstream._transform x
+  LEFT JOIN evstream.consumer_groups g
+    ON g.topic OPERATOR(pg_catalog.=) x.source AND g.consumer_group OPERATOR(pg_catalog.=) x.name
+ WHERE pg_catalog.has_table_privilege(x.source, 'SELECT');
+
 CREATE VIEW evstream.workers AS
 SELECT * FROM evstream._workers();
 
 GRANT SELECT ON evstream.topics, evstream.consumer_groups, evstream.group_shards,
-                evstream.aggregates, evstream.workers TO PUBLIC;
+                evstream.aggregates, evstream.transforms, evstream.workers TO PUBLIC;

@@ -496,7 +496,7 @@ evs_claim(EvsRead *r, EvsShardState *st, int64 stable, int skip)
 	TimestampTz now = GetCurrentTimestamp();
 	int			ncands = 0;
 	int			n;
-	bool		wrote;
+	bool		wrote = false;
 
 	for (int s = 0; s < nshards; s++)
 	{
@@ -543,7 +543,7 @@ evs_look_consume(void *arg)
 	EvsRead    *r = arg;
 	int64		stable = EvsStableId(r->topic);
 	EvsShardState *st;
-	bool		wrote;
+	bool		wrote = false;
 
 	if (!evs_look_group(r))
 		return false;
@@ -573,7 +573,7 @@ evs_look_member(void *arg)
 	EvsShardState *st;
 	int			cur = -1;
 	TimestampTz now = GetCurrentTimestamp();
-	bool		wrote;
+	bool		wrote = false;
 
 	if (!evs_look_group(r))
 		return false;

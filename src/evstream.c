@@ -140,6 +140,20 @@ _PG_init(void)
 							 false,
 							 PGC_SUSET, 0,
 							 NULL, NULL, NULL);
+	DefineCustomIntVariable("evstream.transform_max_attempts",
+							"Failures in a row of a transform's batch after which the transform pauses.",
+							NULL,
+							&evs_transform_max_attempts,
+							5, 1, 1000000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("evstream.max_transform_workers",
+							"Background worker processes running transforms, per database.",
+							"Each takes a slot of max_worker_processes.",
+							&evs_max_transform_workers,
+							2, 0, EVS_MAX_TRANSFORM_WORKERS,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("evstream");
 
 	prev_shmem_request_hook = shmem_request_hook;

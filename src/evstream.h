@@ -56,6 +56,9 @@
 /* Databases with the extension that can have a maintenance worker. */
 #define EVS_MAX_DATABASES 64
 
+/* Transform workers a database can have (evstream.max_transform_workers) */
+#define EVS_MAX_TRANSFORM_WORKERS 16
+
 /* Topics whose "advanced" flag the dirty set can hold before overflowing. */
 #define EVS_DIRTY_TOPICS 256
 
@@ -88,6 +91,7 @@ typedef struct EvsDatabase
 								 * until then (or until it ends) */
 	TimestampTz last_maintenance;
 	char		last_error[256];
+	int			transform_pids[EVS_MAX_TRANSFORM_WORKERS];	/* 0: free */
 	/* topics with newly committed events, for push (worker.c) */
 	pg_atomic_uint32 take_gen;	/* bumped each time the worker takes them */
 	int			ndirty;
@@ -178,10 +182,19 @@ extern void EvsSetGroupOptions(EvsGroup *g, int32 max_attempts, Oid dead_letter)
 extern void EvsDropGroup(EvsGroup *g);
 extern void EvsPrunePositions(void);
 
+/* transforms.c */
+extern int	evs_transform_max_attempts;
+extern int	evs_max_transform_workers;
+extern PGDLLEXPORT void EvsTransformWorkerMain(Datum arg);
+extern void EvsTransformWorkersCheck(EvsDatabase *db);
+
 /* waits.c */
 extern Size EvsWaitsShmemSize(void);
 extern void EvsWaitsShmemInit(void);
 extern void EvsWakeWaiters(Oid topic);
+extern void EvsDatabaseWaitBegin(void);
+extern void EvsDatabaseWaitSleep(long timeout_ms);
+extern void EvsDatabaseWaitEnd(void);
 extern bool EvsWaitFor(Oid topic, int64 timeout_ms, bool (*look) (void *), void *arg);
 extern int32 EvsAttemptsOf(int32 group_id, int32 shard, int64 position, int64 *event_id);
 extern void EvsCountAttempt(int32 group_id, int32 shard, int64 position, int64 event_id);

@@ -42,6 +42,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/datum.h"
 #include "access/htup_details.h"
 #include "funcapi.h"

@@ -55,6 +55,7 @@
 #include "evstream.h"
 
 #define EVS_WAIT_SLOTS 64
+#define EVS_DB_WAIT_SLOTS 16		/* after the topic slots: per database */
 #define EVS_ATTEMPT_ENTRIES 8192
 
 typedef struct EvsWaitSlot
@@ -66,7 +67,7 @@ typedef struct EvsWaitSlot
 typedef struct EvsWaits
 {
 	LWLock	   *lock;			/* protects the attempts table */
-	EvsWaitSlot slots[EVS_WAIT_SLOTS];
+	EvsWaitSlot slots[EVS_WAIT_SLOTS + EVS_DB_WAIT_SLOTS];
 } EvsWaits;
 
 typedef struct EvsAttemptKey
@@ -105,7 +106,7 @@ EvsWaitsShmemInit(void)
 	if (!found)
 	{
 		evs_waits->lock = &(GetNamedLWLockTranche("evstream attempts"))->lock;
-		for (int i = 0; i < EVS_WAIT_SLOTS; i++)
+		for (int i = 0; i < EVS_WAIT_SLOTS + EVS_DB_WAIT_SLOTS; i++)
 		{
 			pg_atomic_init_u32(&evs_waits->slots[i].waiters, 0);
 			ConditionVariableInit(&evs_waits->slots[i].cv);
@@ -124,21 +125,64 @@ evs_wait_slot(Oid topic)
 	return &evs_waits->slots[topic % EVS_WAIT_SLOTS];
 }
 
+static EvsWaitSlot *
+evs_db_wait_slot(void)
+{
+	return &evs_waits->slots[EVS_WAIT_SLOTS + MyDatabaseId % EVS_DB_WAIT_SLOTS];
+}
+
 /*
  * Producer side (offsets.c), after this transaction's slot was cleared:
- * wake the long polls of a topic whose stable id may have moved.
+ * wake the long polls of a topic whose stable id may have moved, and the
+ * database's transform workers.
  */
 void
 EvsWakeWaiters(Oid topic)
 {
 	EvsWaitSlot *slot;
+	EvsWaitSlot *db;
 
 	if (evs_waits == NULL)
 		return;
 	slot = evs_wait_slot(topic);
+	db = evs_db_wait_slot();
 	pg_memory_barrier();
 	if (pg_atomic_read_u32(&slot->waiters) > 0)
 		ConditionVariableBroadcast(&slot->cv);
+	if (pg_atomic_read_u32(&db->waiters) > 0)
+		ConditionVariableBroadcast(&db->cv);
+}
+
+/*
+ * Transform workers (transforms.c): any commit to any topic of the
+ * database.  Begin registers and prepares to sleep before the worker's
+ * pass over its transforms (the same protocol as EvsWaitFor: a commit
+ * after Begin either finds the worker prepared or is seen by the pass),
+ * Sleep waits unless a broadcast came meanwhile, End unregisters.  A
+ * broadcast the worker makes itself (it produces to output topics)
+ * cancels its prepared sleep; Sleep then returns at once and the worker
+ * makes one more pass: no wake-up is lost.
+ */
+void
+EvsDatabaseWaitBegin(void)
+{
+	EvsWaitSlot *db = evs_db_wait_slot();
+
+	pg_atomic_fetch_add_u32(&db->waiters, 1);
+	ConditionVariablePrepareToSleep(&db->cv);
+}
+
+void
+EvsDatabaseWaitSleep(long timeout_ms)
+{
+	(void) ConditionVariableTimedSleep(&evs_db_wait_slot()->cv, timeout_ms, PG_WAIT_EXTENSION);
+}
+
+void
+EvsDatabaseWaitEnd(void)
+{
+	ConditionVariableCancelSleep();
+	pg_atomic_fetch_sub_u32(&evs_db_wait_slot()->waiters, 1);
 }
 
 /*

@@ -381,6 +381,25 @@ EvsStopDatabaseWorker(Oid dboid)
 	if (d == NULL)
 		return;
 	d->blocked_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 30000);
+	/* the transform workers connected to it too (they do not come back while blocked) */
+	for (int i = 0; i < EVS_MAX_TRANSFORM_WORKERS; i++)
+	{
+		int			tpid = d->transform_pids[i];
+
+		if (tpid != 0)
+			kill(tpid, SIGTERM);
+	}
+	for (waited = 0; waited < 5000; waited += 10)
+	{
+		bool		any = false;
+
+		for (int i = 0; i < EVS_MAX_TRANSFORM_WORKERS; i++)
+			any |= d->transform_pids[i] != 0;
+		if (!any)
+			break;
+		CHECK_FOR_INTERRUPTS();
+		pg_usleep(10000L);
+	}
 	pid = d->worker_pid;
 	if (pid == 0)
 		return;
@@ -761,6 +780,7 @@ evs_worker_prune(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "evstream: pruning group positions");
 	EvsPrunePositions();
+	EvsTransformWorkersCheck(worker_db);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);

@@ -4,8 +4,12 @@
 #
 # PG=15 (the default) runs on the host:
 # 1. Installs what is missing (Debian's PostgreSQL server and dev packages,
-#    libipc-run-perl, pgbench's pgq baseline, psycopg2) with apt-get when
-#    run as root; as another user it only says what is missing.
+#    libipc-run-perl, pgbench's pgq baseline, psycopg2 and psycopg 3,
+#    Node.js and node-postgres for the examples) with apt-get when run as
+#    root; as another user it only says what is missing.  node-postgres is
+#    Debian's node-pg, or npm's pg in $NPM_DIR when node-pg cannot be
+#    installed (a Node.js that is not Debian's, e.g. NodeSource's, does not
+#    satisfy node-pg's dependencies).
 # 2. Builds evstream warning-free (-Werror) in the work tree.
 # 3. Makes a throwaway, relocated copy of the PostgreSQL installation in a
 #    temporary directory and installs evstream into it (make install
@@ -99,7 +103,7 @@ if [ "$PG" != "$HOST_PG" ] && [ -z "${EVS_IN_CHROOT:-}" ]; then
     die "PG=$PG runs in a Debian $suite chroot, which needs root (mmdebstrap, chroot, mount); run as root or use PG=$HOST_PG"
   CACHE=/var/cache/evstream
   C=$CACHE/$suite-pg$PG
-  pkgs="postgresql-$PG,postgresql-server-dev-$PG,make,gcc,libc6-dev,libipc-run-perl,perl,python3-psycopg2,rsync"
+  pkgs="postgresql-$PG,postgresql-server-dev-$PG,make,gcc,libc6-dev,libipc-run-perl,perl,python3-psycopg2,python3-psycopg,nodejs,node-pg,rsync"
   key="$suite $pkgs"
   mkdir -p "$CACHE"
   chroot_ok() {
@@ -108,7 +112,8 @@ if [ "$PG" != "$HOST_PG" ] && [ -z "${EVS_IN_CHROOT:-}" ]; then
       [ -x "$C/usr/lib/postgresql/$PG/bin/pg_config" ] &&
       [ -f "$C/usr/include/postgresql/$PG/server/postgres.h" ] &&
       [ -x "$C/usr/lib/postgresql/$PG/lib/pgxs/src/test/isolation/pg_isolation_regress" ] &&
-      [ -x "$C/usr/sbin/runuser" ]
+      [ -x "$C/usr/sbin/runuser" ] &&
+      [ -x "$C/usr/bin/node" ] && [ -d "$C/usr/share/nodejs/pg" ]
   }
   # one builder at a time; runs hold the lock shared so nobody replaces
   # the chroot under them
@@ -205,20 +210,49 @@ command -v gcc >/dev/null || need+=(gcc)
 command -v prove >/dev/null || need+=(perl)
 command -v rsync >/dev/null || need+=(rsync)
 /usr/bin/python3 -c 'import psycopg2' 2>/dev/null || need+=(python3-psycopg2)
+/usr/bin/python3 -c 'import psycopg' 2>/dev/null || need+=(python3-psycopg)
+# the examples' Node.js client: node-postgres from Debian (node-pg) or, when
+# that cannot be installed, from npm into $NPM_DIR (NODE_PATH for the tests)
+NPM_DIR=/var/cache/evstream/npm
+node_pg_ok() { NODE_PATH=$NPM_DIR/node_modules node -e 'require("pg")' 2>/dev/null; }
+command -v node >/dev/null || need+=(nodejs)
+need_pg=0
+node_pg_ok || need_pg=1
 if [ "$mode" = bench ]; then
   [ -f /usr/share/postgresql/$PGMAJOR/extension/pgq.control ] || need+=(postgresql-$PGMAJOR-pgq3)
 fi
-if [ ${#need[@]} -gt 0 ]; then
+if [ ${#need[@]} -gt 0 ] || [ $need_pg = 1 ]; then
   if [ "$(id -u)" = 0 ]; then
-    say "installing: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # the server package must not start a system cluster we do not use
-    mkdir -p /etc/postgresql-common/createcluster.d
-    echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/evstream-test.conf
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    if [ ${#need[@]} -gt 0 ]; then
+      say "installing: ${need[*]}"
+      # the server package must not start a system cluster we do not use
+      mkdir -p /etc/postgresql-common/createcluster.d
+      echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/evstream-test.conf
+      apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    fi
+    if ! node_pg_ok; then
+      # Debian's node-pg when apt can install it without removing anything
+      # (it cannot next to a non-Debian Node.js), else npm's pg
+      if apt-get install -s --no-install-recommends node-pg 2>/dev/null | grep -q '^Inst node-pg ' &&
+         ! apt-get install -s --no-install-recommends node-pg 2>/dev/null | grep -q '^Remv '; then
+        say "installing: node-pg"
+        apt-get install -y -qq --no-install-recommends node-pg >/dev/null
+      else
+        command -v npm >/dev/null ||
+          die "node-postgres: Debian's node-pg cannot be installed next to this Node.js ($(command -v node)), and there is no npm to install pg with"
+        say "installing: pg (npm) into $NPM_DIR"
+        mkdir -p "$NPM_DIR"
+        npm install --prefix "$NPM_DIR" --no-audit --no-fund --no-package-lock --omit=dev --loglevel=error 'pg@8' >/dev/null
+      fi
+      node_pg_ok || die "node-postgres installed but node cannot load it (NODE_PATH=$NPM_DIR/node_modules)"
+    fi
   else
-    echo "missing packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2
+    [ ${#need[@]} -gt 0 ] &&
+      echo "missing packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2
+    [ $need_pg = 1 ] &&
+      echo "missing node-postgres for examples/node-consumer.js (run as root, or: sudo apt-get install node-pg, or with another Node.js: sudo npm install --prefix $NPM_DIR pg)" >&2
     exit 1
   fi
 fi
@@ -308,6 +342,10 @@ selfcheck() {
   /usr/bin/python3 -c 'import psycopg2' 2>/dev/null ||
     miss+=("psycopg2 for examples/listener.py (python3-psycopg2)")
   [ -f "$top/examples/listener.py" ] || miss+=("examples/listener.py (040_push.pl would skip it)")
+  /usr/bin/python3 -c 'import psycopg' 2>/dev/null ||
+    miss+=("psycopg 3 for examples/worker_pool.py (python3-psycopg)")
+  command -v node >/dev/null || miss+=("node for examples/node-consumer.js (nodejs)")
+  node_pg_ok || miss+=("node-postgres for examples/node-consumer.js (node-pg, or npm's pg in $NPM_DIR)")
   [ -x "$BIN/postgres" ] && [ -x "$BIN/initdb" ] && [ -x "$BIN/pg_ctl" ] || miss+=("server binaries in $BIN")
   [ -x "$BIN/pg_upgrade" ] || miss+=("pg_upgrade in $BIN (110_pg_upgrade.pl)")
   if [ "$mode" = test ]; then
@@ -352,7 +390,7 @@ if [ "$(id -u)" = 0 ]; then
   RUN=(runuser -u postgres --)
 fi
 ENV=(env PATH="$BIN:/usr/local/bin:/usr/bin:/bin" TMPDIR="$W/tmp" PG_CONFIG="$BIN/pg_config"
-     EVSTREAM_BIN="$BIN" EVSTREAM_OLD_BIN="$OLD_BIN" EVSTREAM_TOP="$W/src" PGHOST= PGPORT= PGUSER= PGDATABASE= LANG=C.UTF-8)
+     EVSTREAM_BIN="$BIN" EVSTREAM_OLD_BIN="$OLD_BIN" EVSTREAM_TOP="$W/src" NODE_PATH="$NPM_DIR/node_modules" PGHOST= PGPORT= PGUSER= PGDATABASE= LANG=C.UTF-8)
 
 rc=0
 case "$mode" in

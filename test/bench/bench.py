@@ -36,18 +36,63 @@ How it measures (the shape of the baseline notes, shared/BENCH.md):
   * stable_id: a server-side plpgsql loop of 5000 calls, timed with
     clock_timestamp(), repeated while pgbench runs 32 producer sessions; a
     loop of a trivial function call under the same load shows the overhead.
+  * Consumers 0.2 (phase consumers2, issue 9 item 9).  Consumers are child
+    processes (psycopg2, own connections, spawn), started together at one
+    instant; a run's throughput counts the events of the batches that ended
+    inside its fixed window.  Topics are filled once per phase (COPY, or
+    INSERT .. SELECT with synchronous_commit off) and every run reads them
+    with a fresh group, made just before the run with seek(t, g, 0)
+    (consumers starting together on a group nobody made yet get no rows
+    while one of them makes it, SPEC).
+    - Parallel scaling: an 8-shard topic prefilled with 1.5x what 4
+      consumers can read in $BENCH_T s (a loop is >= 5 ms: <= 20k events/s
+      per consumer); 1 vs 4 consumers, each looping BEGIN; consume(.., 100);
+      SELECT pg_sleep(0.005); COMMIT for $BENCH_T s.  Ids are checked:
+      none delivered twice, ascending within a batch; an empty batch while
+      events remain (no free shard, or dry) is noted.
+    - Consume $BENCH_N: the bulk phase's two readers (evstream.consume in
+      pages of 1000, 1 txn/page; keyset pagination + UPDATE of a position
+      row over plain_c) on a one-shard and an 8-shard topic and plain_c, all
+      loaded by COPY of the same file and read once (hint bits) before.
+    - Long poll latency: the latency phase's 4 paced producer threads
+      (~1000 events/s together, synchronous_commit on, commit-ack times) on
+      a one-shard topic; one consumer process loops SELECT .. FROM
+      evstream.consume(t, g, 1000, wait => '1 s') in autocommit and records
+      when each id arrives (after its own commit); latency = arrival -
+      commit-ack of that id.  Again with the consumer's synchronous_commit
+      off (info: the wake-up without the consumer's own WAL flush).
+    - Producers and waiters: the single-row INSERT pgbench case on an
+      8-shard topic, alone, with 8 sessions (threads, own connections)
+      looping SELECT count(*) FROM evstream.consume(.., 1000, wait =>
+      '10 s') in autocommit on an idle 8-shard topic (they sit in the wait:
+      the target), and with the 8 long-polling the producers' topic in one
+      group (they consume as events commit; info: they share the CPUs and
+      the WAL flush with the producers).  The 8 are seen waiting
+      (wait_event Extension) before pgbench starts and are cancelled after.
+    - Fan-out: a one-shard topic prefilled for $BENCH_T s of one consumer;
+      1 group vs 5 groups (one process each), the scaling loop; per-group
+      throughput (mean over the 5; min and max noted).
+    - Held horizon: a session runs BEGIN; SELECT txid_current() and stays
+      idle in transaction while one consumer loops consume(t, g, 100) in
+      autocommit on a one-shard topic of 200k events for $BENCH_HORIZON_S s,
+      seeking back to the start (seek(t, g, 0)) when it reaches the end;
+      throughput of the last window / the first, windows of min(10 s,
+      $BENCH_HORIZON_S / 3).  The size of evstream._position is noted.
   * Figures are medians over rounds; a ratio is the median of the per-round
     ratios (both sides measured in the same round).  A case that errors
     prints ERROR, the rest go on.
 
-Knobs (environment): BENCH_T (s per pgbench run, default 5), BENCH_ROUNDS
-(default 3), BENCH_N (events per COPY/consume, default 1000000), BENCH_CASES
-(comma list of phases: single,multi,bulk,stable,backlog,latency; default all).
+Knobs (environment): BENCH_T (s per pgbench run and consumer run, default
+5), BENCH_ROUNDS (default 3), BENCH_N (events per COPY/consume, default
+1000000), BENCH_HORIZON_S (s of the held-horizon case, default 60),
+BENCH_CASES (comma list of phases:
+single,multi,bulk,stable,backlog,latency,consumers2; default all).
 """
 import bisect
 import json
 import multiprocessing as mp
 import os
+import queue
 import re
 import select
 import statistics
@@ -65,8 +110,10 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 N = int(os.environ.get("BENCH_N", "1000000"))
 OUT = os.environ.get("BENCH_OUT", ".")
 WORK = os.environ.get("BENCH_WORK", os.environ.get("TMPDIR", "/tmp"))
+HORIZON_S = int(os.environ.get("BENCH_HORIZON_S", "60"))
+ALL_PHASES = ("single", "multi", "bulk", "stable", "backlog", "latency", "consumers2")
 PHASES = [p.strip() for p in os.environ.get(
-    "BENCH_CASES", "single,multi,bulk,stable,backlog,latency").split(",") if p.strip()]
+    "BENCH_CASES", ",".join(ALL_PHASES)).split(",") if p.strip()]
 CLIENTS, JOBS = 4, 2
 PAGE = 1000
 
@@ -470,6 +517,15 @@ SETUP = {
     "bca": ["SELECT evstream.create_topic('bca')",
             "SELECT evstream.create_aggregate('bca_count', 'bca'::regclass)"],
     "bl": ["SELECT evstream.create_topic('bl', notify => true)"],
+    # consumers 0.2 (phase consumers2)
+    "bp8": ["SELECT evstream.create_topic('bp8', shards => 8, notify => false)"],
+    "bq1": ["SELECT evstream.create_topic('bq1', notify => false)"],
+    "bq8": ["SELECT evstream.create_topic('bq8', shards => 8, notify => false)"],
+    "bw1": ["SELECT evstream.create_topic('bw1', notify => false)"],
+    "bw8": ["SELECT evstream.create_topic('bw8', shards => 8, notify => false)"],
+    "bwi": ["SELECT evstream.create_topic('bwi', shards => 8, notify => false)"],
+    "bf1": ["SELECT evstream.create_topic('bf1', notify => false)"],
+    "bh1": ["SELECT evstream.create_topic('bh1', notify => false)"],
 }
 SETUP_ERR = {}
 
@@ -701,13 +757,20 @@ def timed(fn):
     return n, time.monotonic() - t0
 
 
+def events_file():
+    """The server-side COPY file of N events (made once, shared by phases)."""
+    datafile = os.path.join(WORK, "events.copy")
+    if not os.path.exists(datafile):
+        DB.run("COPY (SELECT 'k' || k, %s::jsonb FROM (SELECT g, 1 + floor(random() * 1000)::int AS k "
+               "FROM generate_series(1, %d) g) s) TO '%s'" % (PAYLOAD.format(u="g", k="k"), N, datafile))
+    return datafile
+
+
 def phase_bulk():
     """COPY 1M (issues 2, 3) and consumption of 1M in pages of 1000 (issue 2)."""
     log("phase bulk: COPY %d events, consume %d events in pages of %d" % (N, N, PAGE))
-    datafile = os.path.join(WORK, "events.copy")
     try:
-        DB.run("COPY (SELECT 'k' || k, %s::jsonb FROM (SELECT g, 1 + floor(random() * 1000)::int AS k "
-               "FROM generate_series(1, %d) g) s) TO '%s'" % (PAYLOAD.format(u="g", k="k"), N, datafile))
+        datafile = events_file()
     except psycopg2.Error as e:
         log("bulk: cannot write the COPY file: %s" % short(e))
         return
@@ -778,16 +841,16 @@ def phase_bulk():
                 record(key, rnd, error=short(e))
 
 
-def consume_evs(rnd):
+def consume_evs(rnd, topic="bc", group=None):
     conn = connect(autocommit=False)
-    group = "g%d" % rnd  # a new group starts before the oldest retained event
+    group = group or "g%d" % rnd  # a new group starts before the oldest retained event
     got = 0
     try:
         with conn.cursor() as cur:
             deadline = time.monotonic() + 600
             while got < N and time.monotonic() < deadline:
-                cur.execute("SELECT id, key, payload, created_at FROM evstream.consume('bc', %s, %s)",
-                            (group, PAGE))
+                cur.execute("SELECT id, key, payload, created_at FROM evstream.consume(%s, %s, %s)",
+                            (topic, group, PAGE))
                 rows = cur.fetchall()
                 conn.commit()
                 if not rows:
@@ -973,14 +1036,10 @@ def pct(vals, p):
     return s[i]
 
 
-def latency_run(table, channel, rate=1000, secs=None, producers=4):
-    """`producers` threads (own connections) commit single-row inserts, together
-    paced at `rate`/s for `secs` s (fewer if commits are slow); returns per-event
-    latencies (ms) to the listener's receipt, from commit-ack and from the
-    COMMIT being sent, plus counts."""
-    secs = secs or max(5, T)
-    prep(["TRUNCATE " + table])
-    lst = Listener([channel], keep=True)
+def paced_inserts(table, rate, secs, producers):
+    """`producers` threads (own connections) commit single-row inserts into
+    table, together paced at `rate`/s for `secs` s (fewer if commits are
+    slow); returns ([(id, COMMIT sent, commit-ack)], achieved rate, errors)."""
     q = ("INSERT INTO %s (key, payload) VALUES ('k' || %%s, %s::jsonb) RETURNING id"
          % (table, PAYLOAD.format(u="%s", k="%s")))
     sent, errors, counts = [], [], []
@@ -1015,13 +1074,24 @@ def latency_run(table, channel, rate=1000, secs=None, producers=4):
             counts.append(i)
             conn.close()
 
+    threads = [threading.Thread(target=produce, args=(m,)) for m in range(producers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return sent, sum(counts) / secs, errors
+
+
+def latency_run(table, channel, rate=1000, secs=None, producers=4):
+    """`producers` threads (own connections) commit single-row inserts, together
+    paced at `rate`/s for `secs` s (fewer if commits are slow); returns per-event
+    latencies (ms) to the listener's receipt, from commit-ack and from the
+    COMMIT being sent, plus counts."""
+    secs = secs or max(5, T)
+    prep(["TRUNCATE " + table])
+    lst = Listener([channel], keep=True)
     try:
-        threads = [threading.Thread(target=produce, args=(m,)) for m in range(producers)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        achieved = sum(counts) / secs
+        sent, achieved, errors = paced_inserts(table, rate, secs, producers)
         time.sleep(1.0)
     finally:
         got = lst.close()
@@ -1084,6 +1154,511 @@ def phase_latency():
                 log("%s round %d: ERROR %s" % (key, rnd, short(e)))
                 record(key + ".p50", rnd, error=short(e))
                 record(key + ".p99", rnd, error=short(e))
+
+
+# ---------------------------------------------------------------- consumers 0.2
+
+LOOP_SLEEP = 0.005                     # the work a consumer does per batch, in its transaction
+LOOP_CAP = 100 / LOOP_SLEEP            # events/s one such consumer can reach at most
+
+
+def prefill(table, n, chunk=100000):
+    """Appends n events to a topic (INSERT .. SELECT in chunks, synchronous_commit off)."""
+    conn = connect(sync="off")
+    try:
+        with conn.cursor() as cur:
+            left = n
+            while left > 0:
+                k = min(left, chunk)
+                cur.execute("INSERT INTO %s (key, payload) SELECT 'k' || k, %s::jsonb "
+                            "FROM (SELECT g, 1 + floor(random() * 1000)::int AS k "
+                            "FROM generate_series(1, %d) g) s"
+                            % (table, PAYLOAD.format(u="g", k="k"), k))
+                left -= k
+    finally:
+        conn.close()
+
+
+def consumer_main(spec, ready, go, window, stop, result_q):
+    """Child process: one consumer on its own connection.  spec: topic, group,
+    batch; sleep (None: each consume in autocommit; else BEGIN; consume;
+    SELECT pg_sleep(sleep); COMMIT); wait (the consume's wait, or None); wrap
+    (when a consume returns nothing, seek the group back to the start); keep
+    (return the ids of each batch); sync (its synchronous_commit, default on).
+    Starts at window[0], starts no loop after window[1] (0: runs until stop).
+    Returns dict(done=[(end time, events)], ids=[(end time, [ids])], empty,
+    empty_t (their times), wraps, error)."""
+    res = dict(idx=spec["idx"], done=[], ids=[], empty=0, empty_t=[], wraps=0, error=None)
+    conn = None
+    try:
+        for attempt in range(60):   # the server may be restarting after a crash
+            try:
+                conn = psycopg2.connect("", application_name=spec.get("app", "evbench-consumer"))
+                break
+            except psycopg2.OperationalError:
+                if attempt == 59:
+                    raise
+                time.sleep(0.5)
+        psycopg2.extras.register_default_jsonb(conn_or_curs=conn, loads=lambda s: s)
+        xact = spec.get("sleep") is not None
+        conn.autocommit = True
+        cur = conn.cursor()
+        cur.execute("SET statement_timeout = '15min'")
+        cur.execute("SET synchronous_commit = %s", (spec.get("sync", "on"),))
+        conn.autocommit = not xact
+        args = [spec["topic"], spec["group"], spec["batch"]]
+        q = "SELECT id, key, payload, created_at FROM evstream.consume(%s, %s, %s"
+        if spec.get("wait"):
+            q += ", wait => %s::interval"
+            args.append(spec["wait"])
+        q += ")"
+        ready.set()
+        go.wait()
+        t0, t1 = window[0], window[1]
+        d = t0 - time.monotonic()
+        if d > 0:
+            time.sleep(d)
+        while not stop.is_set() and (t1 == 0 or time.monotonic() < t1):
+            cur.execute(q, args)
+            rows = cur.fetchall()
+            if xact:
+                cur.execute("SELECT pg_sleep(%s)", (spec["sleep"],))
+                conn.commit()
+            now = time.monotonic()
+            if rows:
+                res["done"].append((now, len(rows)))
+                if spec.get("keep"):
+                    res["ids"].append((now, [r[0] for r in rows]))
+            else:
+                res["empty"] += 1
+                res["empty_t"].append(now)
+                if spec.get("wrap"):
+                    cur.execute("SELECT evstream.seek(%s, %s, 0)", (spec["topic"], spec["group"]))
+                    if xact:
+                        conn.commit()
+                    res["wraps"] += 1
+    except psycopg2.Error as e:
+        res["error"] = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    finally:
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg2.Error:
+                pass
+    result_q.put(res)
+
+
+class ConsumerPool:
+    """Consumer processes (consumer_main), started together by start()."""
+
+    def __init__(self, specs):
+        ctx = mp.get_context("spawn")
+        self.window = ctx.Array("d", 2)
+        self.go, self.stop = ctx.Event(), ctx.Event()
+        self.q = ctx.Queue()
+        self.procs = []
+        wait_ready()
+        for i, s in enumerate(specs):
+            ready = ctx.Event()
+            p = ctx.Process(target=consumer_main, daemon=True,
+                            args=(dict(s, idx=i), ready, self.go, self.window, self.stop, self.q))
+            p.start()
+            self.procs.append((p, ready))
+        deadline = time.monotonic() + 60
+        for p, ready in self.procs:
+            while not ready.wait(0.2):
+                if not p.is_alive() or time.monotonic() > deadline:
+                    self.close()
+                    raise BenchError("consumer process did not start")
+
+    def start(self, secs=None, delay=0.3):
+        """Starts every consumer at now + delay, for secs (None: until close());
+        returns the window (t0, t1 or None)."""
+        t0 = time.monotonic() + delay
+        self.window[0] = t0
+        self.window[1] = t0 + secs if secs else 0.0
+        self.go.set()
+        return t0, (t0 + secs if secs else None)
+
+    def close(self, timeout=60):
+        """Stops the consumers and returns their results, in spec order (None
+        for one that died without reporting)."""
+        self.stop.set()
+        self.go.set()
+        got = {}
+        deadline = time.monotonic() + timeout
+        while len(got) < len(self.procs) and time.monotonic() < deadline:
+            try:
+                r = self.q.get(timeout=0.5)
+                got[r["idx"]] = r
+            except queue.Empty:
+                if not any(p.is_alive() for p, _ in self.procs):
+                    break
+        for p, _ in self.procs:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+        return [got.get(i) for i in range(len(self.procs))]
+
+
+def make_groups(pairs):
+    """Creates the (topic, group)s before a run, positioned where a new group
+    starts (seek to 0): consumers starting together on a group nobody created
+    yet get no rows while one of them creates it (SPEC), which is not what a
+    run measures."""
+    for topic, group in sorted(set(pairs)):
+        DB.run("SELECT evstream.seek(%s, %s, 0)", (topic, group))
+
+
+def pool_run(specs, secs):
+    """Runs consumer processes for secs (their groups made first); returns
+    (their results, t0, t1)."""
+    make_groups((sp["topic"], sp["group"]) for sp in specs)
+    pool = ConsumerPool(specs)
+    try:
+        t0, t1 = pool.start(secs)
+        time.sleep(max(0.0, t1 - time.monotonic()))
+    finally:
+        res = pool.close()
+    bad = [r for r in res if r is None or r["error"]]
+    if bad:
+        raise BenchError("consumer: " + (bad[0]["error"] if bad[0] else "died without a result"))
+    return res, t0, t1
+
+
+def in_window(r, t0, t1):
+    return sum(n for t, n in r["done"] if t0 <= t <= t1)
+
+
+def check_ids(results):
+    """Ids delivered to one group: none twice, ascending within a batch.
+    Returns a note about what is wrong, or None."""
+    seen, dup, unordered = set(), 0, 0
+    for r in results:
+        for _, ids in r["ids"]:
+            if any(a >= b for a, b in zip(ids, ids[1:])):
+                unordered += 1
+            for i in ids:
+                if i in seen:
+                    dup += 1
+                seen.add(i)
+    if dup or unordered:
+        return "BUG? %d ids delivered twice, %d batches not in id order" % (dup, unordered)
+    return None
+
+
+def empty_note(results, t0):
+    ts = sorted(t for r in results for t in r["empty_t"])
+    return ("BUG? %d consumes returned no rows while events remained (no free shard?), "
+            "at +%.0f .. +%.0f ms" % (len(ts), (ts[0] - t0) * 1000, (ts[-1] - t0) * 1000))
+
+
+def loop_spec(topic, group, keep=True):
+    return dict(topic=topic, group=group, batch=100, sleep=LOOP_SLEEP, keep=keep)
+
+
+def c2_scaling(rnd):
+    """8-shard topic, 1 vs 4 consumers of one group, 5 ms of work per batch."""
+    for n in rotated([1, 4], rnd):
+        key = "cs.p%d" % n
+        try:
+            prep([])
+            res, t0, t1 = pool_run([loop_spec("bp8", "ps%d_r%d" % (n, rnd)) for _ in range(n)], T)
+            got = sum(in_window(r, t0, t1) for r in res)
+            notes = ["%d events in %d s" % (got, T)]
+            if any(r["empty"] for r in res):
+                notes.append(empty_note(res, t0))
+            bad = check_ids(res)
+            if bad:
+                notes.append(bad)
+            record(key, rnd, got / (t1 - t0))
+            rnote(key, rnd, "; ".join(notes))
+        except (psycopg2.Error, BenchError) as e:
+            log("%s round %d: ERROR %s" % (key, rnd, short(e)))
+            record(key, rnd, error=short(e))
+
+
+def c2_consume_n(rnd):
+    """N events in pages of 1000: one-shard topic, 8-shard topic, keyset baseline."""
+    readers = [("cq.one", lambda: consume_evs(rnd, "bq1", "cq1_r%d" % rnd)),
+               ("cq.s8", lambda: consume_evs(rnd, "bq8", "cq8_r%d" % rnd)),
+               ("cq.keyset", lambda: consume_keyset(rnd))]
+    for key, fn in rotated(readers, rnd):
+        try:
+            prep([])
+            got, dt = timed(fn)
+            if got < N:
+                raise BenchError("read only %d of %d events" % (got, N))
+            record(key, rnd, got / dt)
+        except (psycopg2.Error, BenchError) as e:
+            log("%s round %d: ERROR %s" % (key, rnd, short(e)))
+            record(key, rnd, error=short(e))
+
+
+def c2_longpoll(rnd, sync="on"):
+    """Commit-ack to long-poll arrival at ~1000 events/s, one-shard topic; the
+    consumer's own commits with synchronous_commit `sync`."""
+    key = "lw" if sync == "on" else "lwo"
+    try:
+        secs = max(5, T)
+        prep(["TRUNCATE bw1"])
+        pool = ConsumerPool([dict(topic="bw1", group="%s_r%d" % (key, rnd), batch=1000,
+                                  wait="1 s", keep=True, sync=sync)])
+        try:
+            pool.start()
+            time.sleep(0.5)   # the consumer is in its first wait
+            sent, achieved, errors = paced_inserts("bw1", 1000, secs, 4)
+            time.sleep(1.5)
+        finally:
+            res = pool.close()
+        if errors:
+            raise BenchError("producer: " + short(errors[0]))
+        r = res[0]
+        if r is None or r["error"]:
+            raise BenchError("consumer: " + (r["error"] if r else "died without a result"))
+        arrived, dup = {}, 0
+        for t, ids in r["ids"]:
+            for i in ids:
+                if i in arrived:
+                    dup += 1
+                arrived.setdefault(i, t)
+        ack, missing = [], 0
+        for eid, _, t1 in sent:
+            ta = arrived.get(eid)
+            if ta is None:
+                missing += 1
+            else:
+                ack.append((ta - t1) * 1000)
+        if not ack:
+            raise BenchError("no event arrived (%d sent)" % len(sent))
+        note = ("4 producers, ~%.0f ev/s, %d events in %d consumes, %d never arrived, "
+                "max %.2f ms" % (achieved, len(sent), len(r["ids"]) + r["empty"], missing, max(ack)))
+        if dup:
+            note += "; BUG? %d ids delivered twice" % dup
+        record(key + ".p50", rnd, pct(ack, 50))
+        record(key + ".p99", rnd, pct(ack, 99))
+        rnote(key + ".p50", rnd, note)
+    except (psycopg2.Error, BenchError) as e:
+        log("%s round %d: ERROR %s" % (key, rnd, short(e)))
+        record(key + ".p50", rnd, error=short(e))
+        record(key + ".p99", rnd, error=short(e))
+
+
+def c2_longpoll_async(rnd):
+    c2_longpoll(rnd, "off")
+
+
+class Waiters:
+    """n sessions (threads, own connections) looping SELECT count(*) FROM
+    evstream.consume(topic, group, 1000, wait => '10 s') in autocommit until
+    close() cancels them."""
+
+    def __init__(self, n, topic, group):
+        self.stop = threading.Event()
+        self.calls, self.events, self.errors = [0] * n, [0] * n, []
+        self.conns = [connect(app="evbench-waiter") for _ in range(n)]
+        self.threads = [threading.Thread(target=self.run, args=(i, topic, group), daemon=True)
+                        for i in range(n)]
+        for th in self.threads:
+            th.start()
+
+    def run(self, i, topic, group):
+        q = "SELECT count(*) FROM evstream.consume(%s, %s, 1000, wait => '10 s')"
+        try:
+            with self.conns[i].cursor() as cur:
+                while not self.stop.is_set():
+                    try:
+                        cur.execute(q, (topic, group))
+                        self.events[i] += cur.fetchone()[0]
+                        self.calls[i] += 1
+                    except psycopg2.extensions.QueryCanceledError:
+                        if not self.stop.is_set():
+                            raise
+        except psycopg2.Error as e:
+            self.errors.append(short(e))
+
+    def waiting(self, timeout=10):
+        """How many of them sit in the wait (wait_event_type Extension), once
+        all do or after timeout."""
+        deadline = time.monotonic() + timeout
+        n = 0
+        while time.monotonic() < deadline:
+            n = DB.one("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                       "'evbench-waiter' AND wait_event_type = 'Extension'")
+            if n >= len(self.conns) or self.errors:
+                break
+            time.sleep(0.1)
+        return n
+
+    def close(self):
+        self.stop.set()
+        deadline = time.monotonic() + 20
+        while any(th.is_alive() for th in self.threads) and time.monotonic() < deadline:
+            for c, th in zip(self.conns, self.threads):
+                if th.is_alive():
+                    try:
+                        c.cancel()
+                    except psycopg2.Error:
+                        pass
+            for th in self.threads:
+                th.join(0.5)
+        stuck = sum(th.is_alive() for th in self.threads)
+        for c in self.conns:
+            try:
+                c.close()
+            except psycopg2.Error:
+                pass
+        if stuck:
+            self.errors.append("%d waiters did not return after cancel" % stuck)
+
+
+def c2_waiters(rnd):
+    """pgbench single-row INSERT into an 8-shard topic: alone, with 8 long polls
+    on an idle topic, with 8 long polls on the producers' topic."""
+    variants = [("lp.none", None), ("lp.idle", "bwi"), ("lp.live", "bw8")]
+    for key, topic in rotated(variants, rnd):
+        w = None
+        try:
+            prep(["TRUNCATE bw8"])
+            note = None
+            if topic:
+                group = "%s_r%d" % (key.replace(".", "_"), rnd)
+                make_groups([(topic, group)])
+                w = Waiters(8, topic, group)
+                n = w.waiting()
+                if w.errors:
+                    raise BenchError("waiter: " + w.errors[0])
+                note = "%d of 8 waiting before the run" % n
+            r = pgbench(key + ".r%d" % rnd, ins_script("bw8"))
+            if w:
+                w.close()
+                if w.errors:
+                    raise BenchError("waiter: " + w.errors[0])
+                note += "; meanwhile they made %d consume calls, got %d events" % (
+                    sum(w.calls), sum(w.events))
+                w = None
+            record(key, rnd, r["tps"], waits=r["waits"])
+            if note:
+                rnote(key, rnd, note)
+        except (psycopg2.Error, BenchError) as e:
+            log("%s round %d: ERROR %s" % (key, rnd, short(e)))
+            record(key, rnd, error=short(e))
+        finally:
+            if w:
+                w.close()
+
+
+def c2_fanout(rnd):
+    """One-shard topic: 1 group vs 5 groups, one consumer each, the scaling loop."""
+    for n in rotated([1, 5], rnd):
+        key = "fo.g%d" % n
+        try:
+            prep([])
+            res, t0, t1 = pool_run([loop_spec("bf1", "fo%d_%d_r%d" % (n, i, rnd))
+                                    for i in range(n)], T)
+            per = [in_window(r, t0, t1) / (t1 - t0) for r in res]
+            notes = []
+            if n > 1:
+                notes.append("per group min %s / max %s events/s" % (fmt(min(per), "events/s"),
+                                                                    fmt(max(per), "events/s")))
+            if any(r["empty"] for r in res):
+                notes.append(empty_note(res, t0))
+            bads = [b for b in (check_ids([r]) for r in res) if b]
+            if bads:
+                notes.append(bads[0])
+            record(key, rnd, statistics.mean(per))
+            if notes:
+                rnote(key, rnd, "; ".join(notes))
+        except (psycopg2.Error, BenchError) as e:
+            log("%s round %d: ERROR %s" % (key, rnd, short(e)))
+            record(key, rnd, error=short(e))
+
+
+def c2_horizon(rnd):
+    """consume(.., 100) in autocommit for HORIZON_S s while a transaction holds
+    the xmin horizon: the last window's throughput against the first's."""
+    holder = None
+    try:
+        prep([])
+        size0 = DB.one("SELECT pg_total_relation_size('evstream._position')")
+        holder = connect(autocommit=False, app="evbench-horizon")
+        with holder.cursor() as cur:
+            cur.execute("SELECT txid_current()")
+            xid = cur.fetchone()[0]
+        res, t0, t1 = pool_run([dict(topic="bh1", group="hz_r%d" % rnd, batch=100, wrap=True)],
+                               HORIZON_S)
+        r = res[0]
+        held = DB.one("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                      "'evbench-horizon' AND state = 'idle in transaction'")
+        size1 = DB.one("SELECT pg_total_relation_size('evstream._position')")
+        w = min(10.0, HORIZON_S / 3.0)
+        first = in_window(r, t0, t0 + w) / w
+        last = in_window(r, t1 - w, t1) / w
+        record("hz.first", rnd, first)
+        record("hz.last", rnd, last)
+        rnote("hz.last", rnd, "windows of %.0f s of a %d s run; %d wraps (seek to the start); "
+              "xid %s held%s; evstream._position %d -> %d kB"
+              % (w, HORIZON_S, r["wraps"], xid, "" if held else " (NOT idle in transaction at "
+                 "the end?)", size0 // 1024, size1 // 1024))
+    except (psycopg2.Error, BenchError) as e:
+        log("horizon round %d: ERROR %s" % (rnd, short(e)))
+        record("hz.first", rnd, error=short(e))
+        record("hz.last", rnd, error=short(e))
+    finally:
+        if holder is not None:
+            holder.close()
+
+
+def phase_consumers2():
+    """Consumers 0.2: shards, parallel consume, long poll, fan-out, horizon (issue 9)."""
+    log("phase consumers2: parallel consume, consume %d, long poll, waiters, fan-out, "
+        "held horizon (%d s)" % (N, HORIZON_S))
+    for n in (1, 4):
+        fig("cs.p%d" % n, "8-shard topic, %d consumer process%s of one group: BEGIN; consume(.., 100); "
+            "pg_sleep(0.005); COMMIT" % (n, "" if n == 1 else "es"), "events/s")
+    fig("cq.one", "consume %d: one-shard topic, evstream.consume(.., 1000), 1 txn/page" % N, "events/s")
+    fig("cq.s8", "consume %d: 8-shard topic, 1 consumer, evstream.consume(.., 1000), 1 txn/page"
+        % N, "events/s")
+    fig("cq.keyset", "consume %d: keyset id > $last LIMIT 1000 + UPDATE position, 1 txn/page" % N,
+        "events/s")
+    fig("lw.p50", "long poll consume(.., 1000, wait => '1 s') at ~1000 ev/s, p50 from commit-ack", "ms")
+    fig("lw.p99", "long poll consume(.., 1000, wait => '1 s') at ~1000 ev/s, p99 from commit-ack", "ms")
+    fig("lwo.p50", "same, the consumer with synchronous_commit off (no WAL flush wait), p50", "ms",
+        "on, consumer off")
+    fig("lwo.p99", "same, the consumer with synchronous_commit off (no WAL flush wait), p99", "ms",
+        "on, consumer off")
+    fig("lp.none", "INSERT 1 row/txn: 8-shard topic, no consumer", "TPS")
+    fig("lp.idle", "INSERT 1 row/txn: 8-shard topic, 8 sessions in consume(.., wait => '10 s') "
+        "on an idle 8-shard topic", "TPS")
+    fig("lp.live", "INSERT 1 row/txn: 8-shard topic, 8 sessions in consume(.., wait => '10 s') "
+        "on that topic (one group)", "TPS")
+    fig("fo.g1", "one-shard topic, 1 group, 1 consumer, 5 ms/txn loop", "events/s")
+    fig("fo.g5", "one-shard topic, 5 groups, 1 consumer each, per group (mean)", "events/s")
+    fig("hz.first", "consume(.., 100) autocommit, a txn holds the horizon: first window", "events/s")
+    fig("hz.last", "same, last window", "events/s")
+
+    # the topics, once: every run reads them with a fresh group
+    fills = [("bp8", int(1.5 * 4 * LOOP_CAP * T)), ("bf1", int(1.5 * LOOP_CAP * T)),
+             ("bh1", 200000)]
+    try:
+        datafile = events_file()
+        DB.run("TRUNCATE plain_c")
+        for t in ("plain_c", "bq1", "bq8"):
+            DB.run("COPY %s (key, payload) FROM '%s'" % (t, datafile))
+        for t, n in fills:
+            prefill(t, n)
+        for t in ("plain_c", "bq1", "bq8", "bp8", "bf1", "bh1"):
+            DB.run("SELECT count(*) FROM %s" % t)   # hint bits, before any timed read
+    except psycopg2.Error as e:
+        log("consumers2: cannot fill the topics: %s" % short(e))
+        for k in FIG:
+            if k.split(".")[0] in ("cs", "cq", "lw", "lwo", "lp", "fo", "hz"):
+                record(k, 0, error="filling the topics: " + short(e))
+        return
+    for rnd in range(ROUNDS):
+        for case in rotated([c2_scaling, c2_consume_n, c2_longpoll, c2_longpoll_async,
+                             c2_waiters, c2_fanout, c2_horizon], rnd):
+            case(rnd)
 
 
 # ---------------------------------------------------------------- the table
@@ -1233,6 +1808,35 @@ def build_table():
     add_fig("4.4", "maint.off")
     add_ratio("4.4", "maintenance every 1 s / maintenance idle", "maint.on", "maint.off", "on", 0.95)
 
+    section("issue 9 — consumers 0.2: shards, parallel consume, long poll")
+    add_fig("9.9", "cs.p1")
+    add_fig("9.9", "cs.p4")
+    add_ratio("9.9", "parallel consume, 8 shards: 4 consumers / 1", "cs.p4", "cs.p1", "on", 3.5)
+    add_fig("9.9", "cq.one")
+    add_fig("9.9", "cq.s8")
+    add_fig("9.9", "cq.keyset")
+    add_ratio("9.9", "consume: one-shard topic / keyset + position UPDATE", "cq.one", "cq.keyset",
+              "on", 0.95)
+    add_ratio("9.9", "consume: 8-shard topic, 1 consumer / keyset + position UPDATE", "cq.s8",
+              "cq.keyset", "on", 0.8)
+    add_fig("9.9", "lw.p50")
+    add_fig("9.9", "lw.p99", "≤ 5 ms", lambda m: m <= 5)
+    add_fig("9.9", "lwo.p50")
+    add_fig("9.9", "lwo.p99")
+    add_fig("9.9", "lp.none")
+    add_fig("9.9", "lp.idle")
+    add_fig("9.9", "lp.live")
+    add_ratio("9.9", "producers with 8 consumers waiting in long poll / with none", "lp.idle",
+              "lp.none", "on", 0.97)
+    add_ratio("9.9", "producers with 8 long polls consuming their topic / with none", "lp.live",
+              "lp.none", "on", info="info: the 8 share the CPUs and the WAL flush")
+    add_fig("9.9", "fo.g1")
+    add_fig("9.9", "fo.g5")
+    add_ratio("9.9", "fan-out: per-group throughput, 5 groups / 1", "fo.g5", "fo.g1", "on", 0.8)
+    add_fig("9.9", "hz.first")
+    add_fig("9.9", "hz.last")
+    add_ratio("9.9", "held horizon: last window / first window", "hz.last", "hz.first", "on", 0.9)
+
 
 def render(env_line):
     head = ("| id | measure | sync | value | unit | per round | target | result | notes |\n"
@@ -1255,16 +1859,17 @@ def env_line(t_total):
         mem = "?"
     return ("evstream %s bench: PostgreSQL %s, PgQ %s, %d CPUs, %s; shared_buffers=1GB, "
             "max_wal_size=4GB; pgbench -n -M prepared -c %d -j %d -T %d, %d interleaved rounds, "
-            "TRUNCATE + CHECKPOINT before each run; N=%d; ratios = median of per-round ratios; "
-            "runtime %.0f s." % (evs, ver, pgq, os.cpu_count() or 0, mem, CLIENTS, JOBS, T, ROUNDS,
-                                 N, t_total))
+            "TRUNCATE + CHECKPOINT before each run; N=%d; BENCH_HORIZON_S=%d; "
+            "ratios = median of per-round ratios; runtime %.0f s."
+            % (evs, ver, pgq, os.cpu_count() or 0, mem, CLIENTS, JOBS, T, ROUNDS, N, HORIZON_S,
+               t_total))
 
 
 def main():
     t0 = time.monotonic()
     wait_ready()
     setup()
-    for name in ("single", "multi", "bulk", "stable", "backlog", "latency"):
+    for name in ALL_PHASES:
         if name not in PHASES:
             continue
         t1 = time.monotonic()

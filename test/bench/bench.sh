@@ -10,10 +10,11 @@
 # How it measures: test/bench/bench.py (read its header) drives pgbench
 # (-n -M prepared -c 4 -j 2 -T $BENCH_T, TRUNCATE + CHECKPOINT before every
 # run, $BENCH_ROUNDS interleaved rounds) plus psycopg2 clients for COPY,
-# consumption and push latency, and prints ONE markdown table: figures are
-# medians over rounds, each ratio is the median of the per-round ratios, all
-# measured in this run, each with its target and PASS/MISS.  A case that
-# errors (e.g. a feature not built yet) prints ERROR and the others go on.
+# consumption, push latency and the parallel / long-poll consumer cases, and
+# prints ONE markdown table: figures are medians over rounds, each ratio is
+# the median of the per-round ratios, all measured in this run, each with its
+# target and PASS/MISS.  A case that errors (e.g. a feature not built yet)
+# prints ERROR and the others go on.
 #
 # Called by test/harness.sh (as the postgres OS user when run as root) with
 # PATH starting with the server binaries, TMPDIR (private) and BENCH_OUT (the
@@ -21,6 +22,7 @@
 #   BENCH_T=5           seconds per pgbench run
 #   BENCH_ROUNDS=3      interleaved rounds
 #   BENCH_N=1000000     events per COPY / consume run
+#   BENCH_HORIZON_S=60  seconds of the held-horizon consumer case (consumers2)
 #   BENCH_CASES=...     comma-separated phases to run (default: all), see bench.py
 # Exit status: 0 unless the cluster cannot be created or started.
 set -uo pipefail
@@ -29,6 +31,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 : "${TMPDIR:=/tmp}"
 : "${BENCH_OUT:=$here/out}"
 export BENCH_T=${BENCH_T:-5} BENCH_ROUNDS=${BENCH_ROUNDS:-3} BENCH_N=${BENCH_N:-1000000}
+export BENCH_HORIZON_S=${BENCH_HORIZON_S:-60}
 mkdir -p "$BENCH_OUT"
 
 say() { printf '== %s\n' "$*" >&2; }
@@ -95,7 +98,7 @@ for ext in evstream pgq; do
 done
 
 # ---------------------------------------------------------------- cases
-say "running the cases: BENCH_T=$BENCH_T BENCH_ROUNDS=$BENCH_ROUNDS BENCH_N=$BENCH_N"
+say "running the cases: BENCH_T=$BENCH_T BENCH_ROUNDS=$BENCH_ROUNDS BENCH_N=$BENCH_N BENCH_HORIZON_S=$BENCH_HORIZON_S"
 BENCH_SERVER_LOG=$W/server.log "$PY" "$here/bench.py"
 rc=$?
 [ $rc = 0 ] || say "bench.py exited with status $rc"

@@ -3,9 +3,12 @@
 #
 # The Kafka Streams word count, inside PostgreSQL with evstream:
 #
-#   producers ──> topic words ──> aggregate word_counts ──> topic word_count_changes
-#   (sentences     (one event       (count per word,          (one event per changed
-#    split in SQL)  per word)        always exact)              count)
+#   producers ──> topic sentences ──> transform split_words ──> topic words
+#                                      (flatMap: one event per word,
+#                                       exactly once, in a background worker)
+#   words ──> aggregate word_counts ──> topic word_count_changes
+#             (count per word,          (one event per changed
+#              always exact)              count)
 #
 # plus a listener woken by pushes (examples/listener.py), consumer groups
 # reading with evstream.consume, and a replay with evstream.seek.
@@ -116,10 +119,18 @@ sql "SELECT database, pid > 0 AS running FROM evstream.workers;"
 say "the launcher started a maintenance worker for this database"
 
 # ------------------------------------------------------------------ topics
-step "2. Topics and a continuous aggregate"
+step "2. Topics, a continuous transform and a continuous aggregate"
 sqlq "SELECT evstream.create_topic('sentences');
 SELECT evstream.create_topic('words', partition_interval => '1 hour', retention => '7 days');
+SELECT evstream.create_transform('split_words', 'sentences',
+  \$\$SELECT w, jsonb_build_object('sentence_id', key, 'word', w)
+      FROM events, regexp_split_to_table(lower(payload->>'text'), '[^a-z]+') AS w
+     WHERE w <> ''\$\$,
+  'words');
 SELECT evstream.create_aggregate('word_counts', 'words', output_topic => 'word_count_changes');"
+say "split_words is Kafka Streams' flatMapValues(split): evstream's background workers"
+say "consume each new batch of sentences and insert its words into 'words', in one"
+say "transaction per batch (exactly once), woken by the producers' commits."
 say "word_counts counts the events of 'words' per key (group_by defaults to 'key');"
 say "every change of a count is also published to the topic word_count_changes,"
 say "which create_aggregate created since it did not exist."
@@ -186,10 +197,6 @@ make_producer() {
 BEGIN;
 INSERT INTO sentences (key, payload)
      VALUES ('$sid', jsonb_build_object('producer', $p, 'text', '$s'));
-INSERT INTO words (key, payload)
-     SELECT w, jsonb_build_object('sentence_id', '$sid', 'word', w)
-       FROM regexp_split_to_table(lower('$s'), '[^a-z]+') AS w
-      WHERE w <> '';
 SELECT pg_sleep(random() * 0.04);
 $end;
 SELECT pg_sleep(random() * 0.06);
@@ -198,10 +205,10 @@ EOF
   done
 }
 
-step "4. $NPROD producer sessions in parallel: one event per word"
+step "4. $NPROD producer sessions in parallel: one event per sentence"
 for ((p = 1; p <= NPROD; p++)); do make_producer "$p"; done
-say "each producer transaction writes a sentence, and its words split in SQL:"
-sed -n '1,9p' "$D/producer1.sql" | sed 's/^/  sql> /'
+say "each producer transaction writes a sentence (the transform splits it into words):"
+sed -n '1,5p' "$D/producer1.sql" | sed 's/^/  sql> /'
 T0=$(val "SELECT now()")
 P0=$(ms)
 PRODS=()
@@ -219,13 +226,22 @@ nrb=$(grep -c '^ROLLBACK;' "$D"/producer*.sql | awk -F: '{s += $2} END {print s}
 say "$NPROD producers committed $ntx transactions and rolled back $nrb in $(( $(ms) - P0 )) ms"
 sql "SELECT count(*) AS events, min(id) AS first_id, max(id) AS last_id,
        max(id) - min(id) + 1 - count(*) AS gaps,
-       evstream.stable_id('words') AS stable_id
-  FROM words;"
+       evstream.stable_id('sentences') AS stable_id
+  FROM sentences;"
 say "ids are assigned on insert; the rolled-back transactions left gaps, which are normal."
 say "stable_id (the last stable offset): every id up to it is committed or will never appear."
 
 # ------------------------------------------------------------------ what the listener saw
-step "5. What the listener received while the producers ran"
+step "5. The transform, and what the listener received meanwhile"
+wait_for "SELECT COALESCE((SELECT lag_events = 0 FROM evstream.transforms WHERE name = 'split_words'), false)" \
+         30 "the transform to catch up"
+sql "SELECT name, source, output_topic, lag_events, paused, last_error FROM evstream.transforms;"
+sql "SELECT (SELECT count(*) FROM words) AS words,
+       (SELECT count(*) FROM sentences s, regexp_split_to_table(lower(s.payload->>'text'), '[^a-z]+') w
+         WHERE w <> '') AS words_in_sentences;"
+[ "$(val "SELECT (SELECT count(*) FROM words) = (SELECT count(*) FROM sentences s, regexp_split_to_table(lower(s.payload->>'text'), '[^a-z]+') w WHERE w <> '')")" = t ] \
+  || { echo "demo: the transform lost or repeated words" >&2; exit 1; }
+say "every committed sentence was split exactly once; the rolled-back ones never were."
 wait_for "SELECT COALESCE((SELECT lag_events = 0 FROM evstream.consumer_groups
                              WHERE topic = 'words'::regclass AND consumer_group = 'listener'), false)" \
          20 "the listener to catch up"
@@ -318,7 +334,7 @@ sqlq "SELECT evstream.seek('words', 'audit', since => '$T0');   -- when the prod
 sql "SELECT consumer_group, committed_id, lag_events FROM evstream.consumer_groups
  WHERE topic = 'words'::regclass ORDER BY consumer_group;"
 say "group audit will now read all $nwords events again; the other groups are untouched."
-say "(lag_events counts ids up to the stable id, so the gaps of rolled-back transactions too.)"
+say "(lag_events counts the committed events after the position.)"
 
 # ------------------------------------------------------------------ append-only
 step "10. Events are immutable"
@@ -331,6 +347,7 @@ sql "SELECT topic, partitions, first_id, last_id, stable_id, retention FROM evst
 sql "SELECT topic, consumer_group, committed_id, lag_events, round(lag_seconds::numeric, 1) AS lag_seconds
   FROM evstream.consumer_groups ORDER BY topic::text, consumer_group;"
 sql "SELECT name, topic, group_by, bucket, output_topic, groups FROM evstream.aggregates;"
+sql "SELECT name, source, output_topic, lag_events, paused FROM evstream.transforms;"
 sql "SELECT database, pid > 0 AS running, last_maintenance IS NOT NULL AS maintained, last_error
   FROM evstream.workers;"
 

@@ -1,0 +1,726 @@
+/*-------------------------------------------------------------------------
+ *
+ * transforms.c
+ *	  Continuous transforms (0.2): evstream.create_transform,
+ *	  drop_transform, resume_transform, and the background workers that
+ *	  run them.
+ *
+ *	  A transform is a row of evstream._transform and a consumer group of
+ *	  its own on the source (named after the transform, owned by the
+ *	  transform's owner).  A batch is one statement in one transaction:
+ *
+ *		WITH events AS MATERIALIZED (SELECT ... FROM evstream.consume(source, name, batch)),
+ *			 out AS (INSERT INTO output (key, payload) SELECT q.* FROM (<query>) q RETURNING 1)
+ *		SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM out)
+ *
+ *	  run as the transform's owner under SECURITY_RESTRICTED_OPERATION, with
+ *	  the search_path the owner had at creation (the query is the owner's
+ *	  code; evstream's own names in the statement are schema-qualified).
+ *	  The position moves and the output rows appear in the same
+ *	  transaction: exactly once, whatever fails or crashes; consume's shard
+ *	  claims make workers running the same transform take different shards
+ *	  (per-key order kept), and never wait for each other.
+ *
+ *	  Workers: the database's maintenance worker (worker.c) starts up to
+ *	  evstream.max_transform_workers dynamic background workers while
+ *	  active transforms exist (EvsTransformWorkersCheck).  Each runs
+ *	  batches of every active transform in turn; when a pass found nothing
+ *	  it sleeps on the database's wait slot (waits.c), which producing
+ *	  commits broadcast on -- the wake-up follows the commit, producers do
+ *	  no transform work.  A failed batch is retried with exponential backoff
+ *	  (100 ms doubling, at most 10 s); after evstream.transform_max_attempts
+ *	  failures in a row the transform pauses with last_error set, until
+ *	  resume_transform.  A transform worker exits when its database is being
+ *	  dropped or renamed (EvsStopDatabaseWorker kills it), when the
+ *	  extension is gone, or when no active transform is left.
+ *
+ * Copyright (c) 2026, The evstream authors
+ *
+ * IDENTIFICATION
+ *	  src/transforms.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "parser/parser.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/plancache.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "evstream.h"
+
+int			evs_transform_max_attempts = 5;
+int			evs_max_transform_workers = 2;
+
+/* --------------------------------------------------------------- SQL */
+
+static void
+evs_transform_name(FunctionCallInfo fcinfo, char **name)
+{
+	EvsArgNotNull(fcinfo, 0, "name");
+	*name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	EvsCheckName("transform name", *name);
+}
+
+/* The transform's (owner, source); false when there is none of that name */
+static bool
+evs_transform_row(const char *name, Oid *owner, Oid *source)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(name)};
+	EvsUserState su;
+	bool		found = false;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EvsBecomeSuperuser(&su);
+	if (SPI_execute_with_args("SELECT x.owner::pg_catalog.oid, x.source::pg_catalog.oid "
+							  "FROM evstream._transform x WHERE x.name OPERATOR(pg_catalog.=) $1",
+							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read transform \"%s\"", name);
+	if (SPI_processed > 0)
+	{
+		bool		isnull;
+
+		found = true;
+		*owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		*source = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	EvsRestoreUser(&su);
+	SPI_finish();
+	return found;
+}
+
+/* The named transform must exist and belong to the caller */
+static Oid
+evs_require_transform_owner(const char *name, Oid *source)
+{
+	Oid			owner = InvalidOid;
+
+	if (!evs_transform_row(name, &owner, source))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("transform \"%s\" does not exist", name)));
+	if (!has_privs_of_role(GetUserId(), owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of transform \"%s\"", name),
+				 errdetail("The transform belongs to role \"%s\".", GetUserNameFromId(owner, true))));
+	return owner;
+}
+
+/*
+ * The query must be one SELECT (so that, put between parentheses in the
+ * batch statement, it can only be that SELECT).
+ */
+static void
+evs_check_query_shape(const char *query)
+{
+	List	   *stmts = raw_parser(query, RAW_PARSE_DEFAULT);
+	RawStmt    *raw;
+
+	if (list_length(stmts) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the query of a transform must be a single SELECT, not %d statements",
+						list_length(stmts))));
+	raw = linitial_node(RawStmt, stmts);
+	if (!IsA(raw->stmt, SelectStmt))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the query of a transform must be a SELECT"),
+				 errhint("Write SELECT key, payload FROM events ...")));
+}
+
+/*
+ * Analyse the query as the caller over the source's columns: two columns,
+ * text and jsonb, and it reads `events`.
+ */
+static void
+evs_check_query(Oid source, const char *query)
+{
+	char	   *sql = psprintf("WITH events AS (SELECT e.id, e.key, e.payload, e.created_at FROM %s e LIMIT 0) "
+							   "SELECT * FROM (\n%s\n) q LIMIT 0",
+							   EvsQualifiedName(source), query);
+	SPIPlanPtr	plan;
+	List	   *sources;
+	CachedPlanSource *ps;
+	TupleDesc	desc;
+	Query	   *q;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	plan = SPI_prepare(sql, 0, NULL);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare the query of the transform");
+	sources = SPI_plan_get_plan_sources(plan);
+	if (list_length(sources) != 1)
+		elog(ERROR, "the query of a transform must be one statement");
+	ps = linitial(sources);
+	desc = ps->resultDesc;
+	if (desc == NULL || desc->natts != 2 ||
+		TupleDescAttr(desc, 0)->atttypid != TEXTOID ||
+		TupleDescAttr(desc, 1)->atttypid != JSONBOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("the query of a transform must return two columns, key text and payload jsonb"),
+				 errdetail("It returns %d column(s).", desc ? desc->natts : 0),
+				 errhint("Cast them: SELECT (...)::text, (...)::jsonb FROM events ...")));
+	q = linitial_node(Query, ps->query_list);
+	if (q->cteList == NIL ||
+		linitial_node(CommonTableExpr, q->cteList)->cterefcount == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the query of a transform must read \"events\""),
+				 errdetail("events holds each batch of new events of the source (id, key, payload, created_at).")));
+	/* run it on nothing: the privileges of every relation it reads are checked */
+	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not check the query of the transform");
+	SPI_freeplan(plan);
+	SPI_finish();
+}
+
+/* Would output feed back into source through transforms (or be it)? */
+static bool
+evs_transform_cycle(Oid source, Oid output)
+{
+	Oid			types[2] = {OIDOID, OIDOID};
+	Datum		values[2] = {ObjectIdGetDatum(output), ObjectIdGetDatum(source)};
+	bool		isnull;
+	EvsUserState su;
+	int64		n;
+
+	if (source == output)
+		return true;
+	/* every transform, also those of sources the caller cannot read */
+	EvsBecomeSuperuser(&su);
+	n = EvsSpiInt64("WITH RECURSIVE r(t) AS (SELECT $1 UNION "
+					"SELECT x.output_topic::pg_catalog.oid FROM evstream._transform x JOIN r "
+					"ON x.source::pg_catalog.oid OPERATOR(pg_catalog.=) r.t) "
+					"SELECT pg_catalog.count(*) FROM r WHERE r.t OPERATOR(pg_catalog.=) $2",
+					2, types, values, &isnull);
+	EvsRestoreUser(&su);
+	return n > 0;
+}
+
+PG_FUNCTION_INFO_V1(evstream_create_transform);
+
+/*
+ * evstream.create_transform(name, source, query, output_topic, batch)
+ */
+Datum
+evstream_create_transform(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	Oid			source;
+	char	   *query;
+	char	   *out_name;
+	int32		batch;
+	Oid			output;
+	Oid			o1,
+				o2;
+	EvsGroup	g;
+	RangeVar   *rv;
+
+	evs_transform_name(fcinfo, &name);
+	EvsArgNotNull(fcinfo, 1, "source");
+	EvsArgNotNull(fcinfo, 2, "query");
+	EvsArgNotNull(fcinfo, 3, "output_topic");
+	EvsArgNotNull(fcinfo, 4, "batch");
+	source = PG_GETARG_OID(1);
+	query = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	out_name = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	batch = PG_GETARG_INT32(4);
+	if (batch <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("batch must be positive, not %d", batch)));
+	(void) EvsRequireTopic(source, "create_transform");
+	EvsRequirePrivilege(source, ACL_SELECT);
+	EvsRequireReadCommitted("create_transform");
+	if (evs_transform_row(name, &o1, &o2))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("transform \"%s\" already exists", name)));
+	if (EvsGroupLookup(source, name, &g))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("topic \"%s\" already has a consumer group \"%s\"", get_rel_name(source), name),
+				 errdetail("A transform consumes its source with a group named after it."),
+				 errhint("Choose another transform name, or drop the group with evstream.drop_group.")));
+	evs_check_query_shape(query);
+	evs_check_query(source, query);
+
+	/* the output topic: an existing topic we may insert into, or a new one */
+	rv = makeRangeVarFromNameList(evs_string_to_qualified_name_list(out_name));
+	output = RangeVarGetRelid(rv, NoLock, true);
+	if (OidIsValid(output))
+	{
+		if (EvsLookupTopic(output)->topic != output)
+			ereport(ERROR,
+					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+					 errmsg("output topic \"%s\" is not an evstream topic", out_name),
+					 errhint("Name a topic, or a relation that does not exist yet (it is created).")));
+		if (evs_transform_cycle(source, output))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("transform \"%s\" would feed its own source \"%s\"", name, get_rel_name(source)),
+					 errdetail("Its output topic is, or leads through other transforms to, its source.")));
+		EvsRequirePrivilege(output, ACL_INSERT);
+	}
+	else
+		output = EvsCreateTopic(out_name, NULL, NULL, true, 1);
+
+	/* the catalog row (as the superuser), then the group, owned by the caller */
+	{
+		char	   *path = GetConfigOptionByName("search_path", NULL, false);
+		Oid			types[7] = {TEXTOID, OIDOID, OIDOID, TEXTOID, OIDOID, INT4OID, TEXTOID};
+		Datum		values[7] = {CStringGetTextDatum(name), ObjectIdGetDatum(GetUserId()),
+			ObjectIdGetDatum(source), CStringGetTextDatum(query), ObjectIdGetDatum(output),
+		Int32GetDatum(batch), CStringGetTextDatum(path)};
+		EvsUserState su;
+
+		EvsBecomeSuperuser(&su);
+		EvsSpiExec("INSERT INTO evstream._transform (name, owner, source, query, output_topic, batch, search_path) "
+				   "VALUES ($1, $2::pg_catalog.regrole, $3::pg_catalog.regclass, $4, $5::pg_catalog.regclass, $6, $7)",
+				   7, types, values, SPI_OK_INSERT);
+		EvsRestoreUser(&su);
+	}
+	(void) EvsGroupOpen(source, name, true, false, &g);
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(evstream_drop_transform);
+
+/* evstream.drop_transform(name): the transform and its group */
+Datum
+evstream_drop_transform(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	Oid			source = InvalidOid;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	EvsUserState su;
+	EvsGroup	g;
+
+	evs_transform_name(fcinfo, &name);
+	(void) evs_require_transform_owner(name, &source);
+	values[0] = CStringGetTextDatum(name);
+	EvsBecomeSuperuser(&su);
+	EvsSpiExec("DELETE FROM evstream._transform x WHERE x.name OPERATOR(pg_catalog.=) $1",
+			   1, types, values, SPI_OK_DELETE);
+	EvsRestoreUser(&su);
+	/* its group: waits for a batch in flight (it holds a shard) */
+	if (EvsGroupLookup(source, name, &g))
+	{
+		EvsLockAllShards(&g, false);
+		EvsDropGroup(&g);
+	}
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(evstream_resume_transform);
+
+/* evstream.resume_transform(name): run again from where it stopped */
+Datum
+evstream_resume_transform(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	Oid			source;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	EvsUserState su;
+
+	evs_transform_name(fcinfo, &name);
+	(void) evs_require_transform_owner(name, &source);
+	values[0] = CStringGetTextDatum(name);
+	EvsBecomeSuperuser(&su);
+	EvsSpiExec("UPDATE evstream._transform x SET paused = false, failures = 0 "
+			   "WHERE x.name OPERATOR(pg_catalog.=) $1", 1, types, values, SPI_OK_UPDATE);
+	EvsRestoreUser(&su);
+	PG_RETURN_VOID();
+}
+
+/* --------------------------------------------------------------- workers */
+
+typedef struct EvsTransformJob
+{
+	char	   *name;
+	Oid			owner;
+	Oid			source;
+	Oid			output;
+	int32		batch;
+	char	   *query;
+	char	   *search_path;
+	int32		failures;
+	TimestampTz retry_at;		/* backoff: not before */
+} EvsTransformJob;
+
+static EvsDatabase *tw_db = NULL;
+static int	tw_slot = -1;
+
+/* The active transforms (a new list, in cxt) */
+static List *
+evs_load_jobs(MemoryContext cxt)
+{
+	List	   *jobs = NIL;
+	EvsUserState su;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EvsBecomeSuperuser(&su);
+	if (SPI_execute("SELECT x.name, x.owner::pg_catalog.oid, x.source::pg_catalog.oid, "
+					"x.output_topic::pg_catalog.oid, x.batch, x.query, x.search_path, x.failures "
+					"FROM evstream._transform x WHERE NOT x.paused ORDER BY x.name", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read evstream._transform");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+		EvsTransformJob *j = palloc0(sizeof(EvsTransformJob));
+		bool		isnull;
+		Datum		d;
+
+		j->name = SPI_getvalue(tup, desc, 1);
+		j->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+		j->source = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
+		j->output = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
+		j->batch = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+		j->query = SPI_getvalue(tup, desc, 6);
+		d = SPI_getbinval(tup, desc, 7, &isnull);
+		j->search_path = isnull ? pstrdup("pg_catalog, pg_temp") : TextDatumGetCString(d);
+		j->failures = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+		jobs = lappend(jobs, j);
+		MemoryContextSwitchTo(old);
+	}
+	EvsRestoreUser(&su);
+	SPI_finish();
+	return jobs;
+}
+
+/*
+ * One batch of a transform, in the current transaction, as its owner;
+ * returns the number of source events consumed.
+ */
+static int64
+evs_run_batch(EvsTransformJob *j)
+{
+	char	   *sql;
+	EvsUserState st;
+	int64		n = 0;
+	char	   *output = EvsQualifiedName(j->output);
+
+	sql = psprintf("WITH events AS MATERIALIZED (SELECT e.id, e.key, e.payload, e.created_at "
+				   "FROM evstream.consume(%u::pg_catalog.oid::pg_catalog.regclass, %s, %d) e), "
+				   "out AS (INSERT INTO %s (key, payload) SELECT q.* FROM (\n%s\n) q RETURNING 1) "
+				   "SELECT (SELECT pg_catalog.count(*) FROM events), (SELECT pg_catalog.count(*) FROM out)",
+				   j->source, quote_literal_cstr(j->name), j->batch, output, j->query);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EvsBecomeOwner(j->owner, &st);
+	/* the owner's path of creation time, inside the level EvsRestoreUser discards */
+	(void) set_config_option("search_path", j->search_path, PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "transform \"%s\": the batch statement failed", j->name);
+	{
+		bool		isnull;
+
+		n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	EvsRestoreUser(&st);
+	SPI_finish();
+	return n;
+}
+
+/* Record the outcome of a batch (in a transaction of its own) */
+static void
+evs_record_outcome(EvsTransformJob *j, const char *error)
+{
+	Oid			types[3] = {TEXTOID, TEXTOID, INT4OID};
+	Datum		values[3] = {CStringGetTextDatum(j->name), error ? CStringGetTextDatum(error) : (Datum) 0,
+	Int32GetDatum(evs_transform_max_attempts)};
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (error)
+		EvsSpiExec("UPDATE evstream._transform x SET failures = x.failures OPERATOR(pg_catalog.+) 1, "
+				   "last_error = $2, paused = (x.failures OPERATOR(pg_catalog.+) 1 OPERATOR(pg_catalog.>=) $3) "
+				   "WHERE x.name OPERATOR(pg_catalog.=) $1", 3, types, values, 0);
+	else
+		EvsSpiExec("UPDATE evstream._transform x SET failures = 0 "
+				   "WHERE x.name OPERATOR(pg_catalog.=) $1 AND x.failures OPERATOR(pg_catalog.>) 0",
+				   1, types, values, 0);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
+ * Run one batch of a transform in a transaction of its own; failures are
+ * recorded and backed off.  Returns the events consumed.
+ */
+static int64
+evs_transform_step(EvsTransformJob *j)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	int64		n = 0;
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, psprintf("evstream: transform %s", j->name));
+		n = evs_run_batch(j);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_activity(STATE_IDLE, NULL);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		ereport(LOG,
+				(errmsg("evstream transform \"%s\": batch failed: %s", j->name, edata->message)));
+		j->failures++;
+		j->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												  Min(100L << Min(j->failures - 1, 7), 10000L));
+		evs_record_outcome(j, edata->message);
+		MemoryContextSwitchTo(cxt);
+		FreeErrorData(edata);
+		return 0;
+	}
+	PG_END_TRY();
+	if (j->failures > 0)
+	{
+		j->failures = 0;
+		evs_record_outcome(j, NULL);
+	}
+	MemoryContextSwitchTo(cxt);
+	return n;
+}
+
+static void
+evs_transform_worker_exit(int code, Datum arg)
+{
+	if (tw_db != NULL && tw_slot >= 0)
+	{
+		LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
+		if (tw_db->transform_pids[tw_slot] == MyProcPid)
+			tw_db->transform_pids[tw_slot] = 0;
+		LWLockRelease(evs_shared->lock);
+	}
+}
+
+/* Is the extension still here (in a transaction of its own)? */
+static bool
+evs_transform_extension_present(void)
+{
+	bool		present;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	present = EvsExtensionPresent() && EvsCatalogIsCurrent(NULL);
+	CommitTransactionCommand();
+	return present;
+}
+
+void
+EvsTransformWorkerMain(Datum arg)
+{
+	Oid			dboid = DatumGetObjectId(arg);
+	MemoryContext loop_cxt;
+	List	   *jobs = NIL;
+	MemoryContext jobs_cxt = NULL;
+	TimestampTz loaded = 0;
+	TimestampTz idle_since = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	/* a batch is bounded like any tenant's work in the worker */
+	SetConfigOption("statement_timeout", "60s", PGC_SUSET, PGC_S_OVERRIDE);
+	pgstat_report_appname("evstream transform worker");
+
+	/* take a slot of the database's entry, so that DROP DATABASE can stop us */
+	tw_db = EvsDatabaseEntry(dboid, false);
+	if (tw_db == NULL)
+		proc_exit(0);
+	LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
+	if (tw_db->blocked_until > GetCurrentTimestamp())
+	{
+		LWLockRelease(evs_shared->lock);
+		proc_exit(0);
+	}
+	for (int i = 0; i < EVS_MAX_TRANSFORM_WORKERS; i++)
+		if (tw_db->transform_pids[i] == 0)
+		{
+			tw_db->transform_pids[i] = MyProcPid;
+			tw_slot = i;
+			break;
+		}
+	LWLockRelease(evs_shared->lock);
+	if (tw_slot < 0)
+		proc_exit(0);
+	before_shmem_exit(evs_transform_worker_exit, (Datum) 0);
+
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "evstream transform loop",
+									 ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		bool		did = false;
+		long		timeout = 1000;
+		ListCell   *lc;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		/* the catalog, at most once a second, keeping backoffs of known jobs */
+		if (TimestampDifferenceExceeds(loaded, now, 1000))
+		{
+			MemoryContext fresh = AllocSetContextCreate(TopMemoryContext, "evstream transform jobs",
+														ALLOCSET_DEFAULT_SIZES);
+			List	   *next;
+
+			if (!evs_transform_extension_present())
+				proc_exit(0);
+			SetCurrentStatementStartTimestamp();
+			StartTransactionCommand();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			next = evs_load_jobs(fresh);
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			foreach(lc, next)
+			{
+				EvsTransformJob *n = lfirst(lc);
+				ListCell   *oc;
+
+				foreach(oc, jobs)
+				{
+					EvsTransformJob *o = lfirst(oc);
+
+					if (strcmp(o->name, n->name) == 0 && n->failures > 0)
+						n->retry_at = o->retry_at;
+				}
+			}
+			if (jobs_cxt != NULL)
+				MemoryContextDelete(jobs_cxt);
+			jobs_cxt = fresh;
+			jobs = next;
+			loaded = now;
+			if (jobs == NIL)
+			{
+				if (idle_since == 0)
+					idle_since = now;
+				else if (TimestampDifferenceExceeds(idle_since, now, 10000))
+					proc_exit(0);	/* no active transform left */
+			}
+			else
+				idle_since = 0;
+		}
+
+		/* a pass over the jobs, registered as a waiter first (waits.c) */
+		EvsDatabaseWaitBegin();
+		MemoryContextSwitchTo(loop_cxt);
+		MemoryContextReset(loop_cxt);
+		foreach(lc, jobs)
+		{
+			EvsTransformJob *j = lfirst(lc);
+
+			CHECK_FOR_INTERRUPTS();
+			if (j->retry_at > GetCurrentTimestamp())
+			{
+				timeout = Min(timeout, Max(1, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), j->retry_at)));
+				continue;
+			}
+			if (evs_transform_step(j) > 0)
+				did = true;
+		}
+		MemoryContextSwitchTo(TopMemoryContext);
+		if (!did)
+			EvsDatabaseWaitSleep(timeout);
+		EvsDatabaseWaitEnd();
+	}
+}
+
+/*
+ * Maintenance worker (worker.c), about once a second: start transform
+ * workers while active transforms exist, up to max_transform_workers and
+ * to the total of their sources' shards.
+ */
+void
+EvsTransformWorkersCheck(EvsDatabase *db)
+{
+	int			wanted;
+	int			running = 0;
+	bool		isnull;
+
+	wanted = (int) EvsSpiInt64("SELECT COALESCE(pg_catalog.sum(t.shards), 0) FROM evstream._transform x "
+							   "JOIN evstream._topic t ON t.topic OPERATOR(pg_catalog.=) x.source WHERE NOT x.paused",
+							   0, NULL, NULL, &isnull);
+	wanted = Min(wanted, Min(evs_max_transform_workers, EVS_MAX_TRANSFORM_WORKERS));
+	LWLockAcquire(evs_shared->lock, LW_SHARED);
+	for (int i = 0; i < EVS_MAX_TRANSFORM_WORKERS; i++)
+		if (db->transform_pids[i] != 0)
+			running++;
+	LWLockRelease(evs_shared->lock);
+	for (; running < wanted; running++)
+	{
+		BackgroundWorker bgw;
+		BackgroundWorkerHandle *handle;
+		pid_t		pid;
+
+		memset(&bgw, 0, sizeof(bgw));
+		bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+		bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+		bgw.bgw_restart_time = BGW_NEVER_RESTART;
+		snprintf(bgw.bgw_library_name, BGW_MAXLEN, "evstream");
+		snprintf(bgw.bgw_function_name, BGW_MAXLEN, "EvsTransformWorkerMain");
+		snprintf(bgw.bgw_name, BGW_MAXLEN, "evstream transform worker for database %u", db->dboid);
+		snprintf(bgw.bgw_type, BGW_MAXLEN, "evstream transform worker");
+		bgw.bgw_main_arg = ObjectIdGetDatum(db->dboid);
+		bgw.bgw_notify_pid = MyProcPid;
+		if (!RegisterDynamicBackgroundWorker(&bgw, &handle))
+		{
+			ereport(LOG,
+					(errmsg("evstream: no background worker slot for a transform worker"),
+					 errhint("Raise max_worker_processes.")));
+			break;
+		}
+		/* it takes its slot itself; do not start it twice meanwhile */
+		(void) WaitForBackgroundWorkerStartup(handle, &pid);
+		pfree(handle);
+	}
+}
