@@ -191,7 +191,9 @@ evs_cache_reset(void)
  * plan per topic and kind, all re-made if the topic was renamed).  Every
  * one reads stable events only ($stable) in id order.  On a sharded topic
  * a shard's events are read through the expression index on
- * (evstream._shard(key, id, shards), id): a range scan of that shard only.
+ * (evstream._shard(key, id, shards), id): a range scan of that shard only,
+ * written as a row comparison on the index's columns so that the planner
+ * cannot prefer the id index and filter the other shards' events out.
  * Call inside SPI_connect.
  */
 SPIPlanPtr
@@ -231,9 +233,8 @@ EvsTopicPlan(EvsTopic *t, EvsTopicPlanKind kind)
 		case EVS_PLAN_READ_SHARD:
 			/* $1 position, $2 stable, $3 max, $4 shard */
 			sql = psprintf("SELECT e.id, e.key, e.payload, e.created_at FROM %s e "
-						   "WHERE %s OPERATOR(pg_catalog.=) $4 "
-						   "AND e.id OPERATOR(pg_catalog.>) $1 AND e.id OPERATOR(pg_catalog.<=) $2 "
-						   "ORDER BY e.id LIMIT $3", qname, shard);
+						   "WHERE (%s, e.id) > ($4, $1) AND (%s, e.id) <= ($4, $2) "
+						   "ORDER BY %s, e.id LIMIT $3", qname, shard, shard, shard);
 			p->nargs = 4;
 			p->types[0] = INT8OID;
 			p->types[1] = INT8OID;
@@ -254,14 +255,35 @@ EvsTopicPlan(EvsTopic *t, EvsTopicPlanKind kind)
 			break;
 		case EVS_PLAN_NEXT:
 			/* $1 shards, $2 their positions, $3 stable: each one's next id */
-			sql = psprintf("SELECT u.s, (SELECT e.id FROM %s e WHERE %s OPERATOR(pg_catalog.=) u.s "
-						   "AND e.id OPERATOR(pg_catalog.>) u.p AND e.id OPERATOR(pg_catalog.<=) $3 "
-						   "ORDER BY e.id LIMIT 1) FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) u(s, p)",
-						   qname, shard);
+			sql = psprintf("SELECT u.s, (SELECT e.id FROM %s e WHERE (%s, e.id) > (u.s, u.p) "
+						   "AND (%s, e.id) <= (u.s, $3) ORDER BY %s, e.id LIMIT 1) "
+						   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) u(s, p)",
+						   qname, shard, shard, shard);
 			p->nargs = 3;
 			p->types[0] = INT4ARRAYOID;
 			p->types[1] = INT8ARRAYOID;
 			p->types[2] = INT8OID;
+			break;
+		case EVS_PLAN_FIRST:
+
+			/*
+			 * $1 lowest position, $2 stable, $3 positions by shard, $4
+			 * candidate shards: the shard of the oldest next event among
+			 * the candidates, looking at the first EVS_FIRST_WINDOW
+			 * events after the lowest position only (bounded work when
+			 * the candidates have none and others have a backlog).
+			 */
+			sql = psprintf("SELECT x.s FROM (SELECT e.id, %s AS s FROM %s e "
+						   "WHERE e.id OPERATOR(pg_catalog.>) $1 AND e.id OPERATOR(pg_catalog.<=) $2 "
+						   "ORDER BY e.id LIMIT %d) x "
+						   "WHERE x.id OPERATOR(pg_catalog.>) ($3)[x.s OPERATOR(pg_catalog.+) 1] "
+						   "AND x.s OPERATOR(pg_catalog.=) ANY ($4) ORDER BY x.id LIMIT 1",
+						   shard, qname, EVS_FIRST_WINDOW);
+			p->nargs = 4;
+			p->types[0] = INT8OID;
+			p->types[1] = INT8OID;
+			p->types[2] = INT8ARRAYOID;
+			p->types[3] = INT4ARRAYOID;
 			break;
 		case EVS_PLAN_EVENT:
 			/* $1 id: one event and its shard */

@@ -272,6 +272,56 @@ evs_read_shard(EvsRead *r, EvsShardState *st, int64 stable, int64 *first, int64 
 }
 
 /*
+ * The candidate shard whose next stable event is the oldest, found among
+ * the first EVS_FIRST_WINDOW events after the candidates' lowest position
+ * by one index scan in id order; -1 when none of those events is a
+ * candidate's (then evs_order_shards probes shard by shard).
+ */
+static int
+evs_first_shard(EvsRead *r, EvsShardState *st, int *cands, int ncands, int64 stable)
+{
+	int			nshards = r->g.shards;
+	Datum	   *pos = palloc(sizeof(Datum) * nshards);
+	Datum	   *cs = palloc(sizeof(Datum) * ncands);
+	int64		low = PG_INT64_MAX;
+	Datum		values[4];
+	int			found = -1;
+
+	for (int s = 0; s < nshards; s++)
+		pos[s] = Int64GetDatum(st[s].position);
+	for (int i = 0; i < ncands; i++)
+	{
+		cs[i] = Int32GetDatum(cands[i]);
+		low = Min(low, st[cands[i]].position);
+	}
+	values[0] = Int64GetDatum(low);
+	values[1] = Int64GetDatum(stable);
+	values[2] = PointerGetDatum(construct_array(pos, nshards, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[3] = PointerGetDatum(construct_array(cs, ncands, INT4OID, 4, true, TYPALIGN_INT));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EvsCachePin();
+	{
+		SPIPlanPtr	plan = EvsTopicPlan(r->t, EVS_PLAN_FIRST);
+		int			level = EvsPinSearchPath();
+
+		if (SPI_execute_plan(plan, values, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read topic \"%s\"", get_rel_name(r->topic));
+		EvsUnpinSearchPath(level);
+	}
+	EvsCacheUnpin();
+	if (SPI_processed > 0)
+	{
+		bool		isnull;
+
+		found = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_finish();
+	return found;
+}
+
+/*
  * The shards among `cands` (positions in `st`) with stable events, in the
  * order of their next event, oldest first; returns how many.  One index
  * probe per shard, in one statement, as the caller.
@@ -479,6 +529,24 @@ evs_deliver(EvsRead *r, EvsShardState *st, int64 stable, bool renew, bool *wrote
 	return true;
 }
 
+/* Try to lock shard s and deliver from it; the lock is given back if unused */
+static bool
+evs_try_deliver(EvsRead *r, EvsShardState *st, int s, int64 stable, TimestampTz now)
+{
+	bool		wrote = false;
+
+	if (!EvsTryLockShard(&r->g, s))
+		return false;
+	/* the state as of now that we hold it */
+	EvsShardStates(&r->g, s, s, &st[s]);
+	if (!EvsLeasedByOther(&st[s], r->member, now) &&
+		evs_deliver(r, &st[s], stable, false, &wrote))
+		return true;
+	if (!wrote)
+		EvsUnlockShard(&r->g, s);
+	return false;
+}
+
 /*
  * Claim a free shard and deliver from it: among the shards not held by
  * this transaction already (tried first), not under another member's live
@@ -496,7 +564,6 @@ evs_claim(EvsRead *r, EvsShardState *st, int64 stable, int skip)
 	TimestampTz now = GetCurrentTimestamp();
 	int			ncands = 0;
 	int			n;
-	bool		wrote = false;
 
 	for (int s = 0; s < nshards; s++)
 	{
@@ -505,21 +572,32 @@ evs_claim(EvsRead *r, EvsShardState *st, int64 stable, int skip)
 			continue;
 		cands[ncands++] = s;
 	}
+
+	/*
+	 * On a sharded topic, the oldest next event's shard first (one index
+	 * scan); a candidate another transaction holds is dropped and the scan
+	 * repeated.  When the window has none of the candidates' events, every
+	 * remaining candidate is probed.
+	 */
+	while (nshards > 1 && ncands > 0)
+	{
+		int			s = evs_first_shard(r, st, cands, ncands, stable);
+		int			k;
+
+		if (s < 0)
+			break;
+		for (k = 0; k < ncands && cands[k] != s; k++)
+			;
+		if (k == ncands)
+			elog(ERROR, "evstream: shard %d is not a candidate", s);
+		cands[k] = cands[--ncands];
+		if (evs_try_deliver(r, st, s, stable, now))
+			return true;
+	}
 	n = evs_order_shards(r, st, cands, ncands, stable, order);
 	for (int i = 0; i < n; i++)
-	{
-		int			s = order[i];
-
-		if (!EvsTryLockShard(&r->g, s))
-			continue;
-		/* the state as of now that we hold it */
-		EvsShardStates(&r->g, s, s, &st[s]);
-		if (!EvsLeasedByOther(&st[s], r->member, now) &&
-			evs_deliver(r, &st[s], stable, false, &wrote))
+		if (evs_try_deliver(r, st, order[i], stable, now))
 			return true;
-		if (!wrote)
-			EvsUnlockShard(&r->g, s);
-	}
 	return false;
 }
 
@@ -536,11 +614,21 @@ evs_look_group(EvsRead *r)
 	return true;
 }
 
+/* A look starts with the topic's current cache entry (see evs_run) */
+static EvsRead *
+evs_look_begin(void *arg)
+{
+	EvsRead    *r = arg;
+
+	r->t = EvsRequireTopic(r->topic, "consume");
+	return r;
+}
+
 /* One look of consume: true when it returned events */
 static bool
 evs_look_consume(void *arg)
 {
-	EvsRead    *r = arg;
+	EvsRead    *r = evs_look_begin(arg);
 	int64		stable = EvsStableId(r->topic);
 	EvsShardState *st;
 	bool		wrote = false;
@@ -568,7 +656,7 @@ evs_look_consume(void *arg)
 static bool
 evs_look_member(void *arg)
 {
-	EvsRead    *r = arg;
+	EvsRead    *r = evs_look_begin(arg);
 	int64		stable = EvsStableId(r->topic);
 	EvsShardState *st;
 	int			cur = -1;
@@ -606,7 +694,7 @@ evs_look_member(void *arg)
 static bool
 evs_look_all(void *arg)
 {
-	EvsRead    *r = arg;
+	EvsRead    *r = evs_look_begin(arg);
 	int64		stable = EvsStableId(r->topic);
 	int			nshards = r->t->shards;
 	EvsShardState *st = palloc0(sizeof(EvsShardState) * nshards);
@@ -643,14 +731,21 @@ evs_look_all(void *arg)
 	}
 }
 
-/* Run a look, and with a wait, look again after each wake-up */
+/*
+ * Run a look, and with a wait, look again after each wake-up.  The topic
+ * cache is pinned for the whole call: an invalidation that arrives while
+ * it runs (a GRANT, a new partition) resets the cache, and the entry a
+ * look holds must outlive that (its plans too); each look takes the
+ * current entry again.  An error leaves the pin to transaction end.
+ */
 static void
 evs_run(EvsRead *r, bool (*look) (void *), int64 wait_us)
 {
 	InitMaterializedSRF(r->fcinfo, 0);
-	if (look(r) || wait_us <= 0)
-		return;
-	(void) EvsWaitFor(r->topic, Max(wait_us / 1000, 1), look, r);
+	EvsCachePin();
+	if (!look(r) && wait_us > 0)
+		(void) EvsWaitFor(r->topic, Max(wait_us / 1000, 1), look, r);
+	EvsCacheUnpin();
 }
 
 PG_FUNCTION_INFO_V1(evstream_poll);
@@ -762,10 +857,12 @@ evstream_commit(PG_FUNCTION_ARGS)
 
 		if (!EvsGroupOpen(topic, group, false, false, &g))
 			evs_lease_lost(topic, group, member, last_id);
+		/* the cache may have been reset since: the current entry, pinned */
+		EvsCachePin();
+		t = EvsRequireTopic(topic, "commit");
 		/* the shard of last_id's event */
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		EvsCachePin();
 		{
 			SPIPlanPtr	plan = EvsTopicPlan(t, EVS_PLAN_EVENT);
 			int			level = EvsPinSearchPath();
@@ -774,7 +871,6 @@ evstream_commit(PG_FUNCTION_ARGS)
 				elog(ERROR, "could not read topic \"%s\"", get_rel_name(topic));
 			EvsUnpinSearchPath(level);
 		}
-		EvsCacheUnpin();
 		if (SPI_processed > 0)
 		{
 			bool		isnull;
@@ -783,6 +879,7 @@ evstream_commit(PG_FUNCTION_ARGS)
 			shard = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
 		}
 		SPI_finish();
+		EvsCacheUnpin();
 		if (!found)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -248,9 +248,13 @@ typedef enum EvsTopicPlanKind
 	EVS_PLAN_READ_SHARD,
 	EVS_PLAN_READ_ALL,
 	EVS_PLAN_NEXT,
-	EVS_PLAN_EVENT
+	EVS_PLAN_EVENT,
+	EVS_PLAN_FIRST
 } EvsTopicPlanKind;
-#define EVS_NUM_TOPIC_PLANS 5
+#define EVS_NUM_TOPIC_PLANS 6
+
+/* Events EVS_PLAN_FIRST looks at before consumer.c probes shard by shard */
+#define EVS_FIRST_WINDOW 4096
 
 typedef struct EvsTopic
 {

@@ -649,9 +649,10 @@ evstream_lag(PG_FUNCTION_ARGS)
 					   "ORDER BY e.id LIMIT %d) x", EVS_LAG_EXACT + 1);
 	else if (one_shard)
 		sql = psprintf("SELECT pg_catalog.count(*), pg_catalog.min(x.created_at), pg_catalog.max(x.id) FROM "
-					   "(SELECT e.id, e.created_at FROM %%s e WHERE evstream._shard(e.key, e.id, %d) "
-					   "OPERATOR(pg_catalog.=) $3 AND e.id OPERATOR(pg_catalog.>) $1 "
-					   "ORDER BY e.id LIMIT %d) x", t->shards, EVS_LAG_EXACT + 1);
+					   "(SELECT e.id, e.created_at FROM %%s e WHERE (evstream._shard(e.key, e.id, %d), e.id) "
+					   "> ($3, $1) AND (evstream._shard(e.key, e.id, %d), e.id) <= ($3, " INT64_FORMAT ") "
+					   "ORDER BY evstream._shard(e.key, e.id, %d), e.id LIMIT %d) x",
+					   t->shards, t->shards, PG_INT64_MAX, t->shards, EVS_LAG_EXACT + 1);
 	else
 		sql = psprintf("SELECT pg_catalog.count(*), pg_catalog.min(x.created_at), pg_catalog.max(x.id) FROM "
 					   "(SELECT e.id, e.created_at FROM %%s e WHERE e.id OPERATOR(pg_catalog.>) $1 "
