@@ -173,7 +173,7 @@ if [ "$PG" != "$HOST_PG" ] && [ -z "${EVS_IN_CHROOT:-}" ]; then
     oldenv=(EVS_OLD_SRC="${R#"$C"}/old-src")
   fi
   passenv=()
-  for v in BENCH_T BENCH_ROUNDS BENCH_N BENCH_CASES; do
+  for v in BENCH_T BENCH_ROUNDS BENCH_N BENCH_CASES BENCH_HORIZON_S; do
     [ -n "${!v:-}" ] && passenv+=("$v=${!v}")
   done
   rc=0
