@@ -121,7 +121,8 @@ CREATE TABLE evstream._transform (
     output_topic  regclass NOT NULL REFERENCES evstream._topic ON DELETE CASCADE,
     batch         integer NOT NULL,
     paused        boolean NOT NULL DEFAULT false,
-    failures      integer NOT NULL DEFAULT 0,     -- of the current batch, in a row
+    failures      integer NOT NULL DEFAULT 0,     -- batches failed in a row
+    retry_at      timestamptz,                    -- backing off until
     last_error    text,
     search_path   text,                           -- the owner's, at creation
     created       timestamptz NOT NULL DEFAULT pg_catalog.now()

@@ -509,7 +509,8 @@ evs_deliver(EvsRead *r, EvsShardState *st, int64 stable, bool renew, bool *wrote
 	int64		first,
 				last;
 
-	*wrote = evs_drop_poison(r, st, stable);
+	/* a re-poll within the member's live lease is no new delivery */
+	*wrote = !renew && evs_drop_poison(r, st, stable);
 	if (evs_read_shard(r, st, stable, &first, &last) == 0)
 		return false;
 	if (!renew)

