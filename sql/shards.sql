@@ -152,6 +152,15 @@ SELECT count(*) FROM evstream.consume('pz', 'g', 10, wait => '50 ms');
 SELECT count(*) FROM evstream.poll('pz', 'g', 10, wait => '0');
 SELECT count(*) FROM evstream.consume('pz', 'g', 10, wait => '-1 s');
 \echo :LAST_ERROR_SQLSTATE
+-- absurd intervals do not overflow (clamped to 100 years)
+SET statement_timeout = '50ms';
+SELECT count(*) FROM evstream.consume('pz', 'g', 10, wait => '100000000 years');
+\echo :LAST_ERROR_SQLSTATE
+RESET statement_timeout;
+SELECT count(*) FROM evstream.poll('pz', 'huge', 1, member => 'm', lease => '100000000 years');
+SELECT lease_expires_at > now() + interval '99 years' AS clamped FROM evstream.group_shards
+ WHERE topic = 'pz'::regclass AND consumer_group = 'huge' AND member = 'm';
+SELECT evstream.release('pz', 'huge', 'm');
 -- statement_timeout ends a wait
 SET statement_timeout = '100ms';
 SELECT count(*) FROM evstream.consume('pz', 'g', 10, wait => '1 hour');

@@ -118,6 +118,8 @@ evs_max_events(FunctionCallInfo fcinfo)
 	return max;
 }
 
+#define EVS_LONGEST_WAIT_US ((int64) 100 * 365 * USECS_PER_DAY)
+
 /* An interval argument as microseconds: NULL -> dflt, negative refused */
 static int64
 evs_interval_arg(FunctionCallInfo fcinfo, int argno, const char *what, int64 dflt, bool positive)
@@ -128,7 +130,13 @@ evs_interval_arg(FunctionCallInfo fcinfo, int argno, const char *what, int64 dfl
 	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
 		return dflt;
 	ivl = PG_GETARG_INTERVAL_P(argno);
-	us = ivl->time + (int64) ivl->day * USECS_PER_DAY + (int64) ivl->month * 30 * USECS_PER_DAY;
+	{
+		/* in double, clamped to 100 years: no overflow, also for 'infinity' */
+		double		d = (double) ivl->time + (double) ivl->day * USECS_PER_DAY +
+			(double) ivl->month * 30.0 * USECS_PER_DAY;
+
+		us = d > EVS_LONGEST_WAIT_US ? EVS_LONGEST_WAIT_US : (d < -1.0 ? -1 : (int64) d);
+	}
 	if (us < 0 || (positive && us == 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
