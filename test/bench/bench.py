@@ -78,6 +78,46 @@ How it measures (the shape of the baseline notes, shared/BENCH.md):
       seeking back to the start (seek(t, g, 0)) when it reaches the end;
       throughput of the last window / the first, windows of min(10 s,
       $BENCH_HORIZON_S / 3).  The size of evstream._position is noted.
+  * Continuous transforms 0.2 (phase transforms, issue 11 item 6), with
+    evstream.max_transform_workers as the server has it (default 2; the
+    maintenance worker starts no more workers than the active transforms'
+    sources have shards: one here).  Each run makes its transform, with a
+    new name (so a new group, starting before the oldest event), and drops
+    it after.
+    - flatMap: tff, one shard, prefilled once with max(1000, $BENCH_N/10)
+      events of payload {"words": "a<k> b<k> c<k> d<k> e<k>", "user": n}
+      (INSERT .. SELECT, synchronous_commit off, read once for hint bits).
+      The transform SELECT w, jsonb_build_object('w', w) FROM events,
+      regexp_split_to_table(payload->>'words', ' ') w, batch => 1000, into
+      the topic tffo, timed from the create_transform call until its group
+      has no lag (evstream.consumer_groups, looked at every 50 ms; paused
+      or an error is reported); tffo must then hold 5 events per source
+      event.  Against one psycopg2 client looping WITH e AS (SELECT * FROM
+      evstream.consume('tff', g, 1000)) INSERT INTO tfho .. the same SELECT
+      in autocommit until a statement inserts nothing (its group made just
+      before).  Both outputs are topics with create_topic's defaults (what
+      create_transform makes); TRUNCATE + CHECKPOINT before each; the two
+      alternate in order by round.  Figures are source events/s; the note
+      gives when the first batch began (the worker start-up, up to the
+      maintenance worker's next check, about 1 s, is in the figure).  Info:
+      the transform's batches' own pace, from the output's created_at (a
+      batch's transaction start): (events of batches 1..n-1) / (last
+      batch's start - first batch's start).
+    - Latency: a 1:1 transform SELECT key, payload || jsonb_build_object(
+      'src', id) FROM events from tfl into tflo (made by create_transform);
+      one warm-up event through it, then one consumer process loops SELECT
+      (payload->>'src')::bigint FROM evstream.consume(tflo, g, 1000, wait =>
+      '1 s') in autocommit (synchronous_commit on) while the latency phase's
+      4 paced producer threads commit single-row inserts into tfl at ~1000
+      events/s; latency = arrival of a source id in the output - commit-ack
+      of its insert; p50 and p99.
+    - Producers: the single-row INSERT pgbench case into the topic tfp with
+      a running transform SELECT key, payload FROM events into tfpo (made,
+      and one warm-up event through it, after TRUNCATE + CHECKPOINT), and
+      the same topic without one (after the idle transform workers of the
+      previous run left, about 10 s); the transform's lag at the end of the
+      run and its catch-up time are noted, and tfpo must then hold as many
+      events as tfp.
   * Figures are medians over rounds; a ratio is the median of the per-round
     ratios (both sides measured in the same round).  A case that errors
     prints ERROR, the rest go on.
@@ -86,7 +126,8 @@ Knobs (environment): BENCH_T (s per pgbench run and consumer run, default
 5), BENCH_ROUNDS (default 3), BENCH_N (events per COPY/consume, default
 1000000), BENCH_HORIZON_S (s of the held-horizon case, default 60),
 BENCH_CASES (comma list of phases:
-single,multi,bulk,stable,backlog,latency,consumers2; default all).
+single,multi,bulk,stable,backlog,latency,consumers2,transforms; default
+all).
 """
 import bisect
 import json
@@ -111,7 +152,8 @@ N = int(os.environ.get("BENCH_N", "1000000"))
 OUT = os.environ.get("BENCH_OUT", ".")
 WORK = os.environ.get("BENCH_WORK", os.environ.get("TMPDIR", "/tmp"))
 HORIZON_S = int(os.environ.get("BENCH_HORIZON_S", "60"))
-ALL_PHASES = ("single", "multi", "bulk", "stable", "backlog", "latency", "consumers2")
+ALL_PHASES = ("single", "multi", "bulk", "stable", "backlog", "latency", "consumers2",
+              "transforms")
 PHASES = [p.strip() for p in os.environ.get(
     "BENCH_CASES", ",".join(ALL_PHASES)).split(",") if p.strip()]
 CLIENTS, JOBS = 4, 2
@@ -526,6 +568,14 @@ SETUP = {
     "bwi": ["SELECT evstream.create_topic('bwi', shards => 8, notify => false)"],
     "bf1": ["SELECT evstream.create_topic('bf1', notify => false)"],
     "bh1": ["SELECT evstream.create_topic('bh1', notify => false)"],
+    # continuous transforms (phase transforms); the outputs the transforms of
+    # the latency and producer cases write (tflo, tfpo) are made by
+    # create_transform, as a user gets them
+    "tff": ["SELECT evstream.create_topic('tff')"],
+    "tffo": ["SELECT evstream.create_topic('tffo')"],
+    "tfho": ["SELECT evstream.create_topic('tfho')"],
+    "tfl": ["SELECT evstream.create_topic('tfl')"],
+    "tfp": ["SELECT evstream.create_topic('tfp')"],
 }
 SETUP_ERR = {}
 
@@ -1184,7 +1234,9 @@ def consumer_main(spec, ready, go, window, stop, result_q):
     batch; sleep (None: each consume in autocommit; else BEGIN; consume;
     SELECT pg_sleep(sleep); COMMIT); wait (the consume's wait, or None); wrap
     (when a consume returns nothing, seek the group back to the start); keep
-    (return the ids of each batch); sync (its synchronous_commit, default on).
+    (return the ids of each batch); sync (its synchronous_commit, default on);
+    cols (the select list over consume's rows, default id, key, payload,
+    created_at; the first column is what keep returns).
     Starts at window[0], starts no loop after window[1] (0: runs until stop).
     Returns dict(done=[(end time, events)], ids=[(end time, [ids])], empty,
     empty_t (their times), wraps, error)."""
@@ -1207,7 +1259,8 @@ def consumer_main(spec, ready, go, window, stop, result_q):
         cur.execute("SET synchronous_commit = %s", (spec.get("sync", "on"),))
         conn.autocommit = not xact
         args = [spec["topic"], spec["group"], spec["batch"]]
-        q = "SELECT id, key, payload, created_at FROM evstream.consume(%s, %s, %s"
+        q = ("SELECT " + spec.get("cols", "id, key, payload, created_at") +
+             " FROM evstream.consume(%s, %s, %s")
         if spec.get("wait"):
             q += ", wait => %s::interval"
             args.append(spec["wait"])
@@ -1661,6 +1714,339 @@ def phase_consumers2():
             case(rnd)
 
 
+# ---------------------------------------------------------------- continuous transforms 0.2
+
+TF_N = max(1000, N // 10)      # source events of the flatMap case
+TF_WORDS = 5                   # output events per source event there
+TF_POLL = 0.05                 # s between two looks at a transform's progress
+FLAT_Q = ("SELECT w, jsonb_build_object('w', w) FROM events, "
+          "regexp_split_to_table(payload->>'words', ' ') w")
+HAND_Q = ("WITH e AS (SELECT * FROM evstream.consume('tff', %s, 1000)) "
+          "INSERT INTO tfho (key, payload) SELECT w, jsonb_build_object('w', w) "
+          "FROM e, regexp_split_to_table(e.payload->>'words', ' ') w")
+MAP_SRC_Q = "SELECT key, payload || jsonb_build_object('src', id) FROM events"
+MAP_Q = "SELECT key, payload FROM events"
+
+
+def tf_workers():
+    return DB.one("SELECT count(*) FROM pg_stat_activity "
+                  "WHERE backend_type = 'evstream transform worker'")
+
+
+def tf_exists(rel):
+    return DB.one("SELECT to_regclass(%s) IS NOT NULL", (rel,))
+
+
+def tf_drop(name):
+    try:
+        DB.run("SELECT evstream.drop_transform(%s)", (name,))
+    except psycopg2.Error as e:
+        log("drop_transform(%s): %s" % (name, short(e)))
+
+
+def tf_progress(source, name):
+    """(committed_id, lag_events, paused, last_error) of a transform."""
+    g = DB.run("SELECT committed_id, lag_events FROM evstream.consumer_groups "
+               "WHERE topic = %s::regclass AND consumer_group = %s", (source, name))
+    x = DB.run("SELECT paused, last_error FROM evstream._transform WHERE name = %s", (name,))
+    if not x:
+        raise BenchError("transform %s is gone" % name)
+    return (g[0][0] if g else None, g[0][1] if g else None, x[0][0], x[0][1])
+
+
+def tf_wait(source, name, timeout):
+    """Polls a transform every TF_POLL s until its group has no lag; returns
+    (time done, most transform workers seen, last_error seen).  A paused
+    transform or the timeout raises BenchError."""
+    deadline = time.monotonic() + timeout
+    workers, err, i = 0, None, 0
+    while True:
+        now = time.monotonic()
+        _, lag, paused, last_error = tf_progress(source, name)
+        err = last_error or err
+        if i % 10 == 0 or lag == 0:
+            workers = max(workers, tf_workers())
+        i += 1
+        if paused:
+            raise BenchError("transform %s paused: %s" % (name, last_error))
+        if lag == 0:
+            return now, workers, err
+        if now > deadline:
+            raise BenchError("transform %s: lag %s after %.0f s (%d worker(s), last_error %s)"
+                             % (name, lag, timeout, workers, last_error))
+        time.sleep(TF_POLL)
+
+
+def tf_wait_rows(table, n, timeout=30):
+    """Waits until table has at least n rows (the warm-up event went through)."""
+    deadline = time.monotonic() + timeout
+    while DB.one("SELECT count(*) FROM %s" % table) < n:
+        if time.monotonic() > deadline:
+            raise BenchError("%s: the warm-up event did not come through in %d s (%d transform "
+                             "worker(s))" % (table, timeout, tf_workers()))
+        time.sleep(TF_POLL)
+
+
+def tf_batches(output):
+    """Transactions that wrote output: its events of one transaction share
+    created_at (now())."""
+    return DB.one("SELECT count(DISTINCT created_at) FROM %s" % output)
+
+
+def tf_warm(source, output):
+    """One event through the new transform, so its worker runs it before a run."""
+    DB.run("INSERT INTO %s (key, payload) VALUES ('warmup', '{}')" % source)
+    t0 = time.monotonic()
+    tf_wait_rows(output, 1)
+    return time.monotonic() - t0
+
+
+def tf_workers_gone(timeout=20):
+    """After drop_transform: waits until the idle transform workers left (about
+    10 s), so the next run does not share the CPUs with them."""
+    deadline = time.monotonic() + timeout
+    n = tf_workers()
+    while n and time.monotonic() < deadline:
+        time.sleep(0.2)
+        n = tf_workers()
+    return n
+
+
+def tf_flat_transform(key, rnd):
+    """The flatMap as a transform: from create_transform to a lag of 0."""
+    name = "tf_flat_r%d" % rnd
+    w0 = tf_workers()
+    t0 = time.monotonic()
+    made = DB.run("SELECT evstream.create_transform(%s, 'tff', %s, 'tffo', batch => 1000), "
+                  "clock_timestamp()", (name, FLAT_Q))[0][1]
+    try:
+        t1, workers, err = tf_wait("tff", name, 600)
+    finally:
+        tf_drop(name)
+    out = DB.one("SELECT count(*) FROM tffo")
+    if out != TF_WORDS * TF_N:
+        raise BenchError("BUG? tffo has %d events, %d expected" % (out, TF_WORDS * TF_N))
+    dt = t1 - t0
+    record(key, rnd, TF_N / dt)
+    # the batches' own pace, from the server's clock: a batch's output events
+    # have its transaction's start as created_at; between the first batch's
+    # start and the last's, all batches but the last ran
+    nb, b0, bn, last = DB.run(
+        "SELECT count(DISTINCT created_at), extract(epoch FROM min(created_at) - %s), "
+        "extract(epoch FROM max(created_at) - min(created_at)), "
+        "count(*) FILTER (WHERE created_at = (SELECT max(created_at) FROM tffo)) FROM tffo",
+        (made,))[0]
+    if nb > 1 and bn > 0:
+        record("tf.run", rnd, (TF_N - last / TF_WORDS) / float(bn))
+    note = ("%d -> %d events in %.2f s, %d batches; the first began %.0f ms after create_transform"
+            % (TF_N, out, dt, nb, float(b0) * 1000))
+    note += "; %d transform worker(s) before, %d seen during" % (w0, workers)
+    if err:
+        note += "; last_error: " + err[:80]
+    rnote(key, rnd, note)
+
+
+def tf_flat_hand(key, rnd):
+    """The same flatMap by hand: one client, autocommit statements of 1000 events."""
+    group = "tf_hand_r%d" % rnd
+    make_groups([("tff", group)])
+    conn = connect()
+    stmts = 0
+    try:
+        with conn.cursor() as cur:
+            t0 = time.monotonic()
+            deadline = t0 + 600
+            while True:
+                cur.execute(HAND_Q, (group,))
+                stmts += 1
+                if cur.rowcount == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise BenchError("hand loop: not done after 600 s")
+            dt = time.monotonic() - t0
+    finally:
+        conn.close()
+    out = DB.one("SELECT count(*) FROM tfho")
+    if out != TF_WORDS * TF_N:
+        raise BenchError("tfho has %d events, %d expected" % (out, TF_WORDS * TF_N))
+    record(key, rnd, TF_N / dt)
+    rnote(key, rnd, "%d -> %d events in %.2f s, %d statements" % (TF_N, out, dt, stmts))
+
+
+def tf_flatmap(rnd):
+    """flatMap 1 -> 5 over the prefilled tff: a transform against the hand loop."""
+    for key, fn in rotated([("tf.flat", tf_flat_transform), ("tf.hand", tf_flat_hand)], rnd):
+        try:
+            prep(["TRUNCATE tffo", "TRUNCATE tfho"])
+            fn(key, rnd)
+        except (psycopg2.Error, BenchError) as e:
+            log("%s round %d: ERROR %s" % (key, rnd, short(e)))
+            record(key, rnd, error=short(e))
+
+
+def tf_latency(rnd):
+    """Commit-ack of a source event to its arrival at a long-poll consumer of
+    the 1:1 transform's output, ~1000 events/s."""
+    name = "tf_lat_r%d" % rnd
+    made = False
+    try:
+        secs = max(5, T)
+        prep(["TRUNCATE tfl"] + (["TRUNCATE tflo"] if tf_exists("tflo") else []))
+        DB.run("SELECT evstream.create_transform(%s, 'tfl', %s, 'tflo')", (name, MAP_SRC_Q))
+        made = True
+        warm = tf_warm("tfl", "tflo")
+        pool = ConsumerPool([dict(topic="tflo", group="tl_r%d" % rnd, batch=1000, wait="1 s",
+                                  keep=True, cols="(payload->>'src')::bigint")])
+        try:
+            pool.start()
+            time.sleep(0.5)   # the consumer is in its first wait
+            sent, achieved, errors = paced_inserts("tfl", 1000, secs, 4)
+            lag_end = tf_progress("tfl", name)[1]
+            _, workers, err = tf_wait("tfl", name, 60)
+            time.sleep(1.5)
+        finally:
+            res = pool.close()
+        if errors:
+            raise BenchError("producer: " + short(errors[0]))
+        r = res[0]
+        if r is None or r["error"]:
+            raise BenchError("consumer: " + (r["error"] if r else "died without a result"))
+        arrived, dup = {}, 0
+        for t, ids in r["ids"]:
+            for i in ids:
+                if i in arrived:
+                    dup += 1
+                arrived.setdefault(i, t)
+        ack, missing = [], 0
+        for eid, _, t1 in sent:
+            ta = arrived.get(eid)
+            if ta is None:
+                missing += 1
+            else:
+                ack.append((ta - t1) * 1000)
+        if not ack:
+            raise BenchError("no event arrived (%d sent)" % len(sent))
+        note = ("4 producers, ~%.0f ev/s, %d events, %d consumes, %d never arrived, max %.2f ms; "
+                "transform lag %s at the producers' end, %d batches; warm-up event through in "
+                "%.0f ms; %d transform worker(s)"
+                % (achieved, len(sent), len(r["ids"]) + r["empty"], missing, max(ack),
+                   lag_end, tf_batches("tflo"), warm * 1000, workers))
+        if dup:
+            note += "; BUG? %d source ids arrived twice" % dup
+        if err:
+            note += "; last_error: " + err[:80]
+        record("tl.p50", rnd, pct(ack, 50))
+        record("tl.p99", rnd, pct(ack, 99))
+        rnote("tl.p50", rnd, note)
+    except (psycopg2.Error, BenchError) as e:
+        log("tl round %d: ERROR %s" % (rnd, short(e)))
+        record("tl.p50", rnd, error=short(e))
+        record("tl.p99", rnd, error=short(e))
+    finally:
+        if made:
+            tf_drop(name)
+
+
+def tf_producers(rnd):
+    """pgbench single-row INSERT into tfp with a running 1:1 transform, and
+    without one."""
+    for key, with_tf in rotated([("tp.none", False), ("tp.with", True)], rnd):
+        name = "tf_prod_r%d" % rnd
+        made = False
+        try:
+            left = tf_workers_gone()
+            prep(["TRUNCATE tfp"] + (["TRUNCATE tfpo"] if tf_exists("tfpo") else []))
+            note = ("%d idle transform worker(s) still there" % left) if left else None
+            if with_tf:
+                DB.run("SELECT evstream.create_transform(%s, 'tfp', %s, 'tfpo')", (name, MAP_Q))
+                made = True
+                tf_warm("tfp", "tfpo")
+            r = pgbench(key + ".r%d" % rnd, ins_script("tfp"))
+            if with_tf:
+                lag = tf_progress("tfp", name)[1]
+                t0 = time.monotonic()
+                t1, workers, err = tf_wait("tfp", name, 120)
+                src = DB.one("SELECT count(*) FROM tfp")
+                out = DB.one("SELECT count(*) FROM tfpo")
+                nb = tf_batches("tfpo")
+                note = ("transform lag %s events at the end of the run, caught up in %.1f s; "
+                        "%d batches (%.1f events each); %d transform worker(s)"
+                        % (lag, t1 - t0, nb, out / max(1, nb), workers))
+                if out != src:
+                    note += "; BUG? tfpo has %d events, tfp %d" % (out, src)
+                if err:
+                    note += "; last_error: " + err[:80]
+            record(key, rnd, r["tps"], waits=r["waits"])
+            if note:
+                rnote(key, rnd, note)
+        except (psycopg2.Error, BenchError) as e:
+            log("%s round %d: ERROR %s" % (key, rnd, short(e)))
+            record(key, rnd, error=short(e))
+        finally:
+            if made:
+                tf_drop(name)
+
+
+def phase_transforms():
+    """Continuous transforms 0.2: flatMap throughput, latency, producer cost (issue 11)."""
+    log("phase transforms: flatMap of %d events, latency at ~1000 ev/s, producers" % TF_N)
+    try:
+        mtw = DB.one("SHOW evstream.max_transform_workers")
+    except psycopg2.Error:
+        mtw = "?"
+    fig("tf.flat", "flatMap 1 -> %d, %d source events: transform (batch => 1000, "
+        "max_transform_workers = %s, one-shard source), create_transform to lag 0"
+        % (TF_WORDS, TF_N, mtw), "events/s")
+    fig("tf.run", "same transform, its batches' pace: batches 1..n-1 from the first's start "
+        "to the last's (server created_at), i.e. without the worker start-up", "events/s")
+    fig("tf.hand", "same by hand: 1 client looping WITH e AS (consume(.., 1000)) INSERT INTO "
+        "topic .. regexp_split_to_table, autocommit, until empty", "events/s")
+    fig("tl.p50", "1:1 transform at ~1000 ev/s: source commit-ack -> long poll "
+        "consume(output, .., wait => '1 s') gets it, p50", "ms")
+    fig("tl.p99", "same, p99", "ms")
+    fig("tp.none", "INSERT 1 row/txn: topic, no transform", "TPS")
+    fig("tp.with", "INSERT 1 row/txn: same topic with a running 1:1 transform "
+        "(max_transform_workers = %s)" % mtw, "TPS")
+
+    # the flatMap source, once: every run reads it with a fresh group
+    fill_err = None
+    try:
+        conn = connect(sync="off")
+        try:
+            with conn.cursor() as cur:
+                left = TF_N
+                while left > 0:
+                    k = min(left, 100000)
+                    cur.execute("INSERT INTO tff (key, payload) SELECT 'k' || k, "
+                                "jsonb_build_object('words', concat_ws(' ', 'a' || k, 'b' || k, "
+                                "'c' || k, 'd' || k, 'e' || k), 'user', g) "
+                                "FROM (SELECT g, 1 + floor(random() * 1000)::int AS k "
+                                "FROM generate_series(1, %d) g) s" % k)
+                    left -= k
+        finally:
+            conn.close()
+        DB.run("SELECT count(*) FROM tff")   # hint bits, before any timed read
+    except psycopg2.Error as e:
+        log("transforms: cannot fill tff: %s" % short(e))
+        fill_err = "filling tff: " + short(e)
+    try:
+        for rnd in range(ROUNDS):
+            cases = [tf_latency, tf_producers]
+            if fill_err:
+                for k in ("tf.flat", "tf.hand"):
+                    record(k, rnd, error=fill_err)
+            else:
+                cases.insert(0, tf_flatmap)
+            for case in rotated(cases, rnd):
+                case(rnd)
+    finally:
+        try:   # none left running for the phases after
+            for (name,) in DB.run("SELECT name FROM evstream._transform WHERE name LIKE 'tf\\_%'"):
+                tf_drop(name)
+        except psycopg2.Error:
+            pass
+
+
 # ---------------------------------------------------------------- the table
 
 def ratio(num, den):
@@ -1836,6 +2222,21 @@ def build_table():
     add_fig("9.9", "hz.first")
     add_fig("9.9", "hz.last")
     add_ratio("9.9", "held horizon: last window / first window", "hz.last", "hz.first", "on", 0.9)
+
+    section("issue 11 — continuous transforms")
+    add_fig("11.6", "tf.flat")
+    add_fig("11.6", "tf.hand")
+    add_ratio("11.6", "flatMap: transform / hand-written consume + INSERT loop", "tf.flat", "tf.hand",
+              "on", 0.9)
+    add_fig("11.6", "tf.run")
+    add_ratio("11.6", "flatMap: transform's batches (without start-up) / hand loop", "tf.run",
+              "tf.hand", "on", info="info: the start-up is in the row above")
+    add_fig("11.6", "tl.p50")
+    add_fig("11.6", "tl.p99", "≤ 50 ms", lambda m: m <= 50)
+    add_fig("11.6", "tp.none")
+    add_fig("11.6", "tp.with")
+    add_ratio("11.6", "producers with a running transform / without", "tp.with", "tp.none", "on",
+              0.95)
 
 
 def render(env_line):
