@@ -80,6 +80,7 @@ evs_shmem_startup(void)
 		{
 			evs_shared->databases[i].worker_procno = -1;
 			pg_atomic_init_u32(&evs_shared->databases[i].take_gen, 0);
+			pg_atomic_init_u32(&evs_shared->databases[i].transforms_gen, 0);
 		}
 		for (i = 0; i < MaxBackends; i++)
 		{

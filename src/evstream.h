@@ -92,6 +92,7 @@ typedef struct EvsDatabase
 	TimestampTz last_maintenance;
 	char		last_error[256];
 	int			transform_pids[EVS_MAX_TRANSFORM_WORKERS];	/* 0: free */
+	pg_atomic_uint32 transforms_gen;	/* bumped when transforms change */
 	/* topics with newly committed events, for push (worker.c) */
 	pg_atomic_uint32 take_gen;	/* bumped each time the worker takes them */
 	int			ndirty;
@@ -214,6 +215,7 @@ extern EvsDatabase *EvsDatabaseEntry(Oid dboid, bool create);
 extern void EvsWakeWorker(EvsDatabase *db);
 extern void EvsMarkDeltasCommitted(void);
 extern void EvsRegisterDatabaseAtCommit(void);
+extern void EvsTransformsChangedAtCommit(void);
 extern void EvsNoteSuppliedIds(Relation rel, TupleTableSlot **slots, int nslots);
 extern void EvsOffsetsPreCommit(void);
 extern void EvsOffsetsPrePrepare(void);

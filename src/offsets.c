@@ -96,6 +96,7 @@ static int64 xact_supplied_max[EVS_MAX_XACT_TOPICS];	/* replication */
 static int	xact_ntopics = 0;
 static bool xact_deltas = false;	/* this transaction wrote aggregate deltas */
 static bool xact_register_db = false; /* CREATE EXTENSION committing */
+static bool xact_transforms = false;	/* transforms created/resumed/dropped */
 
 static EvsDatabase *my_db = NULL;
 
@@ -451,6 +452,17 @@ EvsRegisterDatabaseAtCommit(void)
 }
 
 /*
+ * Called by transforms.c: at commit, tell the database's maintenance
+ * worker (it starts transform workers) and its transform workers (they
+ * reload their list) at once, instead of at their next once-a-second look.
+ */
+void
+EvsTransformsChangedAtCommit(void)
+{
+	xact_transforms = true;
+}
+
+/*
  * At transaction end: record the notifying topics whose stable offset may
  * have advanced, and wake the worker.  After a commit that is every topic
  * produced to; after an abort too, since an aborted transaction holding the
@@ -561,6 +573,18 @@ EvsOffsetsAtEnd(bool committed, bool aborted)
 		evs_after_end(false);
 	xact_ntopics = 0;
 	xact_deltas = false;
+	if (committed && xact_transforms && evs_shared)
+	{
+		EvsDatabase *db = EvsDatabaseEntry(MyDatabaseId, false);
+
+		if (db != NULL)
+		{
+			pg_atomic_fetch_add_u32(&db->transforms_gen, 1);
+			EvsWakeWorker(db);
+			EvsWakeWaiters(InvalidOid);
+		}
+	}
+	xact_transforms = false;
 	if (committed && xact_register_db && evs_shared)
 	{
 		int			procno;

@@ -327,6 +327,7 @@ evstream_create_transform(PG_FUNCTION_ARGS)
 		EvsRestoreUser(&su);
 	}
 	(void) EvsGroupOpen(source, name, true, false, &g);
+	EvsTransformsChangedAtCommit();
 	PG_RETURN_VOID();
 }
 
@@ -357,6 +358,7 @@ evstream_drop_transform(PG_FUNCTION_ARGS)
 	EvsSpiExec("DELETE FROM evstream._transform x WHERE x.name OPERATOR(pg_catalog.=) $1",
 			   1, types, values, SPI_OK_DELETE);
 	EvsRestoreUser(&su);
+	EvsTransformsChangedAtCommit();
 	/* its group: waits for a batch in flight (it holds a shard) */
 	if (EvsGroupLookup(source, name, &g))
 	{
@@ -382,9 +384,10 @@ evstream_resume_transform(PG_FUNCTION_ARGS)
 	(void) evs_require_transform_owner(name, &source);
 	values[0] = CStringGetTextDatum(name);
 	EvsBecomeSuperuser(&su);
-	EvsSpiExec("UPDATE evstream._transform x SET paused = false, failures = 0 "
+	EvsSpiExec("UPDATE evstream._transform x SET paused = false, failures = 0, retry_at = NULL "
 			   "WHERE x.name OPERATOR(pg_catalog.=) $1", 1, types, values, SPI_OK_UPDATE);
 	EvsRestoreUser(&su);
+	EvsTransformsChangedAtCommit();
 	PG_RETURN_VOID();
 }
 
@@ -657,6 +660,7 @@ EvsTransformWorkerMain(Datum arg)
 	List	   *jobs = NIL;
 	MemoryContext jobs_cxt = NULL;
 	TimestampTz loaded = 0;
+	uint32		seen_gen = 0;
 	TimestampTz idle_since = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -666,6 +670,14 @@ EvsTransformWorkerMain(Datum arg)
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	/* a batch is bounded like any tenant's work in the worker */
 	SetConfigOption("statement_timeout", "60s", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * A batch's commit need not wait for its WAL flush: a crash loses the
+	 * output rows and the group's move together (redone after restart,
+	 * nothing duplicated), and any transaction that acts on the output and
+	 * commits synchronously flushes the batch's commit record with its own.
+	 */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	pgstat_report_appname("evstream transform worker");
 
 	/* take a slot of the database's entry, so that DROP DATABASE can stop us */
@@ -696,6 +708,7 @@ EvsTransformWorkerMain(Datum arg)
 	{
 		TimestampTz now = GetCurrentTimestamp();
 		bool		did = false;
+		bool		full = false;
 		long		timeout = 1000;
 		ListCell   *lc;
 
@@ -705,13 +718,15 @@ EvsTransformWorkerMain(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		/* the catalog, at most once a second, keeping backoffs of known jobs */
-		if (TimestampDifferenceExceeds(loaded, now, 1000))
+		/* the catalog: once a second, or when transforms changed */
+		if (TimestampDifferenceExceeds(loaded, now, 1000) ||
+			pg_atomic_read_u32(&tw_db->transforms_gen) != seen_gen)
 		{
 			MemoryContext fresh = AllocSetContextCreate(TopMemoryContext, "evstream transform jobs",
 														ALLOCSET_DEFAULT_SIZES);
 			List	   *next;
 
+			seen_gen = pg_atomic_read_u32(&tw_db->transforms_gen);
 			if (!evs_transform_extension_present())
 				proc_exit(0);
 			SetCurrentStatementStartTimestamp();
@@ -743,6 +758,7 @@ EvsTransformWorkerMain(Datum arg)
 		foreach(lc, jobs)
 		{
 			EvsTransformJob *j = lfirst(lc);
+			int64		n;
 
 			CHECK_FOR_INTERRUPTS();
 			if (j->gone)
@@ -752,15 +768,32 @@ EvsTransformWorkerMain(Datum arg)
 				timeout = Min(timeout, Max(1, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), j->retry_at)));
 				continue;
 			}
-			if (evs_transform_step(j) > 0)
+			n = evs_transform_step(j);
+			if (n > 0)
 				did = true;
-			else if (j->retry_at > GetCurrentTimestamp())
+			if (n >= j->batch)
+				full = true;
+			else if (n == 0 && j->retry_at > GetCurrentTimestamp())
 				timeout = Min(timeout, Max(1, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), j->retry_at)));
 		}
 		MemoryContextSwitchTo(TopMemoryContext);
 		if (!did)
 			EvsDatabaseWaitSleep(timeout);
 		EvsDatabaseWaitEnd();
+
+		/*
+		 * After batches smaller than their size, let events gather for half
+		 * a notify_interval before the next pass (not woken by commits
+		 * meanwhile), so that a trickle of commits does not become a batch
+		 * transaction each; a full batch goes on at once.
+		 */
+		if (did && !full)
+		{
+			ResetLatch(MyLatch);	/* set by the broadcasts of the pass */
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 Max(evs_notify_interval / 2, 1), PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
 	}
 }
 

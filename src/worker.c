@@ -820,6 +820,7 @@ EvsWorkerMain(Datum arg)
 	TimestampTz last_merge = 0;
 	TimestampTz last_check = 0;
 	TimestampTz last_prune = 0;
+	uint32		seen_transforms_gen = 0;
 	TimestampTz next_maintenance = 0;
 	MemoryContext loop_cxt;
 	HASHCTL		ctl;
@@ -937,8 +938,11 @@ EvsWorkerMain(Datum arg)
 				timeout = Min(timeout, evs_ms_until(now, last_merge, merge_gap));
 		}
 
-		if (worker_catalog_current && TimestampDifferenceExceeds(last_prune, now, 1000))
+		if (worker_catalog_current &&
+			(TimestampDifferenceExceeds(last_prune, now, 1000) ||
+			 pg_atomic_read_u32(&worker_db->transforms_gen) != seen_transforms_gen))
 		{
+			seen_transforms_gen = pg_atomic_read_u32(&worker_db->transforms_gen);
 			evs_worker_step(evs_worker_prune);
 			last_prune = GetCurrentTimestamp();
 			continue;
