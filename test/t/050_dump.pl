@@ -57,7 +57,7 @@ is($src_last_handed, $node->safe_psql('src', 'SELECT max(id) + 5 FROM ev'),
 my %snap = (
 	events => q{SELECT md5(string_agg(format('%s|%s|%s|%s', id, key, payload, created_at), ',' ORDER BY id)) FROM ev},
 	clicks => q{SELECT md5(string_agg(format('%s|%s|%s|%s', id, key, payload, created_at), ',' ORDER BY id)) FROM app.clicks},
-	groups => q{SELECT string_agg(format('%s/%s=%s', topic, consumer_group, committed_id), ',' ORDER BY 1) FROM evstream.consumer_groups},
+	groups => q{SELECT string_agg(format('%s/%s=%s', topic, consumer_group, committed_id), ',' ORDER BY topic::text, consumer_group) FROM evstream.consumer_groups},
 	by_key => q{SELECT string_agg(format('%s=%s', group_key, count), ',' ORDER BY group_key) FROM by_key},
 	by_w => q{SELECT string_agg(format('%s@%s=%s', group_key, bucket_start, count), ',' ORDER BY group_key, bucket_start) FROM app.by_w},
 	by_len => q{SELECT string_agg(format('%s=%s', group_key, count), ',' ORDER BY group_key) FROM by_len},
