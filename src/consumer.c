@@ -264,6 +264,25 @@ evs_read_rows(EvsRead *r, EvsTopicPlanKind kind, int nparams, Datum *values, Oid
 	return dest.n;
 }
 
+/*
+ * Run one of a topic's prepared reads (inside SPI_connect) as the caller,
+ * with the path pinned: the rows are in SPI_tuptable.
+ */
+static void
+evs_run_topic_plan(EvsTopic *t, Oid topic, EvsTopicPlanKind kind, Datum *values, long count)
+{
+	SPIPlanPtr	plan;
+	int			level;
+
+	EvsCachePin();
+	plan = EvsTopicPlan(t, kind);
+	level = EvsPinSearchPath();
+	if (SPI_execute_plan(plan, values, NULL, false, count) != SPI_OK_SELECT)
+		elog(ERROR, "could not read topic \"%s\"", get_rel_name(topic));
+	EvsUnpinSearchPath(level);
+	EvsCacheUnpin();
+}
+
 /* Up to max events of one shard after its position */
 static uint64
 evs_read_shard(EvsRead *r, EvsShardState *st, int64 stable, int64 *first, int64 *last)
@@ -309,16 +328,7 @@ evs_first_shard(EvsRead *r, EvsShardState *st, int *cands, int ncands, int64 sta
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	EvsCachePin();
-	{
-		SPIPlanPtr	plan = EvsTopicPlan(r->t, EVS_PLAN_FIRST);
-		int			level = EvsPinSearchPath();
-
-		if (SPI_execute_plan(plan, values, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read topic \"%s\"", get_rel_name(r->topic));
-		EvsUnpinSearchPath(level);
-	}
-	EvsCacheUnpin();
+	evs_run_topic_plan(r->t, r->topic, EVS_PLAN_FIRST, values, 1);
 	if (SPI_processed > 0)
 	{
 		bool		isnull;
@@ -365,16 +375,7 @@ evs_order_shards(EvsRead *r, EvsShardState *st, int *cands, int ncands, int64 st
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	EvsCachePin();
-	{
-		SPIPlanPtr	plan = EvsTopicPlan(r->t, EVS_PLAN_NEXT);
-		int			level = EvsPinSearchPath();
-
-		if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read topic \"%s\"", get_rel_name(r->topic));
-		EvsUnpinSearchPath(level);
-	}
-	EvsCacheUnpin();
+	evs_run_topic_plan(r->t, r->topic, EVS_PLAN_NEXT, values, 0);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
@@ -424,16 +425,7 @@ evs_dead_letter(EvsRead *r, int64 id, int32 attempts)
 		/* the event, as the caller */
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		EvsCachePin();
-		{
-			SPIPlanPtr	plan = EvsTopicPlan(r->t, EVS_PLAN_EVENT);
-			int			level = EvsPinSearchPath();
-
-			if (SPI_execute_plan(plan, values, NULL, false, 1) != SPI_OK_SELECT)
-				elog(ERROR, "could not read topic \"%s\"", get_rel_name(r->topic));
-			EvsUnpinSearchPath(level);
-		}
-		EvsCacheUnpin();
+		evs_run_topic_plan(r->t, r->topic, EVS_PLAN_EVENT, values, 1);
 		if (SPI_processed > 0)
 		{
 			MemoryContext old = MemoryContextSwitchTo(cxt);
@@ -872,14 +864,7 @@ evstream_commit(PG_FUNCTION_ARGS)
 		/* the shard of last_id's event */
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		{
-			SPIPlanPtr	plan = EvsTopicPlan(t, EVS_PLAN_EVENT);
-			int			level = EvsPinSearchPath();
-
-			if (SPI_execute_plan(plan, values, NULL, false, 1) != SPI_OK_SELECT)
-				elog(ERROR, "could not read topic \"%s\"", get_rel_name(topic));
-			EvsUnpinSearchPath(level);
-		}
+		evs_run_topic_plan(t, topic, EVS_PLAN_EVENT, values, 1);
 		if (SPI_processed > 0)
 		{
 			bool		isnull;

@@ -312,6 +312,9 @@ typedef struct EvsUserState
 } EvsUserState;
 
 extern void EvsArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name);
+struct BackgroundWorkerHandle;
+extern bool EvsStartDatabaseWorker(const char *function, const char *type, Oid dboid,
+								   struct BackgroundWorkerHandle **handle);
 EVS_NORETURN_BEFORE extern void EvsAppendOnlyError(const char *topic, const char *verb,
 												const char *detail) EVS_NORETURN_AFTER;
 extern int	EvsPinSearchPath(void);

@@ -820,21 +820,11 @@ EvsTransformWorkersCheck(EvsDatabase *db)
 	LWLockRelease(evs_shared->lock);
 	for (; running < wanted; running++)
 	{
-		BackgroundWorker bgw;
 		BackgroundWorkerHandle *handle;
 		pid_t		pid;
 
-		memset(&bgw, 0, sizeof(bgw));
-		bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-		bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-		bgw.bgw_restart_time = BGW_NEVER_RESTART;
-		snprintf(bgw.bgw_library_name, BGW_MAXLEN, "evstream");
-		snprintf(bgw.bgw_function_name, BGW_MAXLEN, "EvsTransformWorkerMain");
-		snprintf(bgw.bgw_name, BGW_MAXLEN, "evstream transform worker for database %u", db->dboid);
-		snprintf(bgw.bgw_type, BGW_MAXLEN, "evstream transform worker");
-		bgw.bgw_main_arg = ObjectIdGetDatum(db->dboid);
-		bgw.bgw_notify_pid = MyProcPid;
-		if (!RegisterDynamicBackgroundWorker(&bgw, &handle))
+		if (!EvsStartDatabaseWorker("EvsTransformWorkerMain", "evstream transform worker",
+									db->dboid, &handle))
 		{
 			ereport(LOG,
 					(errmsg("evstream: no background worker slot for a transform worker"),

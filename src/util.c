@@ -32,6 +32,9 @@
  */
 #include "postgres.h"
 
+#include "postmaster/bgworker.h"
+#include "utils/memutils.h"
+
 #include "access/xact.h"
 #include "datatype/timestamp.h"
 #include "catalog/pg_authid_d.h"
@@ -383,3 +386,32 @@ EvsRequireReadCommitted(const char *fn)
 				 errhint("Run evstream.%s in a READ COMMITTED transaction.", fn)));
 }
 
+
+/*
+ * Register a dynamic background worker of this library, connected to a
+ * database (arg: its OID), notifying this process; the handle is
+ * allocated in TopMemoryContext.  False when no slot is free.
+ */
+bool
+EvsStartDatabaseWorker(const char *function, const char *type, Oid dboid,
+					   BackgroundWorkerHandle **handle)
+{
+	BackgroundWorker bgw;
+	MemoryContext old;
+	bool		ok;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "evstream");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "%s for database %u", type, dboid);
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "%s", type);
+	bgw.bgw_main_arg = ObjectIdGetDatum(dboid);
+	bgw.bgw_notify_pid = MyProcPid;
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	ok = RegisterDynamicBackgroundWorker(&bgw, handle);
+	MemoryContextSwitchTo(old);
+	return ok;
+}

@@ -121,30 +121,12 @@ static LauncherWorker launched[EVS_MAX_DATABASES];
 static bool
 evs_start_worker(Oid dboid)
 {
-	BackgroundWorker bgw;
 	BackgroundWorkerHandle *handle;
 	int			i;
 
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "evstream");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "EvsWorkerMain");
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "evstream worker for database %u", dboid);
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "evstream worker");
-	bgw.bgw_main_arg = ObjectIdGetDatum(dboid);
-	bgw.bgw_notify_pid = MyProcPid;
-
 	/* the handle is kept across loops: not in the per-loop context */
-	{
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-		bool		ok = RegisterDynamicBackgroundWorker(&bgw, &handle);
-
-		MemoryContextSwitchTo(old);
-		if (!ok)
-			return false;
-	}
+	if (!EvsStartDatabaseWorker("EvsWorkerMain", "evstream worker", dboid, &handle))
+		return false;
 	for (i = 0; i < EVS_MAX_DATABASES; i++)
 		if (!OidIsValid(launched[i].dboid))
 		{
