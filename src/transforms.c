@@ -575,7 +575,7 @@ evs_transform_step(EvsTransformJob *j)
 	volatile bool runnable = false;
 	volatile bool was_failing = false;
 	LOCKTAG		tag;
-	LOCKMODE	mode = j->failing ? ExclusiveLock : ShareLock;
+	volatile LOCKMODE mode = j->failing ? ExclusiveLock : ShareLock;
 
 	evs_transform_tag(&tag, j->name);
 	if (LockAcquire(&tag, mode, true, true) == LOCKACQUIRE_NOT_AVAIL)
