@@ -124,7 +124,6 @@ CREATE TABLE evstream._transform (
     failures      integer NOT NULL DEFAULT 0,     -- batches failed in a row
     retry_at      timestamptz,                    -- backing off until
     last_error    text,
-    search_path   text,                           -- the owner's, at creation
     created       timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 

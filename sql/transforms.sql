@@ -116,7 +116,12 @@ CREATE TABLE tf.mine (k text);
 SELECT evstream.create_transform('t3', 'sentences',
     $$SELECT key, jsonb_build_object('secret', (SELECT count(*) FROM public.plain)) FROM events$$, 'tf.out');
 \echo :LAST_ERROR_SQLSTATE
-SELECT evstream.create_transform('t3', 'sentences', $$SELECT key, payload FROM events$$, 'tf.out');
+-- the query resolves names with search_path = pg_catalog, pg_temp, as its
+-- batches do: an unqualified table of the owner's is not found ...
+SELECT evstream.create_transform('t3', 'sentences', $$SELECT key, payload FROM events WHERE NOT EXISTS (SELECT FROM mine)$$, 'tf.out');
+\echo :LAST_ERROR_SQLSTATE
+-- ... so no one can plant a function on the owner's path for it to call
+SELECT evstream.create_transform('t3', 'sentences', $$SELECT key, payload FROM events WHERE NOT EXISTS (SELECT FROM tf.mine)$$, 'tf.out');
 SELECT wait_for($$SELECT count(*) = 3 FROM tf.out$$);
 RESET ROLE;
 -- another role cannot drop or resume it

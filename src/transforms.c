@@ -14,8 +14,11 @@
  *		SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM out)
  *
  *	  run as the transform's owner under SECURITY_RESTRICTED_OPERATION, with
- *	  the search_path the owner had at creation (the query is the owner's
- *	  code; evstream's own names in the statement are schema-qualified).
+ *	  search_path = pg_catalog, pg_temp (as PostgreSQL 17 runs its own
+ *	  maintenance commands): another role's objects planted in a schema on
+ *	  the owner's path cannot take over a name the query uses.  The query is
+ *	  checked with that path at creation, so its own names must be
+ *	  schema-qualified.
  *	  The position moves and the output rows appear in the same
  *	  transaction: exactly once, whatever fails or crashes; consume's shard
  *	  claims make workers running the same transform take different shards
@@ -187,9 +190,12 @@ evs_check_query(Oid source, const char *query)
 	CachedPlanSource *ps;
 	TupleDesc	desc;
 	Query	   *q;
+	int			level;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	/* the path batches run with: names the query uses must resolve there */
+	level = EvsPinSearchPath();
 	plan = SPI_prepare(sql, 0, NULL);
 	if (plan == NULL)
 		elog(ERROR, "could not prepare the query of the transform");
@@ -216,6 +222,7 @@ evs_check_query(Oid source, const char *query)
 	/* run it on nothing: the privileges of every relation it reads are checked */
 	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not check the query of the transform");
+	EvsUnpinSearchPath(level);
 	SPI_freeplan(plan);
 	SPI_finish();
 }
@@ -313,17 +320,16 @@ evstream_create_transform(PG_FUNCTION_ARGS)
 
 	/* the catalog row (as the superuser), then the group, owned by the caller */
 	{
-		char	   *path = GetConfigOptionByName("search_path", NULL, false);
-		Oid			types[7] = {TEXTOID, OIDOID, OIDOID, TEXTOID, OIDOID, INT4OID, TEXTOID};
-		Datum		values[7] = {CStringGetTextDatum(name), ObjectIdGetDatum(GetUserId()),
+		Oid			types[6] = {TEXTOID, OIDOID, OIDOID, TEXTOID, OIDOID, INT4OID};
+		Datum		values[6] = {CStringGetTextDatum(name), ObjectIdGetDatum(GetUserId()),
 			ObjectIdGetDatum(source), CStringGetTextDatum(query), ObjectIdGetDatum(output),
-		Int32GetDatum(batch), CStringGetTextDatum(path)};
+		Int32GetDatum(batch)};
 		EvsUserState su;
 
 		EvsBecomeSuperuser(&su);
-		EvsSpiExec("INSERT INTO evstream._transform (name, owner, source, query, output_topic, batch, search_path) "
-				   "VALUES ($1, $2::pg_catalog.regrole, $3::pg_catalog.regclass, $4, $5::pg_catalog.regclass, $6, $7)",
-				   7, types, values, SPI_OK_INSERT);
+		EvsSpiExec("INSERT INTO evstream._transform (name, owner, source, query, output_topic, batch) "
+				   "VALUES ($1, $2::pg_catalog.regrole, $3::pg_catalog.regclass, $4, $5::pg_catalog.regclass, $6)",
+				   6, types, values, SPI_OK_INSERT);
 		EvsRestoreUser(&su);
 	}
 	(void) EvsGroupOpen(source, name, true, false, &g);
@@ -401,7 +407,6 @@ typedef struct EvsTransformJob
 	Oid			output;
 	int32		batch;
 	char	   *query;
-	char	   *search_path;
 	TimestampTz created;		/* which incarnation of the name */
 	TimestampTz retry_at;		/* backoff (from the catalog): not before */
 	bool		failing;		/* its last batch failed: retry it alone */
@@ -423,7 +428,7 @@ evs_load_jobs(MemoryContext cxt)
 		elog(ERROR, "SPI_connect failed");
 	EvsBecomeSuperuser(&su);
 	if (SPI_execute("SELECT x.name, x.owner::pg_catalog.oid, x.source::pg_catalog.oid, "
-					"x.output_topic::pg_catalog.oid, x.batch, x.query, x.search_path, x.created, x.retry_at, "
+					"x.output_topic::pg_catalog.oid, x.batch, x.query, x.created, x.retry_at, "
 					"x.failures "
 					"FROM evstream._transform x WHERE NOT x.paused ORDER BY x.name", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read evstream._transform");
@@ -442,12 +447,10 @@ evs_load_jobs(MemoryContext cxt)
 		j->output = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
 		j->batch = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
 		j->query = SPI_getvalue(tup, desc, 6);
-		d = SPI_getbinval(tup, desc, 7, &isnull);
-		j->search_path = isnull ? pstrdup("pg_catalog, pg_temp") : TextDatumGetCString(d);
-		j->created = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &isnull));
-		d = SPI_getbinval(tup, desc, 9, &isnull);
+		j->created = DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &isnull));
+		d = SPI_getbinval(tup, desc, 8, &isnull);
 		j->retry_at = isnull ? 0 : DatumGetTimestampTz(d);
-		j->failing = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull)) > 0;
+		j->failing = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull)) > 0;
 		jobs = lappend(jobs, j);
 		MemoryContextSwitchTo(old);
 	}
@@ -476,9 +479,6 @@ evs_run_batch(EvsTransformJob *j)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	EvsBecomeOwner(j->owner, &st);
-	/* the owner's path of creation time, inside the level EvsRestoreUser discards */
-	(void) set_config_option("search_path", j->search_path, PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
 	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "transform \"%s\": the batch statement failed", j->name);
 	{
