@@ -229,6 +229,29 @@ SELECT count(*) > 0 AS can_look FROM evstream.poll('sh', 'owned', 1);
 -- a dead-letter topic one cannot insert into
 SELECT evstream.set_group_options('sh', 'mine', dead_letter_topic => 'pz_dlq');
 \echo :LAST_ERROR_SQLSTATE
+-- dead-lettering into another role's topic stops with the privilege
+RESET ROLE;
+SELECT evstream.create_topic('sh_victim_dl');
+GRANT INSERT ON sh_victim_dl TO regress_sh_attacker;
+CREATE SCHEMA sh_atk_s AUTHORIZATION regress_sh_attacker;
+SET ROLE regress_sh_attacker;
+SELECT evstream.create_topic('sh_atk_s.sh_atk');
+SET search_path = sh_atk_s, public;
+INSERT INTO sh_atk (key, payload) VALUES ('forged', '{"evil": true}');
+SELECT evstream.set_group_options('sh_atk', 'g', max_attempts => 1, dead_letter_topic => 'public.sh_victim_dl');
+RESET ROLE;
+REVOKE INSERT ON sh_victim_dl FROM regress_sh_attacker;
+SET ROLE regress_sh_attacker;
+BEGIN; SELECT count(*) FROM evstream.consume('sh_atk', 'g'); ROLLBACK;
+SELECT count(*) FROM evstream.consume('sh_atk', 'g');
+\echo :LAST_ERROR_SQLSTATE
+SELECT evstream.drop_topic('sh_atk');
+RESET search_path;
+RESET ROLE;
+DROP SCHEMA sh_atk_s;
+SELECT count(*) AS forged_rows FROM sh_victim_dl;
+SELECT evstream.drop_topic('sh_victim_dl');
+SET ROLE regress_sh_attacker;
 -- positions and leases cannot be forged
 INSERT INTO evstream._position VALUES (1, 0, 1000, 0);
 \echo :LAST_ERROR_SQLSTATE

@@ -413,6 +413,17 @@ evs_dead_letter(EvsRead *r, int64 id, int32 attempts)
 
 	if (OidIsValid(g->dead_letter) && EvsLookupTopic(g->dead_letter)->topic == g->dead_letter)
 	{
+		/* still allowed? (set_group_options checked it; it may be revoked since) */
+		if (pg_class_aclcheck(g->dead_letter, g->owner, ACL_INSERT) != ACLCHECK_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("cannot dead-letter event " INT64_FORMAT " of topic \"%s\": role \"%s\" may not insert into dead-letter topic \"%s\"",
+							id, get_rel_name(r->topic), GetUserNameFromId(g->owner, true),
+							get_rel_name(g->dead_letter)),
+					 errhint("Grant INSERT on the dead-letter topic to the group's owner, or choose another with evstream.set_group_options.")));
+	}
+	if (OidIsValid(g->dead_letter) && EvsLookupTopic(g->dead_letter)->topic == g->dead_letter)
+	{
 		Datum		values[1] = {Int64GetDatum(id)};
 		Datum		key = (Datum) 0;
 		Datum		payload = (Datum) 0;
@@ -513,7 +524,7 @@ evs_deliver(EvsRead *r, EvsShardState *st, int64 stable, bool renew, bool *wrote
 	*wrote = !renew && evs_drop_poison(r, st, stable);
 	if (evs_read_shard(r, st, stable, &first, &last) == 0)
 		return false;
-	if (!renew)
+	if (!renew && r->g.max_attempts > 0)
 		EvsCountAttempt(r->g.id, st->shard, st->position, first);
 	if (r->member != NULL)
 		EvsSetLease(&r->g, st->shard, r->member, GetCurrentTimestamp() + r->lease_us);
@@ -1051,6 +1062,11 @@ evstream_set_group_options(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("a group cannot dead-letter into its own topic \"%s\"", name)));
 		EvsRequirePrivilege(dlt, ACL_INSERT);
+		if (pg_class_aclcheck(dlt, g.owner, ACL_INSERT) != ACLCHECK_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("role \"%s\", the owner of group \"%s\", may not insert into dead-letter topic \"%s\"",
+							GetUserNameFromId(g.owner, true), group, name)));
 	}
 	EvsSetGroupOptions(&g, max_attempts, dlt);
 	PG_RETURN_VOID();

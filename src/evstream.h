@@ -56,6 +56,9 @@
 /* Databases with the extension that can have a maintenance worker. */
 #define EVS_MAX_DATABASES 64
 
+/* Time one tenant's work may take in a background worker (ms) */
+#define EVS_TENANT_BUDGET_MS 30000
+
 /* Transform workers a database can have (evstream.max_transform_workers) */
 #define EVS_MAX_TRANSFORM_WORKERS 16
 

@@ -19,6 +19,9 @@
  *	  the owner's path cannot take over a name the query uses.  The query is
  *	  checked with that path at creation, so its own names must be
  *	  schema-qualified.
+ *	  (the query itself runs only when the consume returned events: a
+ *	  one-time filter, so a worker that got no shard runs none of the
+ *	  owner's code; and the statement has EVS_TENANT_BUDGET_MS).
  *	  The position moves and the output rows appear in the same
  *	  transaction: exactly once, whatever fails or crashes; consume's shard
  *	  claims make workers running the same transform take different shards
@@ -69,6 +72,7 @@
 #include "utils/memutils.h"
 #include "utils/plancache.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 
 #include "evstream.h"
@@ -473,14 +477,21 @@ evs_run_batch(EvsTransformJob *j)
 
 	sql = psprintf("WITH events AS MATERIALIZED (SELECT e.id, e.key, e.payload, e.created_at "
 				   "FROM evstream.consume(%u::pg_catalog.oid::pg_catalog.regclass, %s, %d) e), "
-				   "out AS (INSERT INTO %s (key, payload) SELECT q.* FROM (\n%s\n) q RETURNING 1) "
+				   "out AS (INSERT INTO %s (key, payload) SELECT q.* FROM (\n%s\n) q "
+				   "WHERE EXISTS (SELECT FROM events) RETURNING 1) "
 				   "SELECT (SELECT pg_catalog.count(*) FROM events), (SELECT pg_catalog.count(*) FROM out)",
 				   j->source, quote_literal_cstr(j->name), j->batch, output, j->query);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	EvsBecomeOwner(j->owner, &st);
+	/*
+	 * A batch is bounded like any tenant's work in a worker (statement_timeout
+	 * is armed only by the client protocol, so arm the timer ourselves).
+	 */
+	enable_timeout_after(STATEMENT_TIMEOUT, EVS_TENANT_BUDGET_MS);
 	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "transform \"%s\": the batch statement failed", j->name);
+	disable_timeout(STATEMENT_TIMEOUT, false);
 	{
 		bool		isnull;
 
@@ -607,6 +618,7 @@ evs_transform_step(EvsTransformJob *j)
 	{
 		ErrorData  *edata;
 
+		disable_timeout(STATEMENT_TIMEOUT, false);
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
@@ -668,8 +680,6 @@ EvsTransformWorkerMain(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
-	/* a batch is bounded like any tenant's work in the worker */
-	SetConfigOption("statement_timeout", "60s", PGC_SUSET, PGC_S_OVERRIDE);
 
 	/*
 	 * A batch's commit need not wait for its WAL flush: a crash loses the

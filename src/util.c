@@ -54,7 +54,6 @@
 #define EVS_SAFE_PATH "pg_catalog, pg_temp"
 
 /* longest a tenant's upkeep or merge may run in the worker */
-#define EVS_TENANT_BUDGET_MS 30000
 
 /* Error for a NULL argument, named as the SQL signature names it */
 void

@@ -31,9 +31,12 @@
  *	  so the next one starts a new count: the count is the number of
  *	  deliveries that did not commit past the event (rolled back, or a
  *	  member lease that expired or was released), plus the current one.
- *	  The table is bounded (EVS_ATTEMPT_ENTRIES); when it is full a new
- *	  shard is not counted (no dead-lettering for it until entries free up)
- *	  rather than evicting others.  Counts do not survive a restart (SPEC).
+ *	  Only groups with max_attempts are counted.  The table has a fixed
+ *	  size (EVS_ATTEMPT_ENTRIES, HASH_FIXED_SIZE: it never takes shared
+ *	  memory others need); when it is full a new shard is not counted (no
+ *	  dead-lettering for it until entries free up: drop_group and seek
+ *	  free them) rather than evicting others.  Counts do not survive a
+ *	  restart (SPEC).
  *
  * Copyright (c) 2026, The evstream authors
  *
@@ -116,7 +119,8 @@ EvsWaitsShmemInit(void)
 	ctl.keysize = sizeof(EvsAttemptKey);
 	ctl.entrysize = sizeof(EvsAttempt);
 	evs_attempts = ShmemInitHash("evstream attempts", EVS_ATTEMPT_ENTRIES,
-								 EVS_ATTEMPT_ENTRIES, &ctl, HASH_ELEM | HASH_BLOBS);
+								 EVS_ATTEMPT_ENTRIES, &ctl,
+								 HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
 }
 
 static EvsWaitSlot *
