@@ -25,9 +25,9 @@
  *	  that costs spurious wake-ups, never lost ones.
  *
  *	  Attempts.  A hash table keyed by (database, group id, shard) holds,
- *	  for the shard's last delivery, the position it was delivered from, the
- *	  id of the event at its head and how many deliveries from that position
- *	  started with that event.  A delivery that commits moves the position,
+ *	  for the shard's last EVS_ATTEMPT_HEADS delivery positions, the id of
+ *	  the event at the head of deliveries from there and how many started
+ *	  with it.  A delivery that commits moves the position,
  *	  so the next one starts a new count: the count is the number of
  *	  deliveries that did not commit past the event (rolled back, or a
  *	  member lease that expired or was released), plus the current one.
@@ -80,12 +80,23 @@ typedef struct EvsAttemptKey
 	int32		shard;
 } EvsAttemptKey;
 
+#define EVS_ATTEMPT_HEADS 8
+
+/*
+ * A shard's recent heads: the event delivered first from a position, and
+ * how often.  Several are kept because one transaction can dead-letter a
+ * head and deliver the next one, then roll back: both counts must survive
+ * (a single slot made two adjacent poison events retry forever).
+ */
 typedef struct EvsAttempt
 {
 	EvsAttemptKey key;
-	int64		position;		/* the shard's position at the delivery */
-	int64		event_id;		/* the event at its head */
-	int32		count;
+	int32		n;
+	int64		position[EVS_ATTEMPT_HEADS];	/* the shard's position at delivery */
+	int64		event_id[EVS_ATTEMPT_HEADS];	/* the event at its head */
+	int32		count[EVS_ATTEMPT_HEADS];
+	uint32		used[EVS_ATTEMPT_HEADS];	/* last use, for replacement */
+	uint32		clock;
 } EvsAttempt;
 
 static EvsWaits *evs_waits = NULL;
@@ -233,8 +244,9 @@ EvsWaitFor(Oid topic, int64 timeout_ms, bool (*look) (void *), void *arg)
 }
 
 /*
- * Attempts of a shard's head event as of position `position`: the count
- * of deliveries so far (0 when none is recorded).
+ * Attempts of the event delivered first from position `position` of a
+ * shard: the count of such deliveries so far (0 when none is recorded),
+ * and that event's id.
  */
 int32
 EvsAttemptsOf(int32 group_id, int32 shard, int64 position, int64 *event_id)
@@ -249,12 +261,15 @@ EvsAttemptsOf(int32 group_id, int32 shard, int64 position, int64 *event_id)
 	key.shard = shard;
 	LWLockAcquire(evs_waits->lock, LW_SHARED);
 	e = hash_search(evs_attempts, &key, HASH_FIND, NULL);
-	if (e != NULL && e->position == position)
-	{
-		n = e->count;
-		if (event_id)
-			*event_id = e->event_id;
-	}
+	if (e != NULL)
+		for (int i = 0; i < e->n; i++)
+			if (e->position[i] == position)
+			{
+				n = e->count[i];
+				if (event_id)
+					*event_id = e->event_id[i];
+				break;
+			}
 	LWLockRelease(evs_waits->lock);
 	return n;
 }
@@ -275,13 +290,37 @@ EvsCountAttempt(int32 group_id, int32 shard, int64 position, int64 event_id)
 	e = hash_search(evs_attempts, &key, HASH_ENTER_NULL, &found);
 	if (e != NULL)
 	{
-		if (!found || e->position != position || e->event_id != event_id)
+		int			k = -1;
+
+		if (!found)
+			e->n = e->clock = 0;
+		for (int i = 0; i < e->n && k < 0; i++)
+			if (e->position[i] == position)
+				k = i;
+		if (k < 0)
 		{
-			e->position = position;
-			e->event_id = event_id;
-			e->count = 0;
+			if (e->n < EVS_ATTEMPT_HEADS)
+				k = e->n++;
+			else
+			{
+				/* replace the least recently used head */
+				k = 0;
+				for (int i = 1; i < e->n; i++)
+					if (e->used[i] < e->used[k])
+						k = i;
+			}
+			e->position[k] = position;
+			e->event_id[k] = event_id;
+			e->count[k] = 0;
 		}
-		e->count++;
+		else if (e->event_id[k] != event_id)
+		{
+			/* the position's head changed (retention dropped it) */
+			e->event_id[k] = event_id;
+			e->count[k] = 0;
+		}
+		e->count[k]++;
+		e->used[k] = ++e->clock;
 	}
 	LWLockRelease(evs_waits->lock);
 }
