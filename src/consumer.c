@@ -352,7 +352,6 @@ evs_order_shards(EvsRead *r, EvsShardState *st, int *cands, int ncands, int64 st
 	int64	   *next;
 	Datum		values[3];
 	int			n = 0;
-	MemoryContext cxt = CurrentMemoryContext;
 
 	if (ncands == 0)
 		return 0;
@@ -396,7 +395,6 @@ evs_order_shards(EvsRead *r, EvsShardState *st, int *cands, int ncands, int64 st
 		n++;
 	}
 	SPI_finish();
-	(void) cxt;
 	return n;
 }
 
@@ -911,7 +909,7 @@ evs_seek_all(EvsGroup *g, int64 position)
 	EvsShardStates(g, 0, g->shards - 1, st);
 	for (int s = 0; s < g->shards; s++)
 		EvsSetShardPosition(g, &st[s], position);
-	EvsForgetAttempts(g->id, -1);
+	EvsForgetAttempts(g->id);
 }
 
 PG_FUNCTION_INFO_V1(evstream_seek_id);

@@ -471,7 +471,7 @@ EvsDropGroup(EvsGroup *g)
 	evs_su_begin(&su);
 	evs_exec(&plan_drop, values, NULL, SPI_OK_DELETE);
 	evs_su_end(&su);
-	EvsForgetAttempts(g->id, -1);
+	EvsForgetAttempts(g->id);
 }
 
 /*

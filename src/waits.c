@@ -325,9 +325,9 @@ EvsCountAttempt(int32 group_id, int32 shard, int64 position, int64 event_id)
 	LWLockRelease(evs_waits->lock);
 }
 
-/* Forget a group's counts (shard -1: every shard) */
+/* Forget a group's counts (seek, drop_group) */
 void
-EvsForgetAttempts(int32 group_id, int32 shard)
+EvsForgetAttempts(int32 group_id)
 {
 	HASH_SEQ_STATUS seq;
 	EvsAttempt *e;
@@ -336,8 +336,7 @@ EvsForgetAttempts(int32 group_id, int32 shard)
 	hash_seq_init(&seq, evs_attempts);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		if (e->key.dboid == MyDatabaseId && e->key.group_id == group_id &&
-			(shard < 0 || e->key.shard == shard))
+		if (e->key.dboid == MyDatabaseId && e->key.group_id == group_id)
 			hash_search(evs_attempts, &e->key, HASH_REMOVE, NULL);
 	}
 	LWLockRelease(evs_waits->lock);
