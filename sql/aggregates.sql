@@ -414,7 +414,7 @@ DECLARE
     n bigint;
 BEGIN
     SELECT count(*) INTO n FROM (
-        SELECT c.group_key FROM evstream._count c UNION ALL SELECT d.group_key FROM evstream._delta d) x;
+        SELECT c.group_key FROM evstream._count c UNION ALL SELECT u.group_key FROM evstream._delta d, evstream._unpack(d.data) u) x;
     RAISE NOTICE 'counts readable without SELECT on any topic: %', n;
 EXCEPTION WHEN insufficient_privilege THEN
     RAISE NOTICE 'counts readable without SELECT on any topic: 0';

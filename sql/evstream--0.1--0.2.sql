@@ -443,6 +443,73 @@ CREATE FUNCTION evstream._positions(group_id integer, shards integer,
                           ORDER BY x.version DESC LIMIT 1) p ON true
 $$;
 
+-- (0.2) Aggregates v2: measures, hopping and event-time windows, grace,
+-- final results, window retention; deltas packed many entries a row.
+-- 0.1's pending deltas are folded into the counts first (0.1 producers
+-- published their changes themselves, so nothing is left to announce),
+-- then each aggregate's view is rebuilt over the new tables (as its
+-- owner; the views stay the users' objects), and 0.1's columns go.
+INSERT INTO evstream._count AS c (agg, group_key, bucket_start, count)
+SELECT d.agg, d.group_key, d.bucket_start, pg_catalog.sum(d.delta)::pg_catalog.int8
+  FROM evstream._delta d GROUP BY 1, 2, 3
+    ON CONFLICT ON CONSTRAINT _count_key DO UPDATE
+   SET count = c.count OPERATOR(pg_catalog.+) excluded.count;
+DELETE FROM evstream._delta;
+ALTER TABLE evstream._aggregate
+    ADD COLUMN measures text,
+    ADD COLUMN m_kinds text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN m_names text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN m_exprs text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN m_types regtype[] NOT NULL DEFAULT '{}',
+    ADD COLUMN m_colls text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN hop interval,
+    ADD COLUMN event_time text,
+    ADD COLUMN grace interval,
+    ADD COLUMN emit text NOT NULL DEFAULT 'changes',
+    ADD COLUMN window_retention interval,
+    ADD COLUMN finalized_upto timestamptz;
+ALTER TABLE evstream._count DROP COLUMN last_id, DROP COLUMN last_count, ADD COLUMN m bytea[];
+ALTER TABLE evstream._delta ADD COLUMN data bytea;
+-- (0.2) Reading aggregate state (aggregate views and the merge use them):
+-- the entries packed in a delta row, and a state in its type's binary
+-- format, back and forth.  Any input is checked (as from a client).
+CREATE FUNCTION evstream._unpack(data bytea,
+                                 OUT group_key text, OUT bucket_start timestamptz,
+                                 OUT n bigint, OUT m bytea[])
+    RETURNS SETOF record LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'evstream_unpack';
+CREATE FUNCTION evstream._recv(state bytea, type_of anyelement) RETURNS anyelement
+    LANGUAGE C CALLED ON NULL INPUT IMMUTABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'evstream_recv';
+CREATE FUNCTION evstream._send(v anyelement) RETURNS bytea
+    LANGUAGE C CALLED ON NULL INPUT IMMUTABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'evstream_send';
+CREATE FUNCTION evstream._rebuild_views() RETURNS void LANGUAGE C
+    AS 'MODULE_PATHNAME', 'evstream_rebuild_views';
+REVOKE ALL ON FUNCTION evstream._rebuild_views() FROM PUBLIC;
+SELECT evstream._rebuild_views();
+DROP FUNCTION evstream._rebuild_views();
+ALTER TABLE evstream._delta DROP COLUMN group_key, DROP COLUMN bucket_start,
+    DROP COLUMN delta, DROP COLUMN published, DROP COLUMN published_id;
+ALTER TABLE evstream._delta ALTER COLUMN data SET NOT NULL;
+ALTER TABLE evstream._delta ALTER COLUMN data SET STORAGE EXTERNAL;
+ALTER TABLE evstream._delta SET (toast_tuple_target = 8160);
+CREATE INDEX _delta_agg ON evstream._delta (agg);
+DROP FUNCTION evstream.create_aggregate(text, regclass, text, interval, text, boolean);
+CREATE FUNCTION evstream.create_aggregate(name text, topic regclass,
+                                             group_by text DEFAULT 'key',
+                                             bucket interval DEFAULT NULL,
+                                             output_topic text DEFAULT NULL,
+                                             notify boolean DEFAULT true,
+                                             measures text DEFAULT NULL,
+                                             hop interval DEFAULT NULL,
+                                             event_time text DEFAULT NULL,
+                                             grace interval DEFAULT NULL,
+                                             emit text DEFAULT 'changes',
+                                             window_retention interval DEFAULT NULL)
+    RETURNS regclass LANGUAGE C CALLED ON NULL INPUT VOLATILE
+    AS 'MODULE_PATHNAME', 'evstream_create_aggregate';
+
 CREATE VIEW evstream.topics WITH (security_barrier) AS
 SELECT t.topic,
        (SELECT pg_catalog.count(*) FROM evstream._partitions(t.topic))::integer AS partitions,
@@ -498,11 +565,28 @@ CREATE VIEW evstream.aggregates WITH (security_barrier) AS
 SELECT a.aggregate AS name, a.topic, a.group_by, a.bucket, a.output_topic,
        CASE WHEN pg_catalog.has_table_privilege(a.topic, 'SELECT') THEN
        (SELECT pg_catalog.count(*) FROM (
-            SELECT c.group_key, c.bucket_start FROM evstream._count c WHERE c.agg OPERATOR(pg_catalog.=) a.id
+            SELECT c.group_key, c.bucket_start FROM evstream._count c
+             WHERE c.agg OPERATOR(pg_catalog.=) a.id
+               AND (c.bucket_start IS NULL OR c.bucket_start OPERATOR(pg_catalog.<>) '-infinity'::pg_catalog.timestamptz)
             UNION
-            SELECT d.group_key, d.bucket_start FROM evstream._delta d WHERE d.agg OPERATOR(pg_catalog.=) a.id) g)
+            SELECT u.group_key, u.bucket_start FROM evstream._delta d
+             CROSS JOIN LATERAL evstream._unpack(d.data) u
+             WHERE d.agg OPERATOR(pg_catalog.=) a.id
+               AND (u.bucket_start IS NULL OR u.bucket_start OPERATOR(pg_catalog.<>) '-infinity'::pg_catalog.timestamptz)) g)
        END AS groups,     -- NULL for roles that cannot read the topic
-       a.notify
+       a.notify,
+       a.measures, a.hop, a.event_time, a.grace, a.emit,
+       CASE WHEN pg_catalog.has_table_privilege(a.topic, 'SELECT') THEN
+       (SELECT COALESCE(pg_catalog.sum(l.n), 0)::pg_catalog.int8 FROM (
+            SELECT c.count AS n FROM evstream._count c
+             WHERE c.agg OPERATOR(pg_catalog.=) a.id AND c.group_key IS NULL
+               AND c.bucket_start OPERATOR(pg_catalog.=) '-infinity'::pg_catalog.timestamptz
+            UNION ALL
+            SELECT u.n FROM evstream._delta d CROSS JOIN LATERAL evstream._unpack(d.data) u
+             WHERE d.agg OPERATOR(pg_catalog.=) a.id
+               AND u.bucket_start OPERATOR(pg_catalog.=) '-infinity'::pg_catalog.timestamptz) l)
+       END AS late_events,
+       a.window_retention
   FROM evstream._aggregate a
   JOIN pg_catalog.pg_class ac ON ac.oid OPERATOR(pg_catalog.=) a.aggregate::pg_catalog.oid;
 

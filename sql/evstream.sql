@@ -85,30 +85,47 @@ CREATE TABLE evstream._aggregate (
     bucket         interval,
     output_topic   regclass REFERENCES evstream._topic,
     output_created boolean NOT NULL DEFAULT false,    -- drop_aggregate drops it too
-    notify         boolean NOT NULL
+    notify         boolean NOT NULL,
+    -- (0.2) measures, as written (deparsed), and per measure its kind
+    -- (count, sum, min, max, avg), column name, input expression (deparsed,
+    -- of the state type), state type (avg: its sum's) and collation (by
+    -- name: pg_upgrade keeps type OIDs, not collation OIDs)
+    measures       text,
+    m_kinds        text[] NOT NULL DEFAULT '{}',
+    m_names        text[] NOT NULL DEFAULT '{}',
+    m_exprs        text[] NOT NULL DEFAULT '{}',
+    m_types        regtype[] NOT NULL DEFAULT '{}',
+    m_colls        text[] NOT NULL DEFAULT '{}',       -- qualified names, '' for none
+    -- (0.2) windows
+    hop            interval,
+    event_time     text,                              -- deparsed; NULL: created_at
+    grace          interval,
+    emit           text NOT NULL DEFAULT 'changes',   -- 'changes' or 'final'
+    window_retention interval,
+    finalized_upto timestamptz                        -- final results sent for windows ending before
 );
 
--- Merged counts, and the per-statement deltas producers append; the
--- maintenance worker folds deltas into counts.  An aggregate's view sums
--- both, so it is exact at every instant.
+-- Merged values, and the deltas producers append; the maintenance worker
+-- folds deltas into values.  An aggregate's view combines both, so it is
+-- exact at every instant.  _count.m holds the measures' states (binary send
+-- format, see aggregates.c); the row (agg, NULL, -infinity) counts late
+-- events.  A _delta row packs many (group, window, count, states) entries
+-- of one aggregate: evstream._unpack() reads them.  Rows stay below
+-- toast_tuple_target, stored as they are (the producer's path).
 CREATE TABLE evstream._count (
     agg          integer NOT NULL,
     group_key    text,
     bucket_start timestamptz,
     count        bigint NOT NULL,
-    last_id      bigint,      -- latest output-topic event of the group
-    last_count   bigint,      -- and the count it carries
+    m            bytea[],
     CONSTRAINT _count_key UNIQUE NULLS NOT DISTINCT (agg, group_key, bucket_start)
 );
 CREATE TABLE evstream._delta (
     agg          integer NOT NULL,
-    group_key    text,
-    bucket_start timestamptz,
-    delta        bigint NOT NULL,
-    published    bigint,      -- count of the output event the statement produced
-    published_id bigint       -- and that event's id
-);
-CREATE INDEX _delta_agg_key ON evstream._delta (agg, group_key, bucket_start);
+    data         bytea NOT NULL
+) WITH (toast_tuple_target = 8160);
+ALTER TABLE evstream._delta ALTER COLUMN data SET STORAGE EXTERNAL;
+CREATE INDEX _delta_agg ON evstream._delta (agg);
 
 -- (0.2) Continuous transforms: each consumes its source with a group of its
 -- own (named after it) and inserts its query's rows into its output topic,
@@ -261,13 +278,34 @@ CREATE FUNCTION evstream.create_aggregate(name text, topic regclass,
                                              group_by text DEFAULT 'key',
                                              bucket interval DEFAULT NULL,
                                              output_topic text DEFAULT NULL,
-                                             notify boolean DEFAULT true)
+                                             notify boolean DEFAULT true,
+                                             measures text DEFAULT NULL,
+                                             hop interval DEFAULT NULL,
+                                             event_time text DEFAULT NULL,
+                                             grace interval DEFAULT NULL,
+                                             emit text DEFAULT 'changes',
+                                             window_retention interval DEFAULT NULL)
     RETURNS regclass LANGUAGE C CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'evstream_create_aggregate';
 
 CREATE FUNCTION evstream.drop_aggregate(name regclass)
     RETURNS void LANGUAGE C CALLED ON NULL INPUT VOLATILE
     AS 'MODULE_PATHNAME', 'evstream_drop_aggregate';
+
+-- (0.2) Reading aggregate state (aggregate views and the merge use them):
+-- the entries packed in a delta row, and a state in its type's binary
+-- format, back and forth.  Any input is checked (as from a client).
+CREATE FUNCTION evstream._unpack(data bytea,
+                                 OUT group_key text, OUT bucket_start timestamptz,
+                                 OUT n bigint, OUT m bytea[])
+    RETURNS SETOF record LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'evstream_unpack';
+CREATE FUNCTION evstream._recv(state bytea, type_of anyelement) RETURNS anyelement
+    LANGUAGE C CALLED ON NULL INPUT IMMUTABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'evstream_recv';
+CREATE FUNCTION evstream._send(v anyelement) RETURNS bytea
+    LANGUAGE C CALLED ON NULL INPUT IMMUTABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'evstream_send';
 
 ------------------------------------------------------------------ transforms
 CREATE FUNCTION evstream.create_transform(name text, source regclass, query text,
@@ -659,11 +697,28 @@ CREATE VIEW evstream.aggregates WITH (security_barrier) AS
 SELECT a.aggregate AS name, a.topic, a.group_by, a.bucket, a.output_topic,
        CASE WHEN pg_catalog.has_table_privilege(a.topic, 'SELECT') THEN
        (SELECT pg_catalog.count(*) FROM (
-            SELECT c.group_key, c.bucket_start FROM evstream._count c WHERE c.agg OPERATOR(pg_catalog.=) a.id
+            SELECT c.group_key, c.bucket_start FROM evstream._count c
+             WHERE c.agg OPERATOR(pg_catalog.=) a.id
+               AND (c.bucket_start IS NULL OR c.bucket_start OPERATOR(pg_catalog.<>) '-infinity'::pg_catalog.timestamptz)
             UNION
-            SELECT d.group_key, d.bucket_start FROM evstream._delta d WHERE d.agg OPERATOR(pg_catalog.=) a.id) g)
+            SELECT u.group_key, u.bucket_start FROM evstream._delta d
+             CROSS JOIN LATERAL evstream._unpack(d.data) u
+             WHERE d.agg OPERATOR(pg_catalog.=) a.id
+               AND (u.bucket_start IS NULL OR u.bucket_start OPERATOR(pg_catalog.<>) '-infinity'::pg_catalog.timestamptz)) g)
        END AS groups,     -- NULL for roles that cannot read the topic
-       a.notify
+       a.notify,
+       a.measures, a.hop, a.event_time, a.grace, a.emit,
+       CASE WHEN pg_catalog.has_table_privilege(a.topic, 'SELECT') THEN
+       (SELECT COALESCE(pg_catalog.sum(l.n), 0)::pg_catalog.int8 FROM (
+            SELECT c.count AS n FROM evstream._count c
+             WHERE c.agg OPERATOR(pg_catalog.=) a.id AND c.group_key IS NULL
+               AND c.bucket_start OPERATOR(pg_catalog.=) '-infinity'::pg_catalog.timestamptz
+            UNION ALL
+            SELECT u.n FROM evstream._delta d CROSS JOIN LATERAL evstream._unpack(d.data) u
+             WHERE d.agg OPERATOR(pg_catalog.=) a.id
+               AND u.bucket_start OPERATOR(pg_catalog.=) '-infinity'::pg_catalog.timestamptz) l)
+       END AS late_events,
+       a.window_retention
   FROM evstream._aggregate a
   JOIN pg_catalog.pg_class ac ON ac.oid OPERATOR(pg_catalog.=) a.aggregate::pg_catalog.oid;
 

@@ -1,43 +1,61 @@
 /*-------------------------------------------------------------------------
  *
  * aggregates.c
- *	  Continuous count aggregates: create_aggregate, drop_aggregate, and the
- *	  per-statement count deltas producers write.
+ *	  Continuous aggregates: create_aggregate, drop_aggregate, the
+ *	  per-statement deltas producers write, and the merge that folds them
+ *	  (change events, notifications, final results, window retention).
  *
- *	  Storage: evstream._count holds merged counts, evstream._delta the
- *	  deltas producers append (one row per group per statement), and the
- *	  relation users query is a view summing both per group.  Producers
- *	  only ever INSERT delta rows, so producers of one hot key never wait
- *	  for each other; the worker folds committed deltas into _count in one
- *	  transaction (evstream._merge_deltas: DELETE ... RETURNING feeding an
- *	  upsert; every 250 ms at most under load, and at each maintenance
- *	  pass), so the view's sum is the same before and after, and exact at
- *	  every instant.
+ *	  Storage: evstream._count holds merged values (count and measure
+ *	  states per group and window), evstream._delta the deltas producers
+ *	  append, and the relation users query is a view combining both per
+ *	  group.  Producers only ever INSERT delta rows, so producers of one hot
+ *	  group never wait for each other; the worker folds committed deltas
+ *	  into _count in one transaction (DELETE ... RETURNING feeding an
+ *	  upsert), so the view's result is the same before and after, and exact
+ *	  at every instant.  Topics are append-only, so every value only grows
+ *	  by combination: count and count(expr) add, sum adds (NULL inputs
+ *	  ignored), min/max keep the least/greatest, avg keeps a sum and a count.
+ *
+ *	  Delta rows are chunks: one row carries up to ~7 kB of (group, window,
+ *	  count, states) entries of one aggregate, packed by evs_pack_entry and
+ *	  read back by evstream._unpack(), so a 1000-row statement with 1000
+ *	  groups writes a handful of rows, not 1000.  Measure states are stored
+ *	  in their types' binary send format (evstream._send/_recv), which does
+ *	  not depend on any setting of the session that wrote them.
  *
  *	  Counting: the access method's insert paths (tableam.c) call
  *	  EvsAccumulate for every row stored in a topic partition — INSERT,
  *	  COPY, logical replication alike, triggers or not.  Each row's group
- *	  (group_by, evaluated as text) and bucket are counted in a backend-local
- *	  hash; the hash is written as delta rows when the statement finishes
- *	  (ExecutorFinish hook, after COPY, and at PRE_COMMIT for paths without
- *	  either), so a 1M-row COPY writes one delta per group.  Rows become
- *	  visible to the transaction together with their delta rows (both are
- *	  written by the same command), and roll back together.
+ *	  (group_by, evaluated as text), windows and measure inputs are folded
+ *	  into a backend-local hash; the hash is written as delta rows when the
+ *	  statement finishes (ExecutorFinish hook, after COPY, and at PRE_COMMIT
+ *	  for paths without either), or earlier when it grows past
+ *	  EVS_PENDING_MAX entries (memory stays bounded for any input).  Rows
+ *	  become visible to the transaction together with their delta rows (both
+ *	  are written by the same command), and roll back together.
  *
- *	  Subtransactions: pending counts are keyed by the nesting level at
- *	  which the rows were inserted; a statement end writes only the counts
- *	  of its own level (and deeper), never an enclosing statement's.  A subtransaction abort drops the counts
- *	  of its level and deeper (their rows are gone); a subtransaction commit
- *	  hands them to its parent.  Counts already written as delta rows follow
- *	  their subtransaction like any row.
+ *	  Windows: an event's time is created_at (its transaction's start) or
+ *	  its event_time; it counts in each of the bucket/hop windows containing
+ *	  that time (hop = bucket: tumbling).  With event_time, a window that
+ *	  ended more than grace before the event's created_at is late for it:
+ *	  not counted there, counted in the aggregate's late_events (a delta
+ *	  entry with group NULL and bucket -infinity, a window no event has).
  *
- *	  Output topics and notifications come from the merge (see "merge"
- *	  below), after the producers' commits: producers only write delta rows.
+ *	  Subtransactions: pending entries are keyed by the nesting level at
+ *	  which the rows were inserted; a statement end writes only the entries
+ *	  of its own level (and deeper), never an enclosing statement's.  A
+ *	  subtransaction abort drops the entries of its level and deeper (their
+ *	  rows are gone); a subtransaction commit hands them to its parent.
+ *	  Entries already written as delta rows follow their subtransaction
+ *	  like any row.
  *
  *	  Privileges: only a topic's owner may create an aggregate on it (its
- *	  expression runs inside every producer's INSERT).  An expression that
- *	  calls non-built-in functions runs as the aggregate's owner with
- *	  SECURITY_RESTRICTED_OPERATION and the pinned search_path.
+ *	  expressions run inside every producer's INSERT).  Expressions that
+ *	  call non-built-in functions run as the aggregate's owner with
+ *	  SECURITY_RESTRICTED_OPERATION and the pinned search_path.  Measure
+ *	  states are of base (or enum) types only, so combining them in the
+ *	  merge (as the superuser) runs no user-written code: no domain checks,
+ *	  and send/receive/comparison functions only a superuser can create.
  *
  * Copyright (c) 2026, The evstream authors
  *
@@ -54,13 +72,19 @@
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "common/int.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "funcapi.h"
+#include "libpq/pqformat.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
 #include "optimizer/optimizer.h"
 #include "parser/parse_coerce.h"
@@ -69,11 +93,14 @@
 #include "parser/parse_node.h"
 #include "parser/parse_relation.h"
 #include "parser/parser.h"
+#include "pgstat.h"
 #include "rewrite/rewriteManip.h"
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
+#include "utils/backend_status.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -84,25 +111,67 @@
 #include "utils/timestamp.h"
 #include "utils/regproc.h"
 #include "utils/snapmgr.h"
+#include "utils/typcache.h"
 #include "utils/varlena.h"
 #include "access/relation.h"
 #include "commands/async.h"
+#include "commands/extension.h"
 #include "utils/json.h"
 #include "utils/datetime.h"
 
 #include "evstream.h"
 
-/* longest group key: _delta and _count index it (btree rows <= 2704 bytes) */
+/* longest group key: _count indexes it (btree rows <= 2704 bytes) */
 #define EVS_MAX_GROUP_KEY 2000
 
 /* 1970-01-01 00:00:00+00 in Postgres timestamps: buckets align on it */
 #define EVS_UNIX_EPOCH_TS ((int64) -946684800 * USECS_PER_SEC)
 
+/* most windows one event may count in (bucket / hop) */
+#define EVS_MAX_WINDOWS 1000
+
+/* pending entries (groups x windows) before a statement flushes early */
+#define EVS_PENDING_MAX 16384
+
+/* target size of one delta row's packed entries */
+#define EVS_CHUNK_BYTES 7000
+
+/* the late-events entry's window: no event's window starts there */
+#define EVS_LATE_BUCKET DT_NOBEGIN
+
+#define EVS_PACK_VERSION 1
+
+/*
+ * What a pending entry needs of its aggregate after the statement (flush,
+ * subtransaction end), when the topic cache may have been reset: the state
+ * slots' types and functions, copied into the pending context.
+ */
+typedef struct EvsSlot
+{
+	EvsMeasureKind kind;		/* EVS_M_COUNT, _SUM, _MIN or _MAX */
+	Oid			type;
+	int16		typlen;
+	bool		typbyval;
+	Oid			collation;
+	FmgrInfo	fn;				/* sum: +; min/max: cmp */
+	FmgrInfo	send;
+} EvsSlot;
+
+typedef struct EvsLayout
+{
+	int32		agg;
+	bool		push;			/* the worker should merge soon (notify/output) */
+	bool		bucketed;
+	int			nslots;
+	EvsSlot    *slots;
+} EvsLayout;
+
 typedef struct DeltaKey
 {
 	int32		agg;
 	int32		level;			/* transaction nesting level of the rows */
-	TimestampTz bucket;			/* 0 when the aggregate has no bucket */
+	bool		has_bucket;		/* false: bucket_start NULL */
+	TimestampTz bucket;
 	bool		isnull;
 	char	   *group;			/* NULL when isnull */
 } DeltaKey;
@@ -111,17 +180,39 @@ typedef struct DeltaEntry
 {
 	DeltaKey	key;
 	int64		count;
-	bool		push;			/* the worker should merge soon (notify/output) */
-	bool		bucketed;
+	EvsLayout  *layout;
+	Datum	   *states;
+	bool	   *snulls;
 } DeltaEntry;
 
 static HTAB *pending = NULL;
 static MemoryContext pending_cxt = NULL;
-static int64 pending_n = 0;
+static MemoryContext scratch_cxt = NULL;	/* combining by-reference states */
+static List *layouts = NIL;		/* EvsLayout *, in pending_cxt */
+static int64 pending_n = 0;		/* rows counted and not yet written */
 static ExprContext *accum_econtext = NULL;
 static bool accumulating = false;	/* inside EvsAccumulate: no nesting */
 
 static ExecutorFinish_hook_type prev_ExecutorFinish = NULL;
+
+static const char *const measure_names[] = {"count", "sum", "min", "max", "avg"};
+
+EvsMeasureKind
+EvsMeasureKindOf(const char *name)
+{
+	int			i;
+
+	for (i = 0; i < lengthof(measure_names); i++)
+		if (strcmp(name, measure_names[i]) == 0)
+			return (EvsMeasureKind) i;
+	return (EvsMeasureKind) -1;
+}
+
+const char *
+EvsMeasureKindName(EvsMeasureKind kind)
+{
+	return measure_names[kind];
+}
 
 /* Hash of a DeltaKey, including the group text */
 static uint32
@@ -131,7 +222,8 @@ delta_hash(const void *key, Size keysize)
 	uint32		h = hash_bytes((const unsigned char *) &k->agg, sizeof(int32));
 
 	h = hash_combine(h, hash_bytes((const unsigned char *) &k->level, sizeof(int32)));
-	h = hash_combine(h, hash_bytes((const unsigned char *) &k->bucket, sizeof(TimestampTz)));
+	if (k->has_bucket)
+		h = hash_combine(h, hash_bytes((const unsigned char *) &k->bucket, sizeof(TimestampTz)));
 	if (!k->isnull)
 		h = hash_combine(h, hash_bytes((const unsigned char *) k->group, strlen(k->group)));
 	return h;
@@ -143,15 +235,15 @@ delta_match(const void *key1, const void *key2, Size keysize)
 	const DeltaKey *a = key1;
 	const DeltaKey *b = key2;
 
-	if (a->agg != b->agg || a->level != b->level || a->bucket != b->bucket ||
-		a->isnull != b->isnull)
+	if (a->agg != b->agg || a->level != b->level || a->has_bucket != b->has_bucket ||
+		(a->has_bucket && a->bucket != b->bucket) || a->isnull != b->isnull)
 		return 1;
 	if (a->isnull)
 		return 0;
 	return strcmp(a->group, b->group);
 }
 
-/* Forget every pending count */
+/* Forget every pending entry */
 static void
 pending_reset(void)
 {
@@ -159,11 +251,21 @@ pending_reset(void)
 
 	/* lives in the transaction: freed with it whatever happens */
 	if (pending_cxt == NULL)
+	{
 		pending_cxt = AllocSetContextCreate(TopTransactionContext,
 											"evstream pending deltas",
 											ALLOCSET_DEFAULT_SIZES);
+		scratch_cxt = AllocSetContextCreate(pending_cxt,
+											"evstream delta scratch",
+											ALLOCSET_SMALL_SIZES);
+	}
 	else
+	{
 		MemoryContextReset(pending_cxt);
+		scratch_cxt = AllocSetContextCreate(pending_cxt,
+											"evstream delta scratch",
+											ALLOCSET_SMALL_SIZES);
+	}
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(DeltaKey);
 	ctl.entrysize = sizeof(DeltaEntry);
@@ -172,10 +274,153 @@ pending_reset(void)
 	ctl.hcxt = pending_cxt;
 	pending = hash_create("evstream pending deltas", 256, &ctl,
 						  HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	layouts = NIL;
 	pending_n = 0;
 }
 
-/* date_bin(bucket, ts, 'epoch') */
+/* The aggregate's slot layout for this transaction's pending entries */
+static EvsLayout *
+evs_layout(EvsAggregate *a)
+{
+	ListCell   *lc;
+	EvsLayout  *l;
+	MemoryContext old;
+	int			i;
+
+	foreach(lc, layouts)
+	{
+		l = lfirst(lc);
+		if (l->agg == a->id)
+			return l;
+	}
+	old = MemoryContextSwitchTo(pending_cxt);
+	l = palloc0(sizeof(EvsLayout));
+	l->agg = a->id;
+	l->push = a->notify || OidIsValid(a->output_topic);
+	l->bucketed = a->bucket != NULL;
+	l->nslots = a->nslots;
+	l->slots = palloc0(sizeof(EvsSlot) * (a->nslots + 1));
+	for (i = 0; i < a->nmeasures; i++)
+	{
+		EvsMeasure *m = &a->measures[i];
+		EvsSlot    *s = &l->slots[m->slot];
+
+		if (m->kind == EVS_M_COUNT)
+		{
+			s->kind = EVS_M_COUNT;
+			s->type = INT8OID;
+		}
+		else
+		{
+			s->kind = m->kind == EVS_M_AVG ? EVS_M_SUM : m->kind;
+			s->type = m->type;
+			s->collation = m->collation;
+			fmgr_info_copy(&s->fn, &m->fn, pending_cxt);
+			if (m->kind == EVS_M_AVG)
+			{
+				l->slots[m->slot + 1].kind = EVS_M_COUNT;
+				l->slots[m->slot + 1].type = INT8OID;
+			}
+		}
+	}
+	for (i = 0; i < l->nslots; i++)
+	{
+		EvsSlot    *s = &l->slots[i];
+		Oid			sendfn;
+		bool		varlena;
+
+		get_typlenbyval(s->type, &s->typlen, &s->typbyval);
+		getTypeBinaryOutputInfo(s->type, &sendfn, &varlena);
+		fmgr_info_cxt(sendfn, &s->send, pending_cxt);
+	}
+	layouts = lappend(layouts, l);
+	MemoryContextSwitchTo(old);
+	return l;
+}
+
+/*
+ * Fold a value into a state slot: an input value (one event's), or another
+ * state of the same slot (is_state: a subtransaction's entry).  States live
+ * in pending_cxt; by-reference results are computed in scratch memory and
+ * copied, so an entry's memory does not grow with its rows.
+ */
+static void
+evs_slot_add(EvsSlot *s, Datum *state, bool *snull, Datum v, bool vnull, bool is_state)
+{
+	Datum		r;
+	MemoryContext old;
+
+	if (s->kind == EVS_M_COUNT)
+	{
+		if (is_state)
+			*state = Int64GetDatum(DatumGetInt64(*state) + DatumGetInt64(v));
+		else if (!vnull)
+			*state = Int64GetDatum(DatumGetInt64(*state) + 1);
+		return;
+	}
+	if (vnull)
+		return;
+	if (*snull)
+	{
+		*state = datumCopy(v, s->typbyval, s->typlen);
+		*snull = false;
+		return;
+	}
+	old = MemoryContextSwitchTo(s->typbyval ? CurrentMemoryContext : scratch_cxt);
+	if (s->kind == EVS_M_SUM)
+		r = FunctionCall2Coll(&s->fn, InvalidOid, *state, v);
+	else
+	{
+		int32		c = DatumGetInt32(FunctionCall2Coll(&s->fn, s->collation, v, *state));
+
+		if ((s->kind == EVS_M_MIN && c >= 0) || (s->kind == EVS_M_MAX && c <= 0))
+		{
+			MemoryContextSwitchTo(old);
+			return;
+		}
+		r = v;
+	}
+	MemoryContextSwitchTo(old);
+	if (s->typbyval)
+		*state = r;
+	else
+	{
+		Datum		prev = *state;
+
+		old = MemoryContextSwitchTo(pending_cxt);
+		*state = datumCopy(r, false, s->typlen);
+		MemoryContextSwitchTo(old);
+		pfree(DatumGetPointer(prev));
+		MemoryContextReset(scratch_cxt);
+	}
+}
+
+/* The pending entry of a key, made (with empty states) when missing */
+static DeltaEntry *
+evs_entry(DeltaKey *key, EvsLayout *l)
+{
+	DeltaEntry *e = hash_search(pending, key, HASH_FIND, NULL);
+	bool		found;
+	int			i;
+
+	if (e != NULL)
+		return e;
+	if (!key->isnull)
+		key->group = MemoryContextStrdup(pending_cxt, key->group);
+	e = hash_search(pending, key, HASH_ENTER, &found);
+	e->count = 0;
+	e->layout = l;
+	e->states = MemoryContextAllocZero(pending_cxt, sizeof(Datum) * (l->nslots + 1));
+	e->snulls = MemoryContextAlloc(pending_cxt, sizeof(bool) * (l->nslots + 1));
+	for (i = 0; i < l->nslots; i++)
+	{
+		e->snulls[i] = l->slots[i].kind != EVS_M_COUNT;
+		e->states[i] = Int64GetDatum(0);
+	}
+	return e;
+}
+
+/* date_bin(stride, ts, 'epoch') */
 static TimestampTz
 evs_bin(TimestampTz ts, int64 stride)
 {
@@ -210,21 +455,43 @@ bad:
 			 errhint("Recreate the topic with evstream.create_topic().")));
 }
 
-/* Count a batch of rows in one aggregate's pending deltas */
+/* Count one event (its measure inputs vals) in the entry of key */
+static void
+evs_count_in(DeltaKey *key, EvsLayout *l, EvsAggregate *a, Datum *vals, bool *vnulls)
+{
+	DeltaEntry *e = evs_entry(key, l);
+	int			i;
+
+	e->count++;
+	for (i = 0; i < a->nmeasures; i++)
+	{
+		EvsMeasure *m = &a->measures[i];
+
+		evs_slot_add(&l->slots[m->slot], &e->states[m->slot], &e->snulls[m->slot],
+					 vals[i], vnulls[i], false);
+		if (m->kind == EVS_M_AVG)
+			evs_slot_add(&l->slots[m->slot + 1], &e->states[m->slot + 1],
+						 &e->snulls[m->slot + 1], vals[i], vnulls[i], false);
+	}
+}
+
+/* Count a batch of rows in one aggregate's pending entries */
 static void
 evs_accumulate_agg(EvsAggregate *a, TupleTableSlot **slots, int nslots, int level)
 {
+	EvsLayout  *l = evs_layout(a);
+	Datum		vals[EVS_MAX_MEASURES];
+	bool		vnulls[EVS_MAX_MEASURES];
 	int			i;
 
 	for (i = 0; i < nslots; i++)
 	{
 		TupleTableSlot *slot = slots[i];
 		DeltaKey	key;
-		DeltaEntry *e;
-		bool		found;
 		bool		isnull;
 		Datum		d;
 		char	   *tmp;
+		int			k;
 
 		CHECK_FOR_INTERRUPTS();
 		ResetExprContext(accum_econtext);
@@ -242,28 +509,71 @@ evs_accumulate_agg(EvsAggregate *a, TupleTableSlot **slots, int nslots, int leve
 					 errdetail("Group keys are limited to %d bytes.", EVS_MAX_GROUP_KEY),
 					 errhint("Group by a shorter expression, for example md5() of it.")));
 		key.group = tmp;
+		for (k = 0; k < a->nmeasures; k++)
+			vals[k] = ExecEvalExprSwitchContext(a->measures[k].input, accum_econtext, &vnulls[k]);
+		key.has_bucket = false;
 		key.bucket = 0;
-		if (a->bucket)
+		if (a->bucket == NULL)
+			evs_count_in(&key, l, a, vals, vnulls);
+		else
 		{
 			bool		tsnull;
-			Datum		ts = slot_getattr(slot, 4, &tsnull);
+			bool		cnull;
+			Datum		created = slot_getattr(slot, 4, &cnull);
+			TimestampTz ts;
+			int64		late = 0;
 
-			if (!tsnull)
-				key.bucket = evs_bin(DatumGetTimestampTz(ts), a->bucket_usecs);
-		}
-		e = hash_search(pending, &key, HASH_FIND, NULL);
-		if (e == NULL)
-		{
-			if (!isnull)
-				key.group = MemoryContextStrdup(pending_cxt, key.group);
-			e = hash_search(pending, &key, HASH_ENTER, &found);
-			e->count = 0;
-			e->push = a->notify || OidIsValid(a->output_topic);
-			e->bucketed = a->bucket != NULL;
+			if (a->event_time)
+				ts = DatumGetTimestampTz(ExecEvalExprSwitchContext(a->event_time, accum_econtext, &tsnull));
+			else
+				ts = DatumGetTimestampTz(slot_getattr(slot, 4, &tsnull));
+			if (tsnull || TIMESTAMP_NOT_FINITE(ts))
+				evs_count_in(&key, l, a, vals, vnulls);	/* window NULL */
+			else
+			{
+				TimestampTz start = evs_bin(ts, a->hop_usecs);
+				int64		nwin = a->bucket_usecs / a->hop_usecs;
+				int64		w;
+
+				key.has_bucket = true;
+				for (w = 0; w < nwin; w++)
+				{
+					TimestampTz s;
+					TimestampTz deadline;
+
+					if (pg_sub_s64_overflow(start, w * a->hop_usecs, &s) ||
+						!IS_VALID_TIMESTAMP(s))
+						break;
+					/* late: the window ended more than grace before created_at */
+					if (a->event_time && !cnull &&
+						!pg_add_s64_overflow(s, a->bucket_usecs, &deadline) &&
+						!pg_add_s64_overflow(deadline, a->grace_usecs, &deadline) &&
+						deadline < DatumGetTimestampTz(created))
+					{
+						late++;
+						continue;
+					}
+					key.bucket = s;
+					evs_count_in(&key, l, a, vals, vnulls);
+				}
+			}
+			if (late > 0)
+			{
+				DeltaKey	lk;
+				DeltaEntry *e;
+
+				lk.agg = a->id;
+				lk.level = level;
+				lk.has_bucket = true;
+				lk.bucket = EVS_LATE_BUCKET;
+				lk.isnull = true;
+				lk.group = NULL;
+				e = evs_entry(&lk, l);
+				e->count += late;
+			}
 		}
 		if (tmp != NULL)
 			pfree(tmp);
-		e->count++;
 		pending_n++;
 	}
 }
@@ -276,9 +586,11 @@ evs_accumulate_agg(EvsAggregate *a, TupleTableSlot **slots, int nslots, int leve
  * (expressions of built-in functions only cannot run anyone's code, and
  * are evaluated as they are, at no cost).  Producing events from inside an
  * aggregate expression is refused: it would re-enter the counting.
+ * only_agg (non-zero): count in that aggregate only (create_aggregate's
+ * backfill).
  */
-void
-EvsAccumulate(Relation rel, TupleTableSlot **slots, int nslots)
+static void
+evs_accumulate(Relation rel, TupleTableSlot **slots, int nslots, int32 only_agg)
 {
 	EvsTopic   *t;
 	List	   *aggs;
@@ -340,6 +652,8 @@ EvsAccumulate(Relation rel, TupleTableSlot **slots, int nslots)
 		{
 			EvsAggregate *a = lfirst(lc);
 
+			if (only_agg != 0 && a->id != only_agg)
+				continue;
 			if (a->as_owner)
 			{
 				EvsUserState st;
@@ -358,26 +672,305 @@ EvsAccumulate(Relation rel, TupleTableSlot **slots, int nslots)
 		EvsCacheUnpin();
 	}
 	PG_END_TRY();
+
+	/* bounded memory: a statement with very many groups writes as it goes */
+	if (hash_get_num_entries(pending) >= EVS_PENDING_MAX)
+		EvsFlushDeltas();
 }
+
+void
+EvsAccumulate(Relation rel, TupleTableSlot **slots, int nslots)
+{
+	evs_accumulate(rel, slots, nslots, 0);
+}
+
+/* ------------------------------------------------------------ packing */
+
+/*
+ * A delta row's data: a version byte, then entries of
+ *	int32 key length (-1: NULL) and the key's bytes,
+ *	uint8 1 when a window start follows (else bucket_start NULL), int64 start,
+ *	int64 count,
+ *	int16 number of states, each int32 length (-1: NULL) and its bytes in
+ *	the state type's binary send format.
+ * Integers in network order (pq_sendint*).
+ */
+static void
+evs_pack_entry(StringInfo buf, DeltaEntry *e, MemoryContext tmp)
+{
+	EvsLayout  *l = e->layout;
+	int			i;
+
+	if (e->key.isnull)
+		pq_sendint32(buf, (uint32) -1);
+	else
+	{
+		int			len = strlen(e->key.group);
+
+		pq_sendint32(buf, len);
+		pq_sendbytes(buf, e->key.group, len);
+	}
+	pq_sendbyte(buf, e->key.has_bucket ? 1 : 0);
+	if (e->key.has_bucket)
+		pq_sendint64(buf, e->key.bucket);
+	pq_sendint64(buf, e->count);
+	pq_sendint16(buf, l->nslots);
+	for (i = 0; i < l->nslots; i++)
+	{
+		if (e->snulls[i])
+			pq_sendint32(buf, (uint32) -1);
+		else
+		{
+			MemoryContext old = MemoryContextSwitchTo(tmp);
+			bytea	   *b = SendFunctionCall(&l->slots[i].send, e->states[i]);
+
+			MemoryContextSwitchTo(old);
+			pq_sendint32(buf, VARSIZE(b) - VARHDRSZ);
+			pq_sendbytes(buf, VARDATA(b), VARSIZE(b) - VARHDRSZ);
+		}
+	}
+}
+
+/* Reading packed entries back (evstream._unpack); any input is checked */
+typedef struct EvsUnpacked
+{
+	bool		knull;
+	const char *key;
+	int			keylen;
+	bool		has_bucket;
+	int64		bucket;
+	int64		count;
+	int			nstates;
+} EvsUnpacked;
+
+static void
+evs_unpack_fail(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+			 errmsg("invalid evstream delta data")));
+}
+
+static int32
+evs_get_int32(StringInfo in)
+{
+	if (in->cursor + 4 > in->len)
+		evs_unpack_fail();
+	return (int32) pq_getmsgint(in, 4);
+}
+
+static const char *
+evs_get_bytes(StringInfo in, int32 len)
+{
+	if (len < 0 || len > in->len - in->cursor)
+		evs_unpack_fail();
+	return pq_getmsgbytes(in, len);
+}
+
+PG_FUNCTION_INFO_V1(evstream_unpack);
+
+/*
+ * evstream._unpack(data bytea) RETURNS TABLE (group_key text,
+ *		bucket_start timestamptz, n bigint, m bytea[])
+ */
+Datum
+evstream_unpack(PG_FUNCTION_ARGS)
+{
+	bytea	   *data = PG_GETARG_BYTEA_PP(0);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	StringInfoData in;
+
+	InitMaterializedSRF(fcinfo, 0);
+	in.data = VARDATA_ANY(data);
+	in.len = VARSIZE_ANY_EXHDR(data);
+	in.maxlen = in.len;
+	in.cursor = 0;
+	if (in.len < 1 || in.data[0] != EVS_PACK_VERSION)
+		evs_unpack_fail();
+	in.cursor = 1;
+	while (in.cursor < in.len)
+	{
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+		int32		len = evs_get_int32(&in);
+		int			nstates;
+		Datum	   *states;
+		bool	   *snulls;
+		int			dims[1];
+		int			lbs[1] = {1};
+		int			i;
+
+		CHECK_FOR_INTERRUPTS();
+		if (len == -1)
+			nulls[0] = true;
+		else
+		{
+			const char *k = evs_get_bytes(&in, len);
+
+			if (!pg_verifymbstr(k, len, true))
+				evs_unpack_fail();
+			values[0] = PointerGetDatum(cstring_to_text_with_len(k, len));
+		}
+		if (in.cursor + 1 > in.len)
+			evs_unpack_fail();
+		if (pq_getmsgbyte(&in))
+		{
+			int64		b;
+
+			if (in.cursor + 8 > in.len)
+				evs_unpack_fail();
+			b = pq_getmsgint64(&in);
+			values[1] = TimestampTzGetDatum(b);
+		}
+		else
+			nulls[1] = true;
+		if (in.cursor + 10 > in.len)
+			evs_unpack_fail();
+		values[2] = Int64GetDatum(pq_getmsgint64(&in));
+		nstates = pq_getmsgint(&in, 2);
+		if (nstates > 2 * EVS_MAX_MEASURES)
+			evs_unpack_fail();
+		states = palloc(sizeof(Datum) * (nstates + 1));
+		snulls = palloc(sizeof(bool) * (nstates + 1));
+		for (i = 0; i < nstates; i++)
+		{
+			int32		slen = evs_get_int32(&in);
+
+			snulls[i] = slen == -1;
+			if (!snulls[i])
+			{
+				const char *b = evs_get_bytes(&in, slen);
+				bytea	   *v = palloc(slen + VARHDRSZ);
+
+				SET_VARSIZE(v, slen + VARHDRSZ);
+				memcpy(VARDATA(v), b, slen);
+				states[i] = PointerGetDatum(v);
+			}
+		}
+		dims[0] = nstates;
+		values[3] = PointerGetDatum(construct_md_array(states, snulls, 1, dims, lbs,
+													   BYTEAOID, -1, false, TYPALIGN_INT));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(evstream_recv);
+
+/* evstream._recv(state bytea, type_of anyelement): a state as its type */
+Datum
+evstream_recv(PG_FUNCTION_ARGS)
+{
+	Oid			type = get_fn_expr_argtype(fcinfo->flinfo, 1);
+	typedef struct
+	{
+		Oid			type;
+		Oid			ioparam;
+		FmgrInfo	recv;
+	}			RecvCache;
+	RecvCache  *c = fcinfo->flinfo->fn_extra;
+	bytea	   *b;
+	StringInfoData in;
+	Datum		r;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	if (!OidIsValid(type))
+		elog(ERROR, "could not determine the type of evstream._recv's result");
+	if (c == NULL || c->type != type)
+	{
+		Oid			fn;
+
+		c = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(RecvCache));
+		getTypeBinaryInputInfo(type, &fn, &c->ioparam);
+		fmgr_info_cxt(fn, &c->recv, fcinfo->flinfo->fn_mcxt);
+		c->type = type;
+		fcinfo->flinfo->fn_extra = c;
+	}
+	b = PG_GETARG_BYTEA_PP(0);
+	in.data = palloc(VARSIZE_ANY_EXHDR(b) + 1);
+	memcpy(in.data, VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b));
+	in.len = VARSIZE_ANY_EXHDR(b);
+	in.data[in.len] = '\0';
+	in.maxlen = in.len + 1;
+	in.cursor = 0;
+	r = ReceiveFunctionCall(&c->recv, &in, c->ioparam, -1);
+	if (in.cursor != in.len)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("incorrect binary data format in an evstream state")));
+	PG_RETURN_DATUM(r);
+}
+
+PG_FUNCTION_INFO_V1(evstream_send);
+
+/* evstream._send(v anyelement) RETURNS bytea: a state in send format */
+Datum
+evstream_send(PG_FUNCTION_ARGS)
+{
+	Oid			type = get_fn_expr_argtype(fcinfo->flinfo, 0);
+	FmgrInfo   *fn = fcinfo->flinfo->fn_extra;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	if (fn == NULL)
+	{
+		Oid			sendfn;
+		bool		varlena;
+
+		getTypeBinaryOutputInfo(type, &sendfn, &varlena);
+		fn = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(FmgrInfo));
+		fmgr_info_cxt(sendfn, fn, fcinfo->flinfo->fn_mcxt);
+		fcinfo->flinfo->fn_extra = fn;
+	}
+	PG_RETURN_BYTEA_P(SendFunctionCall(fn, PG_GETARG_DATUM(0)));
+}
+
+/* ------------------------------------------------------------ flushing */
 
 /*
  * Append delta rows straight into evstream._delta with heap_insert and
  * index_insert: no parsing, planning or permission checks on the
  * producer's path (the caller was allowed to insert into the topic, and
- * the rows only describe that insert).
+ * the rows only describe that insert).  Columns by name: a database
+ * updated from 0.1 keeps dropped columns in the table.
  */
 static void
-evs_insert_delta_rows(DeltaEntry **entries, int n)
+evs_insert_delta_rows(int32 *aggs, bytea **datas, int n)
 {
 	Relation	rel;
+	TupleDesc	desc;
 	List	   *indexes;
 	ListCell   *lc;
 	int			nidx = 0;
 	Relation   *irels;
 	IndexInfo **iinfos;
 	int			i;
+	int			att_agg = 0;
+	int			att_data = 0;
+	Datum	   *values;
+	bool	   *nulls;
 
 	rel = table_open(EvsCatalogRelid(EVS_REL_DELTA), RowExclusiveLock);
+	desc = RelationGetDescr(rel);
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped)
+			continue;
+		if (strcmp(NameStr(att->attname), "agg") == 0)
+			att_agg = i + 1;
+		else if (strcmp(NameStr(att->attname), "data") == 0)
+			att_data = i + 1;
+	}
+	if (att_agg == 0 || att_data == 0)
+		elog(ERROR, "evstream._delta lacks its columns");
+	values = palloc0(sizeof(Datum) * desc->natts);
+	nulls = palloc(sizeof(bool) * desc->natts);
+	memset(nulls, true, sizeof(bool) * desc->natts);
+	nulls[att_agg - 1] = nulls[att_data - 1] = false;
+
 	indexes = RelationGetIndexList(rel);
 	irels = palloc(sizeof(Relation) * (list_length(indexes) + 1));
 	iinfos = palloc(sizeof(IndexInfo *) * (list_length(indexes) + 1));
@@ -390,20 +983,12 @@ evs_insert_delta_rows(DeltaEntry **entries, int n)
 
 	for (i = 0; i < n; i++)
 	{
-		DeltaEntry *e = entries[i];
-		Datum		values[6];
-		bool		nulls[6] = {false, false, false, false, true, true};
 		HeapTuple	tup;
 		int			k;
 
-		values[0] = Int32GetDatum(e->key.agg);
-		nulls[1] = e->key.isnull;
-		values[1] = e->key.isnull ? (Datum) 0 : CStringGetTextDatum(e->key.group);
-		nulls[2] = !e->bucketed;
-		values[2] = TimestampTzGetDatum(e->key.bucket);
-		values[3] = Int64GetDatum(e->count);
-		values[4] = values[5] = (Datum) 0;
-		tup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+		values[att_agg - 1] = Int32GetDatum(aggs[i]);
+		values[att_data - 1] = PointerGetDatum(datas[i]);
+		tup = heap_form_tuple(desc, values, nulls);
 		simple_heap_insert(rel, tup);
 		for (k = 0; k < nidx; k++)
 		{
@@ -428,9 +1013,18 @@ evs_insert_delta_rows(DeltaEntry **entries, int n)
 	table_close(rel, RowExclusiveLock);
 }
 
+static int
+evs_cmp_entry_agg(const void *a, const void *b)
+{
+	int32		x = (*(DeltaEntry *const *) a)->key.agg;
+	int32		y = (*(DeltaEntry *const *) b)->key.agg;
+
+	return (x > y) - (x < y);
+}
+
 /*
- * Write the pending counts of the current nesting level (and deeper) as
- * delta rows, one per group and bucket.  Counts of outer levels belong to
+ * Write the pending entries of the current nesting level (and deeper) as
+ * delta rows, packed per aggregate.  Entries of outer levels belong to
  * statements still running in an enclosing subtransaction: written here,
  * inside a subtransaction that may roll back, they would be lost with it
  * while their events stay, so they wait for their own level.
@@ -441,33 +1035,72 @@ EvsFlushDeltas(void)
 	HASH_SEQ_STATUS seq;
 	DeltaEntry *e;
 	DeltaEntry **mine;
+	int32	   *aggs;
+	bytea	  **datas;
+	int			nrows = 0;
 	int			n = 0;
 	int			i;
 	int			level = GetCurrentTransactionNestLevel();
 	bool		push = false;
+	MemoryContext tmp;
+	MemoryContext old;
+	StringInfoData buf;
 
-	if (pending == NULL || pending_n == 0)
+	if (pending == NULL || hash_get_num_entries(pending) == 0)
 		return;
+	tmp = AllocSetContextCreate(CurrentMemoryContext, "evstream delta flush",
+								ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(tmp);
 	mine = palloc(sizeof(DeltaEntry *) * (hash_get_num_entries(pending) + 1));
 	hash_seq_init(&seq, pending);
 	while ((e = hash_seq_search(&seq)) != NULL)
 		if (e->key.level >= level && e->count != 0)
 		{
 			mine[n++] = e;
-			push |= e->push;
+			push |= e->layout->push;
 		}
 	if (n == 0)
 	{
-		pfree(mine);
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(tmp);
 		return;
 	}
-	evs_insert_delta_rows(mine, n);
+	qsort(mine, n, sizeof(DeltaEntry *), evs_cmp_entry_agg);
+	aggs = palloc(sizeof(int32) * n);
+	datas = palloc(sizeof(bytea *) * n);
+	initStringInfo(&buf);
 	for (i = 0; i < n; i++)
 	{
-		pending_n -= mine[i]->count;
-		hash_search(pending, &mine[i]->key, HASH_REMOVE, NULL);
+		if (buf.len == 0)
+		{
+			appendStringInfoSpaces(&buf, VARHDRSZ);
+			pq_sendbyte(&buf, EVS_PACK_VERSION);
+		}
+		evs_pack_entry(&buf, mine[i], tmp);
+		if (i == n - 1 || buf.len >= EVS_CHUNK_BYTES ||
+			mine[i + 1]->key.agg != mine[i]->key.agg)
+		{
+			bytea	   *b = palloc(buf.len);
+
+			memcpy(b, buf.data, buf.len);
+			SET_VARSIZE(b, buf.len);
+			aggs[nrows] = mine[i]->key.agg;
+			datas[nrows++] = b;
+			resetStringInfo(&buf);
+		}
 	}
-	pfree(mine);
+	MemoryContextSwitchTo(old);
+	evs_insert_delta_rows(aggs, datas, nrows);
+	for (i = 0; i < n; i++)
+		hash_search(pending, &mine[i]->key, HASH_REMOVE, NULL);
+	MemoryContextDelete(tmp);
+	if (hash_get_num_entries(pending) == 0)
+	{
+		pending_n = 0;
+		/* keys and states of removed entries stay until a reset */
+		if (MemoryContextMemAllocated(pending_cxt, true) > 1024 * 1024)
+			pending_reset();
+	}
 	if (push)
 		EvsMarkDeltasCommitted();
 }
@@ -489,7 +1122,7 @@ EvsCountsPreCommit(void)
 {
 	bool		pushed = false;
 
-	if (pending_n == 0)
+	if (pending == NULL || hash_get_num_entries(pending) == 0)
 		return;
 	if (!ActiveSnapshotSet())
 	{
@@ -507,11 +1140,13 @@ EvsCountsAtEnd(void)
 {
 	pending = NULL;
 	pending_cxt = NULL;
+	scratch_cxt = NULL;
+	layouts = NIL;
 	pending_n = 0;
 	accumulating = false;
 }
 
-/* Subtransaction end (xact.c): drop or hand over the counts of its level */
+/* Subtransaction end (xact.c): drop or hand over the entries of its level */
 void
 EvsCountsAtSubXactEnd(bool commit)
 {
@@ -521,7 +1156,7 @@ EvsCountsAtSubXactEnd(bool commit)
 	List	   *moved = NIL;
 	ListCell   *lc;
 
-	if (pending == NULL || pending_n == 0)
+	if (pending == NULL || hash_get_num_entries(pending) == 0)
 		return;
 	level = GetCurrentTransactionNestLevel();
 
@@ -537,26 +1172,24 @@ EvsCountsAtSubXactEnd(bool commit)
 			*copy = *e;
 			moved = lappend(moved, copy);
 		}
-		pending_n -= e->count;
 		hash_search(pending, &e->key, HASH_REMOVE, NULL);
 	}
 	foreach(lc, moved)
 	{
 		DeltaEntry *m = lfirst(lc);
-		bool		found;
+		EvsLayout  *l = m->layout;
+		int			i;
 
 		m->key.level = level - 1;
-		e = hash_search(pending, &m->key, HASH_ENTER, &found);
-		if (!found)
-		{
-			e->count = 0;
-			e->push = m->push;
-			e->bucketed = m->bucketed;
-		}
+		e = evs_entry(&m->key, l);
 		e->count += m->count;
-		pending_n += m->count;
+		for (i = 0; i < l->nslots; i++)
+			evs_slot_add(&l->slots[i], &e->states[i], &e->snulls[i],
+						 m->states[i], m->snulls[i], true);
 	}
 	list_free_deep(moved);
+	if (hash_get_num_entries(pending) == 0)
+		pending_n = 0;
 }
 
 void
@@ -566,26 +1199,271 @@ EvsAggregatesInit(void)
 	ExecutorFinish_hook = evs_executor_finish;
 }
 
-/* ---------------------------------------------------------------- DDL */
+/* ---------------------------------------------------------------- SQL text */
 
 /*
- * Parse and check a group_by expression against the topic; returns its
- * text-valued, fully qualified deparsed form.
+ * An aggregate's definition as the view, the merge and the final results
+ * need it (built from the arguments at creation, from the catalog row in
+ * the merge).  The SQL built from it is fixed text over evstream's own
+ * tables, with every name and operator schema-qualified.
  */
-/* Errors while parsing group_by: point into it, not into the caller's query */
-static void
-evs_group_by_errcontext(void *arg)
+typedef struct EvsAggDef
 {
-	const char *group_by = arg;
+	int32		id;
+	Oid			view;
+	Oid			output_topic;
+	bool		notify;
+	Interval   *bucket;			/* NULL: not windowed */
+	int64		bucket_usecs;
+	int64		hop_usecs;
+	int64		grace_usecs;
+	bool		final;			/* emit => 'final' */
+	bool		has_retention;
+	int64		retention_usecs;
+	bool		has_finalized;
+	TimestampTz finalized_upto; /* windows ending before it were emitted */
+	int			nmeasures;
+	EvsMeasureKind kinds[EVS_MAX_MEASURES];
+	char	   *names[EVS_MAX_MEASURES];
+	Oid			types[EVS_MAX_MEASURES];	/* input/state type (avg: the sum's) */
+	Oid			colls[EVS_MAX_MEASURES];
+	int			changed;		/* out of the merge */
+	bool		quiet;			/* merge: no notifications, no events */
+} EvsAggDef;
+
+/* evstream._recv(<elem>, NULL::type) [COLLATE coll] */
+static void
+evs_append_recv(StringInfo buf, const char *alias, int slot, Oid type, Oid coll)
+{
+	appendStringInfo(buf, "evstream._recv(%s.m[%d], NULL::%s)", alias, slot + 1,
+					 format_type_be_qualified(type));
+	if (OidIsValid(coll) && coll != DEFAULT_COLLATION_OID)
+		appendStringInfo(buf, " COLLATE %s", generate_collation_name(coll));
+}
+
+/* Each measure's final value over state columns of alias (one row) */
+static void
+evs_append_final(StringInfo buf, EvsAggDef *d, int i, int slot, const char *alias)
+{
+	if (d->kinds[i] == EVS_M_AVG)
+	{
+		appendStringInfoChar(buf, '(');
+		evs_append_recv(buf, alias, slot, d->types[i], InvalidOid);
+		appendStringInfoString(buf, " OPERATOR(pg_catalog./) NULLIF(");
+		evs_append_recv(buf, alias, slot + 1, INT8OID, InvalidOid);
+		appendStringInfo(buf, ", 0::pg_catalog.int8)::%s)", format_type_be_qualified(d->types[i]));
+	}
+	else
+		evs_append_recv(buf, alias, slot, d->kinds[i] == EVS_M_COUNT ? INT8OID : d->types[i],
+						d->colls[i]);
+}
+
+/* jsonb_build_object('name', value, ...) of the measures of alias's row */
+static void
+evs_append_values(StringInfo buf, EvsAggDef *d, const char *alias)
+{
+	int			i;
+	int			slot = 0;
+
+	if (d->nmeasures == 0)
+	{
+		appendStringInfoString(buf, "'{}'::pg_catalog.jsonb");
+		return;
+	}
+	appendStringInfoString(buf, "pg_catalog.jsonb_build_object(");
+	for (i = 0; i < d->nmeasures; i++)
+	{
+		appendStringInfo(buf, "%s%s, ", i > 0 ? ", " : "", quote_literal_cstr(d->names[i]));
+		evs_append_final(buf, d, i, slot, alias);
+		slot += d->kinds[i] == EVS_M_AVG ? 2 : 1;
+	}
+	appendStringInfoChar(buf, ')');
+}
+
+/*
+ * One state slot combined over many rows of alias (GROUP BY): sum for
+ * counts and sums, min/max; as_final: the view's column (no _send).
+ */
+static void
+evs_append_slot_agg(StringInfo buf, EvsMeasureKind kind, Oid type, Oid coll,
+					const char *alias, int slot)
+{
+	if (kind == EVS_M_COUNT || kind == EVS_M_SUM)
+	{
+		appendStringInfoString(buf, "pg_catalog.sum(");
+		evs_append_recv(buf, alias, slot, type, InvalidOid);
+		appendStringInfo(buf, ")::%s", format_type_be_qualified(type));
+	}
+	else
+	{
+		appendStringInfo(buf, "pg_catalog.%s(", kind == EVS_M_MIN ? "min" : "max");
+		evs_append_recv(buf, alias, slot, type, coll);
+		appendStringInfoChar(buf, ')');
+	}
+}
+
+/* The slots of a definition: kind (count/sum/min/max), type, collation */
+static int
+evs_def_slots(EvsAggDef *d, EvsMeasureKind *kinds, Oid *types, Oid *colls)
+{
+	int			i;
+	int			n = 0;
+
+	for (i = 0; i < d->nmeasures; i++)
+	{
+		kinds[n] = d->kinds[i] == EVS_M_AVG ? EVS_M_SUM : d->kinds[i];
+		types[n] = d->kinds[i] == EVS_M_COUNT ? INT8OID : d->types[i];
+		colls[n++] = d->colls[i];
+		if (d->kinds[i] == EVS_M_AVG)
+		{
+			kinds[n] = EVS_M_COUNT;
+			types[n] = INT8OID;
+			colls[n++] = InvalidOid;
+		}
+	}
+	return n;
+}
+
+#define EVS_NOT_LATE(alias) \
+	"(" alias ".bucket_start IS NULL OR " alias ".bucket_start OPERATOR(pg_catalog.<>) '-infinity'::pg_catalog.timestamptz)"
+
+/* The aggregate's view: merged values plus pending deltas, per group */
+static char *
+evs_view_sql(EvsAggDef *d, const char *qview)
+{
+	StringInfoData sql;
+	int			i;
+	int			slot = 0;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "CREATE VIEW %s AS SELECT s.group_key, %spg_catalog.sum(s.n)::pg_catalog.int8 AS count",
+					 qview, d->bucket ? "s.bucket_start, " : "");
+	for (i = 0; i < d->nmeasures; i++)
+	{
+		appendStringInfoString(&sql, ", ");
+		if (d->kinds[i] == EVS_M_AVG)
+		{
+			appendStringInfoChar(&sql, '(');
+			evs_append_slot_agg(&sql, EVS_M_SUM, d->types[i], InvalidOid, "s", slot);
+			appendStringInfoString(&sql, " OPERATOR(pg_catalog./) NULLIF(");
+			evs_append_slot_agg(&sql, EVS_M_COUNT, INT8OID, InvalidOid, "s", slot + 1);
+			appendStringInfo(&sql, ", 0::pg_catalog.int8)::%s)", format_type_be_qualified(d->types[i]));
+		}
+		else
+			evs_append_slot_agg(&sql, d->kinds[i], d->kinds[i] == EVS_M_COUNT ? INT8OID : d->types[i],
+								d->colls[i], "s", slot);
+		appendStringInfo(&sql, " AS %s", quote_identifier(d->names[i]));
+		slot += d->kinds[i] == EVS_M_AVG ? 2 : 1;
+	}
+	appendStringInfo(&sql,
+					 " FROM (SELECT c.group_key, c.bucket_start, c.count AS n, c.m FROM evstream._count c "
+					 "WHERE c.agg OPERATOR(pg_catalog.=) %d AND " EVS_NOT_LATE("c")
+					 " UNION ALL SELECT u.group_key, u.bucket_start, u.n, u.m FROM evstream._delta d "
+					 "CROSS JOIN LATERAL evstream._unpack(d.data) u "
+					 "WHERE d.agg OPERATOR(pg_catalog.=) %d AND " EVS_NOT_LATE("u") ") s "
+					 "GROUP BY s.group_key%s",
+					 d->id, d->id, d->bucket ? ", s.bucket_start" : "");
+	return sql.data;
+}
+
+/*
+ * The merge of one aggregate ($1): committed deltas deleted and folded into
+ * _count, returning each changed group's (group_key, bucket_start, count,
+ * measures jsonb), late events excluded.
+ */
+static char *
+evs_merge_sql(EvsAggDef *d)
+{
+	StringInfoData sql;
+	EvsMeasureKind kinds[2 * EVS_MAX_MEASURES];
+	Oid			types[2 * EVS_MAX_MEASURES];
+	Oid			colls[2 * EVS_MAX_MEASURES];
+	int			n = evs_def_slots(d, kinds, types, colls);
+	int			k;
+
+	initStringInfo(&sql);
+	appendStringInfoString(&sql,
+						   "WITH d AS (DELETE FROM evstream._delta x WHERE x.agg OPERATOR(pg_catalog.=) $1 "
+						   "  RETURNING x.data), "
+						   "e AS (SELECT u.group_key, u.bucket_start, u.n, u.m FROM d "
+						   "  CROSS JOIN LATERAL evstream._unpack(d.data) u), "
+						   "s AS (SELECT e.group_key, e.bucket_start, pg_catalog.sum(e.n)::pg_catalog.int8 AS n, ");
+	if (n == 0)
+		appendStringInfoString(&sql, "'{}'::pg_catalog.bytea[]");
+	else
+	{
+		appendStringInfoString(&sql, "ARRAY[");
+		for (k = 0; k < n; k++)
+		{
+			appendStringInfoString(&sql, k > 0 ? ", evstream._send(" : "evstream._send(");
+			evs_append_slot_agg(&sql, kinds[k], types[k], colls[k], "e", k);
+			appendStringInfoChar(&sql, ')');
+		}
+		appendStringInfoString(&sql, "]::pg_catalog.bytea[]");
+	}
+	appendStringInfoString(&sql,
+						   " AS m FROM e GROUP BY 1, 2), "
+						   "u AS (INSERT INTO evstream._count AS c (agg, group_key, bucket_start, count, m) "
+						   "  SELECT $1, s.group_key, s.bucket_start, s.n, s.m FROM s "
+						   "  ON CONFLICT ON CONSTRAINT _count_key DO UPDATE "
+						   "  SET count = c.count OPERATOR(pg_catalog.+) excluded.count, m = ");
+	if (n == 0)
+		appendStringInfoString(&sql, "c.m");
+	else
+	{
+		appendStringInfoString(&sql, "ARRAY[");
+		for (k = 0; k < n; k++)
+		{
+			StringInfoData a;
+			StringInfoData b;
+
+			initStringInfo(&a);
+			initStringInfo(&b);
+			evs_append_recv(&a, "c", k, types[k], colls[k]);
+			evs_append_recv(&b, "excluded", k, types[k], InvalidOid);
+			appendStringInfoString(&sql, k > 0 ? ", evstream._send(" : "evstream._send(");
+			if (kinds[k] == EVS_M_COUNT)
+				appendStringInfo(&sql, "%s OPERATOR(pg_catalog.+) %s", a.data, b.data);
+			else if (kinds[k] == EVS_M_SUM)
+				appendStringInfo(&sql, "COALESCE(%s OPERATOR(pg_catalog.+) %s, %s, %s)",
+								 a.data, b.data, a.data, b.data);
+			else
+				appendStringInfo(&sql, "%s(%s, %s)", kinds[k] == EVS_M_MIN ? "LEAST" : "GREATEST",
+								 a.data, b.data);
+			appendStringInfoChar(&sql, ')');
+		}
+		appendStringInfoString(&sql, "]::pg_catalog.bytea[]");
+	}
+	appendStringInfoString(&sql,
+						   "  RETURNING c.group_key, c.bucket_start, c.count, c.m) "
+						   "SELECT u.group_key, u.bucket_start, u.count, ");
+	evs_append_values(&sql, d, "u");
+	appendStringInfoString(&sql, " FROM u WHERE " EVS_NOT_LATE("u") " ORDER BY 1, 2");
+	return sql.data;
+}
+
+/* ---------------------------------------------------------------- DDL */
+
+/* Errors while parsing an expression: point into it, not into the caller's query */
+typedef struct EvsExprContext
+{
+	const char *what;
+	const char *text;
+} EvsExprContext;
+
+static void
+evs_expr_errcontext(void *arg)
+{
+	EvsExprContext *c = arg;
 	int			pos = geterrposition();
 
 	if (pos > 0)
 	{
 		errposition(0);
 		internalerrposition(pos);
-		internalerrquery(group_by);
+		internalerrquery(c->text);
 	}
-	errcontext("group_by expression \"%s\"", group_by);
+	errcontext("%s expression \"%s\"", c->what, c->text);
 }
 
 /* Raw-tree walker: is there a "*" (as in "*" or "t.*") anywhere? */
@@ -610,95 +1488,334 @@ evs_has_special_var(Node *node, void *context)
 	return expression_tree_walker(node, evs_has_special_var, context);
 }
 
-static char *
-evs_check_group_by(Relation rel, const char *group_by)
+/* Parse text as a SELECT target list (a plpgsql expression); NULL if not */
+static SelectStmt *
+evs_parse_targets(const char *text)
 {
-	ErrorContextCallback errcallback;
-	List	   *raw;
-	RawStmt    *rs;
-	SelectStmt *sel;
-	ParseState *pstate;
-	ParseNamespaceItem *nsitem;
-	Node	   *expr;
-	char	   *result;
-	int			save_nestlevel;
+	List	   *raw = raw_parser(text, RAW_PARSE_PLPGSQL_EXPR);
+	RawStmt    *rs = list_length(raw) == 1 ? linitial_node(RawStmt, raw) : NULL;
+	SelectStmt *sel = (rs && IsA(rs->stmt, SelectStmt)) ? (SelectStmt *) rs->stmt : NULL;
 
-	errcallback.callback = evs_group_by_errcontext;
-	errcallback.arg = (void *) group_by;
-	errcallback.previous = error_context_stack;
-	error_context_stack = &errcallback;
-
-	raw = raw_parser(group_by, RAW_PARSE_PLPGSQL_EXPR);
-	rs = list_length(raw) == 1 ? linitial_node(RawStmt, raw) : NULL;
-	sel = (rs && IsA(rs->stmt, SelectStmt)) ? (SelectStmt *) rs->stmt : NULL;
-	if (sel == NULL || list_length(sel->targetList) != 1 || sel->fromClause ||
+	if (sel == NULL || sel->fromClause ||
 		sel->whereClause || sel->groupClause || sel->havingClause ||
 		sel->windowClause || sel->sortClause || sel->limitCount ||
 		sel->limitOffset || sel->lockingClause || sel->distinctClause ||
 		sel->withClause || sel->intoClause || sel->valuesLists ||
-		sel->op != SETOP_NONE ||
-		((ResTarget *) linitial(sel->targetList))->name != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("group_by must be a single SQL expression, not \"%s\"", group_by),
-				 errhint("Use an expression over id, key, payload and created_at, for example payload->>'word'.")));
-	if (evs_has_star(((ResTarget *) linitial(sel->targetList))->val, NULL))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("group_by must not use \"*\""),
-				 errhint("Use an expression over id, key, payload and created_at, for example payload->>'word'.")));
+		sel->op != SETOP_NONE)
+		return NULL;
+	return sel;
+}
 
+/*
+ * Check one expression over the topic's columns (raw tree val) and return
+ * it analysed: no "*", aggregates, window functions, subqueries, sets,
+ * whole rows or system columns; immutable (stable allowed with
+ * allow_stable).  what names it in errors.
+ */
+static Node *
+evs_check_expr(Relation rel, Node *val, const char *what, const char *text,
+			   bool allow_stable)
+{
+	ParseState *pstate;
+	ParseNamespaceItem *nsitem;
+	Node	   *expr;
+
+	if (evs_has_star(val, NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not use \"*\"", what),
+				 errhint("Use an expression over id, key, payload and created_at, for example payload->>'word'.")));
 	pstate = make_parsestate(NULL);
 	pstate->p_sourcetext = NULL;	/* positions come from the callback */
 	nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock,
 										   NULL, false, true);
 	addNSItemToQuery(pstate, nsitem, false, true, true);
-	expr = transformExpr(pstate, ((ResTarget *) linitial(sel->targetList))->val,
-						 EXPR_KIND_SELECT_TARGET);
+	expr = transformExpr(pstate, val, EXPR_KIND_SELECT_TARGET);
 	assign_expr_collations(pstate, expr);
 	if (pstate->p_hasAggs || pstate->p_hasWindowFuncs)
 		ereport(ERROR,
 				(errcode(ERRCODE_GROUPING_ERROR),
-				 errmsg("group_by must not contain aggregate or window functions")));
+				 errmsg("%s must not contain aggregate or window functions", what)));
 	if (evs_has_special_var(expr, NULL))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("group_by must use only the columns id, key, payload and created_at"),
+				 errmsg("%s must use only the columns id, key, payload and created_at", what),
 				 errdetail("Whole-row references and system columns are not allowed.")));
 	if (checkExprHasSubLink(expr))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("group_by must not contain subqueries")));
+				 errmsg("%s must not contain subqueries", what)));
 	if (expression_returns_set(expr))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("group_by must not return a set")));
-	if (contain_mutable_functions(expr))
+				 errmsg("%s must not return a set", what)));
+	if (allow_stable ? contain_volatile_functions(expr) : contain_mutable_functions(expr))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
-				 errmsg("group_by must be immutable: \"%s\"", group_by),
+				 errmsg("%s must %s: \"%s\"", what, allow_stable ? "not be volatile" : "be immutable", text),
 				 errdetail("Counts must not change when the same event is evaluated again."),
-				 errhint("Functions used in group_by must be marked IMMUTABLE.")));
-	expr = coerce_to_target_type(pstate, expr, exprType(expr), TEXTOID, -1,
-								 COERCION_EXPLICIT, COERCE_EXPLICIT_CAST, -1);
-	if (expr == NULL)
+				 allow_stable ? errhint("Functions used in %s must be marked STABLE or IMMUTABLE.", what) :
+				 errhint("Functions used in %s must be marked IMMUTABLE.", what)));
+	return expr;
+}
+
+/* Coerce an analysed expression, or fail naming what */
+static Node *
+evs_coerce(Node *expr, Oid target, const char *what)
+{
+	Node	   *r = coerce_to_target_type(NULL, expr, exprType(expr), target, -1,
+										  COERCION_EXPLICIT, COERCE_EXPLICIT_CAST, -1);
+
+	if (r == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("group_by cannot be converted to text")));
+				 errmsg("%s cannot be converted to %s", what, format_type_be(target))));
+	return r;
+}
 
-	/*
-	 * Deparse under the pinned path: everything outside pg_catalog gets
-	 * qualified, and the text parses back to the same expression under the
-	 * same path (catalog.c compiles it so; the backfill runs it so).
-	 */
-	save_nestlevel = EvsPinSearchPath();
-	result = deparse_expression(expr,
-								deparse_context_for(RelationGetRelationName(rel),
-													RelationGetRelid(rel)),
-								false, false);
+/*
+ * Deparse under the pinned path: everything outside pg_catalog gets
+ * qualified, and the text parses back to the same expression under the
+ * same path (catalog.c compiles it so).
+ */
+static char *
+evs_deparse(Relation rel, Node *expr)
+{
+	int			save_nestlevel = EvsPinSearchPath();
+	char	   *result = deparse_expression(expr,
+											deparse_context_for(RelationGetRelationName(rel),
+																RelationGetRelid(rel)),
+											false, false);
+
 	EvsUnpinSearchPath(save_nestlevel);
+	return result;
+}
+
+/* Parse, check and deparse group_by (text-valued) */
+static char *
+evs_check_group_by(Relation rel, const char *group_by)
+{
+	ErrorContextCallback errcallback;
+	EvsExprContext ctx = {"group_by", group_by};
+	SelectStmt *sel;
+	Node	   *expr;
+	char	   *result;
+
+	errcallback.callback = evs_expr_errcontext;
+	errcallback.arg = &ctx;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	sel = evs_parse_targets(group_by);
+	if (sel == NULL || list_length(sel->targetList) != 1 ||
+		((ResTarget *) linitial(sel->targetList))->name != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("group_by must be a single SQL expression, not \"%s\"", group_by),
+				 errhint("Use an expression over id, key, payload and created_at, for example payload->>'word'.")));
+	expr = evs_check_expr(rel, ((ResTarget *) linitial(sel->targetList))->val,
+						  "group_by", group_by, false);
+	expr = evs_coerce(expr, TEXTOID, "group_by");
+	result = evs_deparse(rel, expr);
 	error_context_stack = errcallback.previous;
 	return result;
+}
+
+/* Parse, check and deparse event_time (timestamptz-valued, not volatile) */
+static char *
+evs_check_event_time(Relation rel, const char *event_time)
+{
+	ErrorContextCallback errcallback;
+	EvsExprContext ctx = {"event_time", event_time};
+	SelectStmt *sel;
+	Node	   *expr;
+	char	   *result;
+
+	errcallback.callback = evs_expr_errcontext;
+	errcallback.arg = &ctx;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	sel = evs_parse_targets(event_time);
+	if (sel == NULL || list_length(sel->targetList) != 1 ||
+		((ResTarget *) linitial(sel->targetList))->name != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("event_time must be a single SQL expression, not \"%s\"", event_time),
+				 errhint("For example $$(payload->>'ts')::timestamptz$$.")));
+	expr = evs_check_expr(rel, ((ResTarget *) linitial(sel->targetList))->val,
+						  "event_time", event_time, true);
+	if (getBaseType(exprType(expr)) != TIMESTAMPTZOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("event_time must be of type timestamp with time zone, not %s",
+						format_type_be(exprType(expr))),
+				 errhint("Cast it, for example $$(payload->>'ts')::timestamptz$$.")));
+	expr = evs_coerce(expr, TIMESTAMPTZOID, "event_time");
+	result = evs_deparse(rel, expr);
+	error_context_stack = errcallback.previous;
+	return result;
+}
+
+/* The state type of sum/avg of a type, or InvalidOid */
+static Oid
+evs_sum_type(EvsMeasureKind kind, Oid type)
+{
+	switch (type)
+	{
+		case INT2OID:
+		case INT4OID:
+			return kind == EVS_M_SUM ? INT8OID : NUMERICOID;
+		case INT8OID:
+		case NUMERICOID:
+			return NUMERICOID;
+		case FLOAT4OID:
+			return kind == EVS_M_SUM ? FLOAT4OID : FLOAT8OID;
+		case FLOAT8OID:
+			return FLOAT8OID;
+		default:
+			return InvalidOid;
+	}
+}
+
+/* Can min/max keep states of this type (see the file header)? */
+static bool
+evs_orderable_state_type(Oid type)
+{
+	char		typtype = get_typtype(type);
+	TypeCacheEntry *tc;
+	Oid			fn;
+	Oid			ioparam;
+	bool		varlena;
+
+	if ((typtype != TYPTYPE_BASE && typtype != TYPTYPE_ENUM) || type_is_array(type) ||
+		type == UNKNOWNOID || get_typisdefined(type) == false)
+		return false;
+	tc = lookup_type_cache(type, TYPECACHE_CMP_PROC);
+	if (!OidIsValid(tc->cmp_proc))
+		return false;
+	getTypeBinaryInputInfo(type, &fn, &ioparam);
+	getTypeBinaryOutputInfo(type, &fn, &varlena);
+	return true;
+}
+
+/*
+ * Parse and check measures into d; the canonical text (deparsed) is
+ * returned, exprs gets each input expression's text (coerced to its state
+ * type).
+ */
+static char *
+evs_check_measures(Relation rel, const char *measures, EvsAggDef *d, char **exprs)
+{
+	ErrorContextCallback errcallback;
+	EvsExprContext ctx = {"measures", measures};
+	SelectStmt *sel;
+	ListCell   *lc;
+	StringInfoData canon;
+	int			i = 0;
+
+	errcallback.callback = evs_expr_errcontext;
+	errcallback.arg = &ctx;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	sel = evs_parse_targets(measures);
+	if (sel == NULL || sel->targetList == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("measures must be a comma list of measures, not \"%s\"", measures),
+				 errhint("For example 'sum((payload->>''amount'')::numeric) AS revenue, max((payload->>''amount'')::numeric) AS biggest'.")));
+	if (list_length(sel->targetList) > EVS_MAX_MEASURES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("an aggregate can have at most %d measures", EVS_MAX_MEASURES)));
+	initStringInfo(&canon);
+	foreach(lc, sel->targetList)
+	{
+		ResTarget  *rt = lfirst(lc);
+		FuncCall   *fc = IsA(rt->val, FuncCall) ? (FuncCall *) rt->val : NULL;
+		char	   *fname = NULL;
+		EvsMeasureKind kind;
+		Node	   *expr;
+		Oid			type;
+		int			j;
+		char	   *written;
+
+		if (fc != NULL)
+		{
+			char	   *schema;
+
+			DeconstructQualifiedName(fc->funcname, &schema, &fname);
+			if (schema != NULL && strcmp(schema, "pg_catalog") != 0)
+				fname = NULL;
+		}
+		kind = fname ? EvsMeasureKindOf(fname) : (EvsMeasureKind) -1;
+		if (fc == NULL || (int) kind < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("measure %d must be sum(), min(), max(), avg() or count() of an expression", i + 1),
+					 errhint("For example 'sum((payload->>''amount'')::numeric) AS revenue'.")));
+		if (fc->agg_star || fc->agg_distinct || fc->agg_filter || fc->agg_order ||
+			fc->over || fc->func_variadic || list_length(fc->args) != 1 ||
+			fc->agg_within_group)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("measure %s() must have exactly one argument, without *, DISTINCT, ORDER BY, FILTER or OVER",
+							fname),
+					 errhint("The count of events is the aggregate's count column; count(expr) counts non-NULL values.")));
+		if (rt->name == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("measure %d (%s) needs a name", i + 1, fname),
+					 errhint("Write it as %s(...) AS name.", fname)));
+		if (strcmp(rt->name, "group_key") == 0 || strcmp(rt->name, "bucket_start") == 0 ||
+			strcmp(rt->name, "count") == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_COLUMN),
+					 errmsg("measure name \"%s\" is taken by a column of the aggregate", rt->name)));
+		for (j = 0; j < i; j++)
+			if (strcmp(d->names[j], rt->name) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_DUPLICATE_COLUMN),
+						 errmsg("measure name \"%s\" is used twice", rt->name)));
+		expr = evs_check_expr(rel, linitial(fc->args), "measure", measures, false);
+		type = exprType(expr);
+		if (type == UNKNOWNOID)
+		{
+			expr = evs_coerce(expr, TEXTOID, "measure");
+			type = TEXTOID;
+		}
+		type = getBaseType(type);
+		if (kind == EVS_M_SUM || kind == EVS_M_AVG)
+		{
+			Oid			st = evs_sum_type(kind, type);
+
+			if (!OidIsValid(st))
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_FUNCTION),
+						 errmsg("measure %s(%s) is not supported", fname, format_type_be(type)),
+						 errhint("sum and avg take smallint, integer, bigint, numeric, real or double precision: cast the expression, for example (payload->>'amount')::numeric.")));
+			type = st;
+		}
+		else if (kind != EVS_M_COUNT && !evs_orderable_state_type(type))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("measure %s(%s) is not supported", fname, format_type_be(type)),
+					 errhint("min and max take base types with an ordering (numbers, text, timestamps, ...): cast the expression.")));
+		written = evs_deparse(rel, expr);
+		expr = evs_coerce(expr, type, "measure");
+		d->kinds[i] = kind;
+		d->names[i] = pstrdup(rt->name);
+		d->types[i] = type;
+		d->colls[i] = (kind == EVS_M_MIN || kind == EVS_M_MAX) ? exprCollation(expr) : InvalidOid;
+		exprs[i] = evs_deparse(rel, expr);
+		appendStringInfo(&canon, "%s%s(%s) AS %s", i > 0 ? ", " : "", fname, written,
+						 quote_identifier(rt->name));
+		i++;
+	}
+	d->nmeasures = i;
+	error_context_stack = errcallback.previous;
+	return canon.data;
 }
 
 /* Resolve a relation name to create (schema, name); error if it exists */
@@ -726,11 +1843,77 @@ evs_new_relation_name(const char *what, const char *name, Oid *nspid)
 	return rv;
 }
 
+/* An array of Datums as a catalog array value */
+static Datum
+evs_array(Datum *elems, int n, Oid type)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_array(elems, n, type, typlen, typbyval, typalign));
+}
+
+static void evs_merge_one(void *arg);
+
+/*
+ * Backfill: the topic's existing events through the same counting as
+ * inserts (as the creator: its expressions may call the creator's
+ * functions), then folded into _count at once, announcing nothing.
+ */
+static void
+evs_backfill(Oid topic, EvsAggDef *d)
+{
+	char	   *sql = psprintf("SELECT e.id, e.key, e.payload, e.created_at FROM %s e",
+							   EvsQualifiedName(topic));
+	Relation	rel = relation_open(topic, AccessShareLock);
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsHeapTuple);
+	Portal		portal;
+	SPIPlanPtr	plan;
+	int			level;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	level = EvsPinSearchPath();
+	plan = SPI_prepare(sql, 0, NULL);
+	if (plan == NULL)
+		elog(ERROR, "could not read topic \"%s\"", get_rel_name(topic));
+	/* not read-only: a new snapshot, taken after the lock above was granted */
+	portal = SPI_cursor_open(NULL, plan, NULL, NULL, false);
+	for (;;)
+	{
+		uint64		i;
+
+		SPI_cursor_fetch(portal, true, 1000);
+		if (SPI_processed == 0)
+			break;
+		for (i = 0; i < SPI_processed; i++)
+		{
+			ExecStoreHeapTuple(SPI_tuptable->vals[i], slot, false);
+			evs_accumulate(rel, &slot, 1, d->id);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	EvsUnpinSearchPath(level);
+	SPI_finish();
+	ExecDropSingleTupleTableSlot(slot);
+	relation_close(rel, AccessShareLock);
+
+	EvsFlushDeltas();
+	CommandCounterIncrement();
+	d->quiet = true;
+	evs_merge_one(d);
+}
+
 PG_FUNCTION_INFO_V1(evstream_create_aggregate);
 
 /*
  * evstream.create_aggregate(name text, topic regclass, group_by text,
- *		bucket interval, output_topic text, notify boolean) RETURNS regclass
+ *		bucket interval, output_topic text, notify boolean, measures text,
+ *		hop interval, event_time text, grace interval, emit text,
+ *		window_retention interval) RETURNS regclass
  */
 Datum
 evstream_create_aggregate(PG_FUNCTION_ARGS)
@@ -745,32 +1928,87 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	Relation	rel;
 	char	   *expr;
 	char	   *qview;
-	char	   *qtopic;
 	Oid			output = InvalidOid;
 	bool		output_created = false;
 	int32		id;
 	Oid			view;
 	EvsUserState su;
-	StringInfoData sql;
 	int			i;
-	const char *argnames[] = {"name", "topic", "group_by", "bucket", "output_topic", "notify"};
+	EvsAggDef  *d = palloc0(sizeof(EvsAggDef));
+	char	   *measures = NULL;
+	char	   *mexprs[EVS_MAX_MEASURES];
+	char	   *event_time = NULL;
+	Interval   *hop = NULL;
+	Interval   *grace = NULL;
+	Interval   *retention = NULL;
+	char	   *emit;
+	const char *argnames[] = {"name", "topic", "group_by", "bucket", "output_topic", "notify",
+	"measures", "hop", "event_time", "grace", "emit", "window_retention"};
 
-	for (i = 0; i < 6; i++)
-		if (i != 3 && i != 4)
-			EvsArgNotNull(fcinfo, i, argnames[i]);
+	EvsArgNotNull(fcinfo, 0, argnames[0]);
+	EvsArgNotNull(fcinfo, 1, argnames[1]);
+	EvsArgNotNull(fcinfo, 2, argnames[2]);
+	EvsArgNotNull(fcinfo, 5, argnames[5]);
+	EvsArgNotNull(fcinfo, 10, argnames[10]);
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	topic = PG_GETARG_OID(1);
 	group_by = text_to_cstring(PG_GETARG_TEXT_PP(2));
 	notify = PG_GETARG_BOOL(5);
+	emit = text_to_cstring(PG_GETARG_TEXT_PP(10));
+
+	/* windows: every parameter checked before anything is created */
 	if (!PG_ARGISNULL(3))
 	{
 		bucket = PG_GETARG_INTERVAL_P(3);
-		(void) EvsBucketUsecs(bucket, "bucket");
+		d->bucket_usecs = EvsBucketUsecs(bucket, "bucket");
+		d->hop_usecs = d->bucket_usecs;
 	}
+	for (i = 7; i <= 11; i++)
+		if (i != 10 && !PG_ARGISNULL(i) && bucket == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s needs bucket", argnames[i]),
+					 errhint("Windows are defined by bucket (their length).")));
+	if (strcmp(emit, "changes") != 0 && strcmp(emit, "final") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("emit must be 'changes' or 'final', not \"%s\"", emit)));
+	d->final = strcmp(emit, "final") == 0;
+	if (d->final && (bucket == NULL || PG_ARGISNULL(4)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("emit => 'final' needs bucket and output_topic"),
+				 errhint("Final results are events of the output topic, one per group and window.")));
+	if (!PG_ARGISNULL(7))
+	{
+		hop = PG_GETARG_INTERVAL_P(7);
+		d->hop_usecs = EvsBucketUsecs(hop, "hop");
+		if (d->hop_usecs > d->bucket_usecs || d->bucket_usecs % d->hop_usecs != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("hop must divide bucket"),
+					 errhint("For example bucket => '1 hour', hop => '1 minute'.")));
+		if (d->bucket_usecs / d->hop_usecs > EVS_MAX_WINDOWS)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("bucket / hop must be at most %d windows per event", EVS_MAX_WINDOWS)));
+	}
+	if (!PG_ARGISNULL(9))
+	{
+		grace = PG_GETARG_INTERVAL_P(9);
+		d->grace_usecs = EvsIntervalUsecs(grace, "grace");
+	}
+	if (!PG_ARGISNULL(11))
+	{
+		retention = PG_GETARG_INTERVAL_P(11);
+		d->retention_usecs = EvsIntervalUsecs(retention, "window_retention");
+		d->has_retention = true;
+	}
+
 	(void) EvsRequireTopic(topic, "create_aggregate");
 	/* the backfill must see every event committed before the lock */
 	EvsRequireReadCommitted("create_aggregate");
-	/* its expression runs inside every producer's INSERT: owners only */
+	/* its expressions run inside every producer's INSERT: owners only */
 	EvsRequireOwner(topic);
 
 	rv = evs_new_relation_name("aggregate name", name, &nspid);
@@ -781,8 +2019,11 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 
 	rel = relation_open(topic, AccessShareLock);
 	expr = evs_check_group_by(rel, group_by);
+	if (!PG_ARGISNULL(6))
+		measures = evs_check_measures(rel, text_to_cstring(PG_GETARG_TEXT_PP(6)), d, mexprs);
+	if (!PG_ARGISNULL(8))
+		event_time = evs_check_event_time(rel, text_to_cstring(PG_GETARG_TEXT_PP(8)));
 	relation_close(rel, AccessShareLock);
-	qtopic = EvsQualifiedName(topic);
 
 	/* output topic: an existing topic, or created now */
 	if (!PG_ARGISNULL(4))
@@ -821,96 +2062,92 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	id = (int32) EvsSpiInt64("SELECT pg_catalog.nextval('evstream._aggregate_id_seq')::pg_catalog.int4",
 							 0, NULL, NULL, NULL);
 	EvsRestoreUser(&su);
+	d->id = id;
+	d->bucket = bucket;
+	d->output_topic = output;
+	d->notify = notify;
 
-	/* the relation users query: merged counts plus pending deltas */
+	/* the relation users query: merged values plus pending deltas */
 	qview = quote_qualified_identifier(get_namespace_name(nspid), rv->relname);
-	initStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "CREATE VIEW %s AS SELECT s.group_key, %spg_catalog.sum(s.n)::pg_catalog.int8 AS count "
-					 "FROM (SELECT c.group_key, c.bucket_start, c.count AS n FROM evstream._count c WHERE c.agg OPERATOR(pg_catalog.=) %d "
-					 "UNION ALL SELECT d.group_key, d.bucket_start, d.delta FROM evstream._delta d WHERE d.agg OPERATOR(pg_catalog.=) %d) s "
-					 "GROUP BY s.group_key%s",
-					 qview, bucket ? "s.bucket_start, " : "", id, id,
-					 bucket ? ", s.bucket_start" : "");
-	EvsSpiExec(sql.data, 0, NULL, NULL, 0);
+	{
+		int			level = EvsPinSearchPath();
+		char	   *vsql = evs_view_sql(d, qview);
+
+		EvsUnpinSearchPath(level);
+		EvsSpiExec(vsql, 0, NULL, NULL, 0);
+	}
 	CommandCounterIncrement();
 	view = get_relname_relid(rv->relname, nspid);
+	d->view = view;
 
 	EvsBecomeSuperuser(&su);
 	{
-		Oid			types[8] = {INT4OID, OIDOID, OIDOID, TEXTOID, INTERVALOID, OIDOID, BOOLOID, BOOLOID};
-		Datum		values[8] = {Int32GetDatum(id), ObjectIdGetDatum(view), ObjectIdGetDatum(topic),
-			CStringGetTextDatum(expr), bucket ? IntervalPGetDatum(bucket) : (Datum) 0,
-		ObjectIdGetDatum(output), BoolGetDatum(output_created), BoolGetDatum(notify)};
-		char		nulls[8] = {' ', ' ', ' ', ' ', bucket ? ' ' : 'n', OidIsValid(output) ? ' ' : 'n', ' ', ' '};
+		Oid			types[19] = {INT4OID, OIDOID, OIDOID, TEXTOID, INTERVALOID, OIDOID, BOOLOID, BOOLOID,
+			TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, OIDARRAYOID, TEXTARRAYOID,
+		INTERVALOID, TEXTOID, INTERVALOID, TEXTOID, INTERVALOID};
+		Datum		values[19];
+		char		nulls[19];
+		Datum		kinds[EVS_MAX_MEASURES];
+		Datum		names[EVS_MAX_MEASURES];
+		Datum		exprs[EVS_MAX_MEASURES];
+		Datum		mtypes[EVS_MAX_MEASURES];
+		Datum		colls[EVS_MAX_MEASURES];
+
+		memset(nulls, ' ', sizeof(nulls));
+		for (i = 0; i < d->nmeasures; i++)
+		{
+			kinds[i] = CStringGetTextDatum(EvsMeasureKindName(d->kinds[i]));
+			names[i] = CStringGetTextDatum(d->names[i]);
+			exprs[i] = CStringGetTextDatum(mexprs[i]);
+			mtypes[i] = ObjectIdGetDatum(d->types[i]);
+			colls[i] = CStringGetTextDatum(EvsCollationName(d->colls[i]));
+		}
+		values[0] = Int32GetDatum(id);
+		values[1] = ObjectIdGetDatum(view);
+		values[2] = ObjectIdGetDatum(topic);
+		values[3] = CStringGetTextDatum(expr);
+		values[4] = bucket ? IntervalPGetDatum(bucket) : (Datum) 0;
+		nulls[4] = bucket ? ' ' : 'n';
+		values[5] = ObjectIdGetDatum(output);
+		nulls[5] = OidIsValid(output) ? ' ' : 'n';
+		values[6] = BoolGetDatum(output_created);
+		values[7] = BoolGetDatum(notify);
+		values[8] = measures ? CStringGetTextDatum(measures) : (Datum) 0;
+		nulls[8] = measures ? ' ' : 'n';
+		values[9] = evs_array(kinds, d->nmeasures, TEXTOID);
+		values[10] = evs_array(names, d->nmeasures, TEXTOID);
+		values[11] = evs_array(exprs, d->nmeasures, TEXTOID);
+		values[12] = evs_array(mtypes, d->nmeasures, OIDOID);
+		values[13] = evs_array(colls, d->nmeasures, TEXTOID);
+		values[14] = hop ? IntervalPGetDatum(hop) : (Datum) 0;
+		nulls[14] = hop ? ' ' : 'n';
+		values[15] = event_time ? CStringGetTextDatum(event_time) : (Datum) 0;
+		nulls[15] = event_time ? ' ' : 'n';
+		values[16] = grace ? IntervalPGetDatum(grace) : (Datum) 0;
+		nulls[16] = grace ? ' ' : 'n';
+		values[17] = CStringGetTextDatum(emit);
+		values[18] = retention ? IntervalPGetDatum(retention) : (Datum) 0;
+		nulls[18] = retention ? ' ' : 'n';
 
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		if (SPI_execute_with_args("INSERT INTO evstream._aggregate (id, aggregate, topic, group_by, bucket, "
-								  "output_topic, output_created, notify) "
-								  "VALUES ($1, $2::pg_catalog.regclass, $3::pg_catalog.regclass, $4, $5, $6::pg_catalog.regclass, $7, $8)",
-								  8, types, values, nulls, false, 0) != SPI_OK_INSERT)
+								  "output_topic, output_created, notify, measures, m_kinds, m_names, m_exprs, "
+								  "m_types, m_colls, hop, event_time, grace, emit, window_retention) "
+								  "VALUES ($1, $2::pg_catalog.regclass, $3::pg_catalog.regclass, $4, $5, "
+								  "$6::pg_catalog.regclass, $7, $8, $9, $10, $11, $12, "
+								  "$13::pg_catalog.regtype[], $14, $15, $16, $17, $18, $19)",
+								  19, types, values, nulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not record aggregate");
 		SPI_finish();
 	}
 	EvsRestoreUser(&su);
 
-	/*
-	 * Backfill: the expression runs as the caller (it may call the caller's
-	 * functions); only the results are written as the superuser.
-	 */
-	{
-		Oid			types[1] = {INTERVALOID};
-		Datum		values[1] = {bucket ? IntervalPGetDatum(bucket) : (Datum) 0};
-		char		nulls[1] = {bucket ? ' ' : 'n'};
-		int			ret;
-
-		resetStringInfo(&sql);
-		appendStringInfo(&sql,
-						 "SELECT pg_catalog.array_agg(g.k), pg_catalog.array_agg(g.b), pg_catalog.array_agg(g.n) FROM "
-						 "(SELECT (%s) AS k, CASE WHEN $1 IS NULL THEN NULL ELSE "
-						 "pg_catalog.date_bin($1, t.created_at, 'epoch'::pg_catalog.timestamptz) END AS b, "
-						 "pg_catalog.count(*) AS n FROM %s t GROUP BY 1, 2) g",
-						 expr, qtopic);
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		{
-			int			level = EvsPinSearchPath();
-
-			ret = SPI_execute_with_args(sql.data, 1, types, values, nulls, false, 0);
-			EvsUnpinSearchPath(level);
-		}
-		if (ret != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "could not backfill aggregate");
-		else
-		{
-			bool		isnull;
-			Datum		ks = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-			if (!isnull)
-			{
-				Oid			itypes[4] = {INT4OID, TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
-				Datum		ivalues[4];
-				bool		n2,
-							n3;
-
-				ivalues[0] = Int32GetDatum(id);
-				ivalues[1] = SPI_datumTransfer(ks, false, -1);
-				ivalues[2] = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &n2), false, -1);
-				ivalues[3] = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &n3), false, -1);
-				SPI_finish();
-				EvsBecomeSuperuser(&su);
-				EvsSpiExec("INSERT INTO evstream._count (agg, group_key, bucket_start, count) "
-						   "SELECT $1, u.k, u.b, u.n FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(k, b, n)",
-						   4, itypes, ivalues, SPI_OK_INSERT);
-				EvsRestoreUser(&su);
-			}
-			else
-				SPI_finish();
-		}
-	}
-
+	/* this backend's cache knows the new aggregate from here on */
 	CacheInvalidateRelcacheByRelid(topic);
+	CommandCounterIncrement();
+	evs_backfill(topic, d);
+
 	PG_RETURN_OID(view);
 }
 
@@ -974,35 +2211,53 @@ evstream_invalidate(PG_FUNCTION_ARGS)
 /* ---------------------------------------------------------------- merge */
 
 /*
- * Folding committed deltas into counts (the worker, every 250 ms at most
+ * Folding committed deltas into _count (the worker, every 100 ms at most
  * under load and at every maintenance pass; evstream._merge_deltas()).
  *
  * Per aggregate, in its own subtransaction, so one aggregate's failure
  * (its output topic's trigger raises, a lock it cannot get) stays its own:
  *	1. as the superuser, fixed SQL on evstream's tables only: the
- *	   aggregate's committed delta rows are deleted and added to _count
- *	   (one upsert per group), returning each changed group's new total;
- *	2. the new totals are announced on the aggregate's channel (split to
+ *	   aggregate's committed delta rows are deleted and combined into
+ *	   _count (one upsert per group and window), returning each changed
+ *	   group's new values;
+ *	2. the new values are announced on the aggregate's channel (split to
  *	   stay under the 8000-byte payload limit);
- *	3. with an output topic, one change event per changed group is
- *	   inserted into it as the aggregate's owner under
+ *	3. with an output topic and emit 'changes', one change event per
+ *	   changed group is inserted into it as the aggregate's owner under
  *	   SECURITY_RESTRICTED_OPERATION (its triggers, defaults and policies
- *	   run as their owner; INSERT is checked for the aggregate's owner).
- * The three commit together.  Ordered changelog: a group's total only
- * grows, and two merges touching one group serialize on its _count row
- * (the second's upsert waits for the first to commit, so its event gets a
- * higher id and commits later): per group, change events carry totals in
- * commit order, never going back or repeating, and the latest is exact.
+ *	   run as their owner; INSERT is checked for the aggregate's owner);
+ *	4. with emit 'final', the windows closed since the last merge are
+ *	   emitted (below), and with window_retention old closed windows are
+ *	   deleted (maintenance passes and _merge_deltas() only).
+ * They commit together.  Ordered changelog: a group's values only grow by
+ * combination, and two merges touching one group serialize on its _count
+ * row (the second's upsert waits for the first to commit, so its event
+ * gets a higher id and commits later): per group, change events carry
+ * values in commit order, never going back or repeating (a merge that
+ * changed nothing of a group returns no row for it), and the latest is
+ * exact.
+ *
+ * Closed windows.  A window [s, e) gets no more events once every
+ * transaction that could still add one has ended: an event of a
+ * transaction counts in the window only if its created_at (the
+ * transaction's start) is at most e + grace (with event_time later ones
+ * are late; without it created_at < e).  So with H the older of "now" and
+ * the start of the oldest transaction open in this database (any
+ * transaction: one that has not inserted yet may still insert), every
+ * window with e + grace < H is closed.  H is read from the backend status
+ * array before the merge statement takes its snapshot; a transaction
+ * absent from it has ended, and being committed it is visible to that
+ * snapshot, so the merge folds all of a closed window's deltas before its
+ * final values are read.  A backend reports its transaction's start a
+ * moment after taking it, so H stays EVS_CLOSE_MARGIN_MS behind the clock.
+ * The windows emitted are those ending in [finalized_upto, H - grace),
+ * and finalized_upto moves to H - grace in the same transaction as the
+ * final events: after a crash either both happened or neither (exactly
+ * one final event per group and window).  Prepared transactions are not
+ * in the status array: one prepared before its window closed and
+ * committed after would add to an emitted window.
  */
-typedef struct MergeArgs
-{
-	int32		agg;
-	Oid			view;
-	Oid			output_topic;
-	bool		notify;
-	bool		bucketed;
-	int			changed;		/* out */
-} MergeArgs;
+#define EVS_CLOSE_MARGIN_MS 1000
 
 /* Send one aggregate's changes, split under the payload limit */
 static void
@@ -1023,11 +2278,14 @@ evs_notify_changes(const char *channel, SPITupleTable *tt, uint64 n)
 	{
 		bool		knull,
 					bnull,
-					cnull;
+					cnull,
+					vnull;
 		Datum		k = SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &knull);
 		Datum		b = SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &bnull);
 		Datum		c = SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &cnull);
+		char	   *v = SPI_getvalue(tt->vals[i], tt->tupdesc, 4);
 
+		(void) SPI_getbinval(tt->vals[i], tt->tupdesc, 4, &vnull);
 		resetStringInfo(&one);
 		appendStringInfoString(&one, "{\"group_key\": ");
 		if (knull)
@@ -1043,7 +2301,12 @@ evs_notify_changes(const char *channel, SPITupleTable *tt, uint64 n)
 
 			appendStringInfo(&one, "\"%s\"", JsonEncodeDateTime(ts, b, TIMESTAMPTZOID, NULL));
 		}
-		appendStringInfo(&one, ", \"count\": " INT64_FORMAT "}", DatumGetInt64(c));
+		appendStringInfo(&one, ", \"count\": " INT64_FORMAT, DatumGetInt64(c));
+		/* the measures: the jsonb object's members, after its "{" */
+		if (!vnull && v != NULL && strlen(v) > 2)
+			appendStringInfo(&one, ", %s", v + 1);
+		else
+			appendStringInfoChar(&one, '}');
 		if (head.len + one.len + 2 > 7900)
 		{
 			ereport(WARNING,
@@ -1064,19 +2327,23 @@ evs_notify_changes(const char *channel, SPITupleTable *tt, uint64 n)
 		Async_Notify(channel, psprintf("%s%s]}", head.data, buf.data));
 }
 
-/* Insert the change events into the output topic, as the aggregate's owner */
+/*
+ * Insert change (or final) events into the output topic, as the
+ * aggregate's owner: rows of (group_key, bucket_start, count, measures).
+ */
 static void
-evs_publish_changes(MergeArgs *m, SPITupleTable *tt, uint64 n)
+evs_publish_changes(EvsAggDef *d, SPITupleTable *tt, uint64 n)
 {
 	Datum	   *ks = palloc(sizeof(Datum) * n);
 	bool	   *knulls = palloc(sizeof(bool) * n);
 	Datum	   *bs = palloc(sizeof(Datum) * n);
 	bool	   *bnulls = palloc(sizeof(bool) * n);
 	Datum	   *cs = palloc(sizeof(Datum) * n);
+	Datum	   *vs = palloc(sizeof(Datum) * n);
 	int			dims[1] = {(int) n};
 	int			lbs[1] = {1};
-	Oid			types[3] = {TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
-	Datum		values[3];
+	Oid			types[4] = {TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID, JSONBARRAYOID};
+	Datum		values[4];
 	EvsUserState st;
 	char	   *sql;
 	uint64		i;
@@ -1084,116 +2351,318 @@ evs_publish_changes(MergeArgs *m, SPITupleTable *tt, uint64 n)
 	for (i = 0; i < n; i++)
 	{
 		bool		cnull;
+		bool		vnull;
 
 		ks[i] = SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &knulls[i]);
 		bs[i] = SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &bnulls[i]);
 		cs[i] = SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &cnull);
+		vs[i] = SPI_getbinval(tt->vals[i], tt->tupdesc, 4, &vnull);
 	}
 	values[0] = PointerGetDatum(construct_md_array(ks, knulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
 	values[1] = PointerGetDatum(construct_md_array(bs, bnulls, 1, dims, lbs, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	values[2] = PointerGetDatum(construct_md_array(cs, NULL, 1, dims, lbs, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[3] = PointerGetDatum(construct_md_array(vs, NULL, 1, dims, lbs, JSONBOID, -1, false, TYPALIGN_INT));
 	sql = psprintf("INSERT INTO %s (key, payload) "
-				   "SELECT u.k, pg_catalog.jsonb_build_object('count', u.n)%s "
-				   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) "
-				   "WITH ORDINALITY AS u(k, b, n, o) ORDER BY u.o",
-				   EvsQualifiedName(m->output_topic),
-				   m->bucketed ?
+				   "SELECT u.k, pg_catalog.jsonb_build_object('count', u.n) OPERATOR(pg_catalog.||) u.v%s "
+				   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
+				   "pg_catalog.unnest($4)) WITH ORDINALITY AS u(k, b, n, v, o) ORDER BY u.o",
+				   EvsQualifiedName(d->output_topic),
+				   d->bucket ?
 				   " OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('bucket_start', u.b)" : "");
-	EvsBecomeOwner(EvsRelOwner(m->view), &st);
-	if (SPI_execute_with_args(sql, 3, types, values, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not publish the changes of aggregate \"%s\"", get_rel_name(m->view));
+	EvsBecomeOwner(EvsRelOwner(d->view), &st);
+	if (SPI_execute_with_args(sql, 4, types, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not publish the changes of aggregate \"%s\"", get_rel_name(d->view));
 	EvsRestoreUser(&st);
+}
+
+/* H (see above): the start of the oldest open transaction here, or now */
+static TimestampTz
+evs_close_horizon(void)
+{
+	TimestampTz h = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), -EVS_CLOSE_MARGIN_MS);
+	int			n;
+	int			i;
+
+	pgstat_clear_backend_activity_snapshot();
+	n = pgstat_fetch_stat_numbackends();
+	for (i = 1; i <= n; i++)
+	{
+		LocalPgBackendStatus *l = evs_local_beentry(i);
+
+		if (l == NULL || l->backendStatus.st_databaseid != MyDatabaseId)
+			continue;
+		if (l->backendStatus.st_xact_start_timestamp != 0 &&
+			l->backendStatus.st_xact_start_timestamp < h)
+			h = l->backendStatus.st_xact_start_timestamp;
+	}
+	return h;
+}
+
+/* Emit the final events of the windows closed since the last merge */
+static void
+evs_emit_finals(EvsAggDef *d, TimestampTz horizon)
+{
+	TimestampTz upto = horizon - d->grace_usecs;
+	Oid			types[4] = {INT4OID, INTERVALOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	StringInfoData sql;
+	EvsUserState su;
+	int			ret;
+
+	if (d->has_finalized)
+	{
+		/* the first window end at or after finalized_upto (ends are on the hop grid) */
+		TimestampTz next = evs_bin(d->finalized_upto, d->hop_usecs);
+
+		if (next < d->finalized_upto)
+			next += d->hop_usecs;
+		if (upto <= next)
+			return;				/* no window ended in between */
+	}
+	values[0] = Int32GetDatum(d->id);
+	values[1] = IntervalPGetDatum(d->bucket);
+	values[2] = TimestampTzGetDatum(upto);
+	values[3] = TimestampTzGetDatum(d->finalized_upto);
+	nulls[3] = d->has_finalized ? ' ' : 'n';
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "SELECT c.group_key, c.bucket_start, c.count, ");
+	evs_append_values(&sql, d, "c");
+	appendStringInfoString(&sql,
+						   " FROM evstream._count c WHERE c.agg OPERATOR(pg_catalog.=) $1 "
+						   "AND c.bucket_start OPERATOR(pg_catalog.>) '-infinity'::pg_catalog.timestamptz "
+						   "AND (c.bucket_start OPERATOR(pg_catalog.+) $2) OPERATOR(pg_catalog.<) $3 "
+						   "AND ($4 IS NULL OR (c.bucket_start OPERATOR(pg_catalog.+) $2) OPERATOR(pg_catalog.>=) $4) "
+						   "ORDER BY 2, 1");
+	EvsBecomeSuperuser(&su);
+	ret = SPI_execute_with_args(sql.data, 4, types, values, nulls, true, 0);
+	EvsRestoreUser(&su);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read the final values of aggregate %d", d->id);
+	if (SPI_processed > 0 && OidIsValid(d->output_topic) && get_rel_name(d->output_topic) != NULL)
+		evs_publish_changes(d, SPI_tuptable, SPI_processed);
+	EvsBecomeSuperuser(&su);
+	ret = SPI_execute_with_args("UPDATE evstream._aggregate SET finalized_upto = $3 WHERE id OPERATOR(pg_catalog.=) $1",
+								4, types, values, nulls, false, 0);
+	EvsRestoreUser(&su);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "could not record the final values of aggregate %d", d->id);
+	d->finalized_upto = upto;
+	d->has_finalized = true;
+}
+
+/* window_retention: delete closed windows that ended long enough ago */
+static void
+evs_drop_old_windows(EvsAggDef *d, TimestampTz horizon)
+{
+	TimestampTz upto = horizon - d->grace_usecs;
+	TimestampTz old = GetCurrentTimestamp() - d->retention_usecs;
+	Oid			types[3] = {INT4OID, INTERVALOID, TIMESTAMPTZOID};
+	Datum		values[3];
+	EvsUserState su;
+
+	if (d->final)
+		upto = d->has_finalized ? Min(upto, d->finalized_upto) : DT_NOBEGIN;
+	values[0] = Int32GetDatum(d->id);
+	values[1] = IntervalPGetDatum(d->bucket);
+	values[2] = TimestampTzGetDatum(Min(upto, old));
+	EvsBecomeSuperuser(&su);
+	EvsSpiExec("DELETE FROM evstream._count c WHERE c.agg OPERATOR(pg_catalog.=) $1 "
+			   "AND c.bucket_start OPERATOR(pg_catalog.>) '-infinity'::pg_catalog.timestamptz "
+			   "AND (c.bucket_start OPERATOR(pg_catalog.+) $2) OPERATOR(pg_catalog.<) $3",
+			   3, types, values, SPI_OK_DELETE);
+	EvsRestoreUser(&su);
+}
+
+typedef struct MergeJob
+{
+	EvsAggDef  *def;
+	int			flags;
+	TimestampTz horizon;
+} MergeJob;
+
+static void
+evs_merge_job(void *arg)
+{
+	MergeJob   *j = arg;
+
+	evs_merge_one(j->def);
+	if (j->def->bucket && j->def->final)
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		evs_emit_finals(j->def, j->horizon);
+		SPI_finish();
+	}
+	if (j->def->bucket && j->def->has_retention && (j->flags & EVS_MERGE_RETENTION))
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		evs_drop_old_windows(j->def, j->horizon);
+		SPI_finish();
+	}
 }
 
 static void
 evs_merge_one(void *arg)
 {
-	MergeArgs  *m = arg;
+	EvsAggDef  *d = arg;
 	Oid			types[1] = {INT4OID};
-	Datum		values[1] = {Int32GetDatum(m->agg)};
+	Datum		values[1] = {Int32GetDatum(d->id)};
 	EvsUserState su;
 	SPITupleTable *tt;
 	uint64		n;
 	int			ret;
+	char	   *sql;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	EvsBecomeSuperuser(&su);
-	ret = SPI_execute_with_args(
-								"WITH d AS (DELETE FROM evstream._delta x WHERE x.agg OPERATOR(pg_catalog.=) $1 "
-								"  RETURNING x.group_key, x.bucket_start, x.delta), "
-								"s AS (SELECT d.group_key, d.bucket_start, pg_catalog.sum(d.delta)::pg_catalog.int8 AS n "
-								"  FROM d GROUP BY 1, 2), "
-								"u AS (INSERT INTO evstream._count AS c (agg, group_key, bucket_start, count) "
-								"  SELECT $1, s.group_key, s.bucket_start, s.n FROM s "
-								"  ON CONFLICT ON CONSTRAINT _count_key DO UPDATE "
-								"  SET count = c.count OPERATOR(pg_catalog.+) excluded.count "
-								"  RETURNING c.group_key, c.bucket_start, c.count) "
-								"SELECT u.group_key, u.bucket_start, u.count FROM u ORDER BY 1, 2",
-								1, types, values, NULL, false, 0);
+	sql = evs_merge_sql(d);
+	ret = SPI_execute_with_args(sql, 1, types, values, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not merge the deltas of aggregate %d", m->agg);
+		elog(ERROR, "could not merge the deltas of aggregate %d", d->id);
 	EvsRestoreUser(&su);
 	tt = SPI_tuptable;
 	n = SPI_processed;
-	m->changed = (int) n;
-	if (n > 0 && get_rel_name(m->view) != NULL)
+	d->changed = (int) n;
+	if (n > 0 && !d->quiet && get_rel_name(d->view) != NULL)
 	{
-		if (m->notify)
-			evs_notify_changes(get_rel_name(m->view), tt, n);
-		if (OidIsValid(m->output_topic) && get_rel_name(m->output_topic) != NULL)
-			evs_publish_changes(m, tt, n);
+		if (d->notify)
+			evs_notify_changes(get_rel_name(d->view), tt, n);
+		if (OidIsValid(d->output_topic) && !d->final && get_rel_name(d->output_topic) != NULL)
+			evs_publish_changes(d, tt, n);
 	}
 	SPI_finish();
 }
 
+/* The merge's view of an _aggregate row */
+static EvsAggDef *
+evs_read_def(HeapTuple tup, TupleDesc desc)
+{
+	EvsAggDef  *d = palloc0(sizeof(EvsAggDef));
+	bool		isnull;
+	Datum		v;
+	Datum	   *elems;
+	int			n;
+	int			i;
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	d->id = DatumGetInt32(heap_getattr(tup, EVS_AGG_ID, desc, &isnull));
+	d->view = DatumGetObjectId(heap_getattr(tup, EVS_AGG_VIEW, desc, &isnull));
+	v = heap_getattr(tup, EVS_AGG_BUCKET, desc, &isnull);
+	if (!isnull)
+	{
+		d->bucket = DatumGetIntervalP(datumCopy(v, false, sizeof(Interval)));
+		d->bucket_usecs = EvsBucketUsecs(d->bucket, "bucket");
+		d->hop_usecs = d->bucket_usecs;
+		v = heap_getattr(tup, EVS_AGG_HOP, desc, &isnull);
+		if (!isnull)
+			d->hop_usecs = EvsBucketUsecs(DatumGetIntervalP(v), "hop");
+		v = heap_getattr(tup, EVS_AGG_GRACE, desc, &isnull);
+		if (!isnull)
+			d->grace_usecs = EvsIntervalUsecs(DatumGetIntervalP(v), "grace");
+		v = heap_getattr(tup, EVS_AGG_RETENTION, desc, &isnull);
+		if (!isnull)
+		{
+			d->retention_usecs = EvsIntervalUsecs(DatumGetIntervalP(v), "window_retention");
+			d->has_retention = true;
+		}
+		v = heap_getattr(tup, EVS_AGG_FINALIZED, desc, &isnull);
+		d->has_finalized = !isnull;
+		d->finalized_upto = isnull ? 0 : DatumGetTimestampTz(v);
+	}
+	v = heap_getattr(tup, EVS_AGG_OUTPUT, desc, &isnull);
+	d->output_topic = isnull ? InvalidOid : DatumGetObjectId(v);
+	d->notify = DatumGetBool(heap_getattr(tup, EVS_AGG_NOTIFY, desc, &isnull));
+	v = heap_getattr(tup, EVS_AGG_EMIT, desc, &isnull);
+	d->final = !isnull && strcmp(TextDatumGetCString(v), "final") == 0;
+
+	v = heap_getattr(tup, EVS_AGG_M_KINDS, desc, &isnull);
+	if (isnull)
+		return d;
+	get_typlenbyvalalign(TEXTOID, &typlen, &typbyval, &typalign);
+	deconstruct_array(DatumGetArrayTypeP(v), TEXTOID, typlen, typbyval, typalign, &elems, NULL, &n);
+	d->nmeasures = Min(n, EVS_MAX_MEASURES);
+	for (i = 0; i < d->nmeasures; i++)
+		d->kinds[i] = EvsMeasureKindOf(TextDatumGetCString(elems[i]));
+	v = heap_getattr(tup, EVS_AGG_M_NAMES, desc, &isnull);
+	deconstruct_array(DatumGetArrayTypeP(v), TEXTOID, typlen, typbyval, typalign, &elems, NULL, &n);
+	for (i = 0; i < d->nmeasures; i++)
+		d->names[i] = TextDatumGetCString(elems[i]);
+	v = heap_getattr(tup, EVS_AGG_M_TYPES, desc, &isnull);
+	deconstruct_array(DatumGetArrayTypeP(v), REGTYPEOID, 4, true, TYPALIGN_INT, &elems, NULL, &n);
+	for (i = 0; i < d->nmeasures; i++)
+		d->types[i] = DatumGetObjectId(elems[i]);
+	v = heap_getattr(tup, EVS_AGG_M_COLLS, desc, &isnull);
+	deconstruct_array(DatumGetArrayTypeP(v), TEXTOID, typlen, typbyval, typalign, &elems, NULL, &n);
+	for (i = 0; i < d->nmeasures; i++)
+		d->colls[i] = EvsCollationOid(TextDatumGetCString(elems[i]));
+	return d;
+}
+
 /*
  * Merge every aggregate's deltas (or only_agg's); returns the number of
- * groups that changed.  Failures are appended to errors (when not NULL).
- * Needs a transaction with an active snapshot.
+ * groups that changed.  flags: EVS_MERGE_RETENTION also applies
+ * window_retention; EVS_MERGE_FINAL_ONLY handles only aggregates with
+ * emit 'final' (the worker's once-a-second pass for windows closing with
+ * time).  Failures are appended to errors (when not NULL).  Needs a
+ * transaction with an active snapshot.
  */
 int
-EvsMergeDeltas(int32 only_agg, StringInfo errors)
+EvsMergeDeltas(int32 only_agg, StringInfo errors, int flags)
 {
 	Relation	rel;
 	SysScanDesc scan;
 	HeapTuple	tup;
-	List	   *aggs = NIL;
+	List	   *jobs = NIL;
 	ListCell   *lc;
 	int			changed = 0;
+	TimestampTz horizon = 0;
+	bool		need_horizon = false;
+	int			level;
 
 	rel = table_open(EvsCatalogRelid(EVS_REL_AGGREGATE), AccessShareLock);
 	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
 	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
-		TupleDesc	desc = RelationGetDescr(rel);
-		bool		isnull;
-		MergeArgs  *m = palloc0(sizeof(MergeArgs));
-		Datum		d;
+		EvsAggDef  *d = evs_read_def(tup, RelationGetDescr(rel));
+		MergeJob   *j;
 
-		m->agg = DatumGetInt32(heap_getattr(tup, 1, desc, &isnull));
-		m->view = DatumGetObjectId(heap_getattr(tup, 2, desc, &isnull));
-		(void) heap_getattr(tup, 5, desc, &isnull);
-		m->bucketed = !isnull;
-		d = heap_getattr(tup, 6, desc, &isnull);
-		m->output_topic = isnull ? InvalidOid : DatumGetObjectId(d);
-		m->notify = DatumGetBool(heap_getattr(tup, 8, desc, &isnull));
-		if (only_agg == 0 || m->agg == only_agg)
-			aggs = lappend(aggs, m);
+		if (only_agg != 0 && d->id != only_agg)
+			continue;
+		if ((flags & EVS_MERGE_FINAL_ONLY) && !d->final)
+			continue;
+		j = palloc0(sizeof(MergeJob));
+		j->def = d;
+		j->flags = flags;
+		jobs = lappend(jobs, j);
+		if (d->bucket && (d->final || (d->has_retention && (flags & EVS_MERGE_RETENTION))))
+			need_horizon = true;
 	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
 
-	foreach(lc, aggs)
+	/* before any statement below takes its snapshot (see above) */
+	if (need_horizon)
+		horizon = evs_close_horizon();
+
+	/* the merge SQL names types and collations as seen from the pinned path */
+	level = EvsPinSearchPath();
+	foreach(lc, jobs)
 	{
-		MergeArgs  *m = lfirst(lc);
-		char	   *name = get_rel_name(m->view);
+		MergeJob   *j = lfirst(lc);
+		char	   *name = get_rel_name(j->def->view);
 
 		CHECK_FOR_INTERRUPTS();
-		if (EvsTrySubxact(evs_merge_one, m,
+		j->horizon = horizon;
+		if (EvsTrySubxact(evs_merge_job, j,
 						  psprintf("aggregate %s", name ? name : "(dropped)"), errors))
-			changed += m->changed;
+			changed += j->def->changed;
 	}
+	EvsUnpinSearchPath(level);
 	return changed;
 }
 
@@ -1207,8 +2676,71 @@ evstream_merge_deltas(PG_FUNCTION_ARGS)
 	int			changed;
 
 	initStringInfo(&errors);
-	changed = EvsMergeDeltas(PG_ARGISNULL(0) ? 0 : PG_GETARG_INT32(0), &errors);
+	changed = EvsMergeDeltas(PG_ARGISNULL(0) ? 0 : PG_GETARG_INT32(0), &errors,
+							 EVS_MERGE_RETENTION);
 	if (errors.len > 0)
 		ereport(WARNING, (errmsg("evstream merge: %s", errors.data)));
 	PG_RETURN_INT32(changed);
+}
+
+PG_FUNCTION_INFO_V1(evstream_rebuild_views);
+
+/*
+ * evstream._rebuild_views(): the update script from 0.1 rebuilds every
+ * aggregate's view over the 0.2 tables (same columns), as the view's
+ * owner.  The views are the users' objects, not the extension's: they are
+ * replaced as outside the script, or PostgreSQL would refuse to replace
+ * them (or make them members).
+ */
+Datum
+evstream_rebuild_views(PG_FUNCTION_ARGS)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	List	   *volatile defs = NIL;
+	ListCell   *lc;
+	bool		save_creating = creating_extension;
+	Oid			save_ext = CurrentExtensionObject;
+
+	if (!superuser())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("only the extension's update script rebuilds aggregate views")));
+	PG_TRY();
+	{
+		creating_extension = false;
+		CurrentExtensionObject = InvalidOid;
+		rel = table_open(EvsCatalogRelid(EVS_REL_AGGREGATE), AccessShareLock);
+		scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+		while (HeapTupleIsValid(tup = systable_getnext(scan)))
+			defs = lappend(defs, evs_read_def(tup, RelationGetDescr(rel)));
+		systable_endscan(scan);
+		table_close(rel, AccessShareLock);
+		foreach(lc, defs)
+		{
+			EvsAggDef  *d = lfirst(lc);
+			EvsUserState st;
+			int			level;
+			char	   *sql;
+
+			if (get_rel_name(d->view) == NULL)
+				continue;
+			level = EvsPinSearchPath();
+			sql = evs_view_sql(d, EvsQualifiedName(d->view));
+			EvsUnpinSearchPath(level);
+			/* CREATE VIEW ... -> CREATE OR REPLACE VIEW ... */
+			sql = psprintf("CREATE OR REPLACE %s", sql + strlen("CREATE "));
+			EvsBecomeOwner(EvsRelOwner(d->view), &st);
+			EvsSpiExec(sql, 0, NULL, NULL, 0);
+			EvsRestoreUser(&st);
+		}
+	}
+	PG_FINALLY();
+	{
+		creating_extension = save_creating;
+		CurrentExtensionObject = save_ext;
+	}
+	PG_END_TRY();
+	PG_RETURN_VOID();
 }

@@ -66,6 +66,9 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
+#include "utils/typcache.h"
+#include "utils/array.h"
+#include "utils/lsyscache.h"
 
 #include "evstream.h"
 
@@ -497,19 +500,21 @@ evs_calls_user_function(Node *node, void *context)
 	return expression_tree_walker(node, evs_calls_user_function, context);
 }
 
-/* Compile an aggregate's group_by expression for evaluation on insert */
+/*
+ * Compile one of an aggregate's stored expressions (group_by, event_time,
+ * a measure's input) for evaluation on insert, coerced to target.
+ */
 static ExprState *
-evs_compile_group_by(Oid topic, const char *group_by, bool *as_owner)
+evs_compile_expr(Relation rel, const char *text, Oid target, bool *as_owner)
 {
 	ParseState *pstate = make_parsestate(NULL);
-	Relation	rel = relation_open(topic, AccessShareLock);
 	ParseNamespaceItem *nsitem;
 	List	   *raw;
 	Node	   *expr;
 	int			save_nestlevel = EvsPinSearchPath();
 
 	/* the stored text was deparsed under the same pinned path */
-	raw = raw_parser(group_by, RAW_PARSE_PLPGSQL_EXPR);
+	raw = raw_parser(text, RAW_PARSE_PLPGSQL_EXPR);
 	nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock,
 										   NULL, false, true);
 	addNSItemToQuery(pstate, nsitem, false, true, true);
@@ -517,12 +522,119 @@ evs_compile_group_by(Oid topic, const char *group_by, bool *as_owner)
 						 (Node *) ((ResTarget *) linitial(((SelectStmt *) ((RawStmt *) linitial(raw))->stmt)->targetList))->val,
 						 EXPR_KIND_GENERATED_COLUMN);
 	assign_expr_collations(pstate, expr);
-	expr = coerce_to_target_type(pstate, expr, exprType(expr), TEXTOID, -1,
+	expr = coerce_to_target_type(pstate, expr, exprType(expr), target, -1,
 								 COERCION_EXPLICIT, COERCE_EXPLICIT_CAST, -1);
 	EvsUnpinSearchPath(save_nestlevel);
-	relation_close(rel, AccessShareLock);
-	*as_owner = evs_calls_user_function(expr, NULL);
+	if (evs_calls_user_function(expr, NULL))
+		*as_owner = true;
 	return ExecInitExpr(expression_planner((Expr *) expr), NULL);
+}
+
+/* A text[] / oid-like[] column of the catalog row as an array of Datums */
+static int
+evs_catalog_array(HeapTuple tup, TupleDesc desc, int att, Oid elemtype, Datum **elems)
+{
+	bool		isnull;
+	Datum		d = heap_getattr(tup, att, desc, &isnull);
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			n;
+
+	*elems = NULL;
+	if (isnull)
+		return 0;
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	deconstruct_array(DatumGetArrayTypeP(d), elemtype, typlen, typbyval, typalign,
+					  elems, NULL, &n);
+	return n;
+}
+
+/* Load what the producer path needs of one _aggregate row (texts uncompiled) */
+typedef struct EvsAggTexts
+{
+	char	   *group_by;
+	char	   *event_time;
+	char	  **exprs;
+} EvsAggTexts;
+
+static EvsAggregate *
+evs_read_aggregate(HeapTuple tup, TupleDesc desc, MemoryContext cxt, EvsAggTexts *texts)
+{
+	EvsAggregate *a = MemoryContextAllocZero(cxt, sizeof(EvsAggregate));
+	bool		isnull;
+	Datum		d;
+	Datum	   *kinds;
+	Datum	   *exprs;
+	Datum	   *types;
+	Datum	   *colls;
+	int			n;
+	int			i;
+	int			slot = 0;
+
+	a->id = DatumGetInt32(heap_getattr(tup, EVS_AGG_ID, desc, &isnull));
+	a->view = DatumGetObjectId(heap_getattr(tup, EVS_AGG_VIEW, desc, &isnull));
+	texts->group_by = TextDatumGetCString(heap_getattr(tup, EVS_AGG_GROUP_BY, desc, &isnull));
+	d = heap_getattr(tup, EVS_AGG_BUCKET, desc, &isnull);
+	if (!isnull)
+	{
+		a->bucket = (Interval *) MemoryContextAlloc(cxt, sizeof(Interval));
+		memcpy(a->bucket, DatumGetPointer(d), sizeof(Interval));
+		a->bucket_usecs = EvsBucketUsecs(a->bucket, "bucket");
+		a->hop_usecs = a->bucket_usecs;
+		d = heap_getattr(tup, EVS_AGG_HOP, desc, &isnull);
+		if (!isnull)
+			a->hop_usecs = EvsBucketUsecs(DatumGetIntervalP(d), "hop");
+		d = heap_getattr(tup, EVS_AGG_GRACE, desc, &isnull);
+		if (!isnull)
+			a->grace_usecs = EvsIntervalUsecs(DatumGetIntervalP(d), "grace");
+	}
+	d = heap_getattr(tup, EVS_AGG_OUTPUT, desc, &isnull);
+	a->output_topic = isnull ? InvalidOid : DatumGetObjectId(d);
+	a->notify = DatumGetBool(heap_getattr(tup, EVS_AGG_NOTIFY, desc, &isnull));
+	d = heap_getattr(tup, EVS_AGG_EVENT_TIME, desc, &isnull);
+	texts->event_time = isnull ? NULL : TextDatumGetCString(d);
+
+	n = evs_catalog_array(tup, desc, EVS_AGG_M_KINDS, TEXTOID, &kinds);
+	if (evs_catalog_array(tup, desc, EVS_AGG_M_EXPRS, TEXTOID, &exprs) != n ||
+		evs_catalog_array(tup, desc, EVS_AGG_M_TYPES, REGTYPEOID, &types) != n ||
+		evs_catalog_array(tup, desc, EVS_AGG_M_COLLS, TEXTOID, &colls) != n ||
+		n > EVS_MAX_MEASURES)
+		elog(ERROR, "evstream: aggregate %d has inconsistent measures", a->id);
+	a->nmeasures = n;
+	a->measures = MemoryContextAllocZero(cxt, sizeof(EvsMeasure) * (n + 1));
+	texts->exprs = palloc0(sizeof(char *) * (n + 1));
+	for (i = 0; i < n; i++)
+	{
+		EvsMeasure *m = &a->measures[i];
+
+		m->kind = EvsMeasureKindOf(TextDatumGetCString(kinds[i]));
+		m->type = DatumGetObjectId(types[i]);
+		m->collation = EvsCollationOid(TextDatumGetCString(colls[i]));
+		get_typlenbyval(m->type, &m->typlen, &m->typbyval);
+		texts->exprs[i] = TextDatumGetCString(exprs[i]);
+		m->slot = slot;
+		slot += m->kind == EVS_M_AVG ? 2 : 1;
+		if (m->kind == EVS_M_SUM || m->kind == EVS_M_AVG)
+		{
+			Oid			op = OpernameGetOprid(list_make2(makeString("pg_catalog"), makeString("+")),
+											  m->type, m->type);
+
+			if (!OidIsValid(op))
+				elog(ERROR, "evstream: no + operator for type %s", format_type_be(m->type));
+			fmgr_info_cxt(get_opcode(op), &m->fn, cxt);
+		}
+		else if (m->kind == EVS_M_MIN || m->kind == EVS_M_MAX)
+		{
+			TypeCacheEntry *tc = lookup_type_cache(m->type, TYPECACHE_CMP_PROC);
+
+			if (!OidIsValid(tc->cmp_proc))
+				elog(ERROR, "evstream: type %s has no ordering", format_type_be(m->type));
+			fmgr_info_cxt(tc->cmp_proc, &m->fn, cxt);
+		}
+	}
+	a->nslots = slot;
+	return a;
 }
 
 static int
@@ -550,30 +662,15 @@ EvsTopicAggregates(EvsTopic *t)
 		return t->aggregates;
 
 	rel = table_open(EvsCatalogRelid(EVS_REL_AGGREGATE), AccessShareLock);
-	ScanKeyInit(&key, 3, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(topic));
+	ScanKeyInit(&key, EVS_AGG_TOPIC, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(topic));
 	scan = systable_beginscan(rel, InvalidOid, false, NULL, 1, &key);
 	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
-		TupleDesc	desc = RelationGetDescr(rel);
-		bool		isnull;
-		EvsAggregate *a;
-		Datum		d;
+		EvsAggTexts *tx = palloc(sizeof(EvsAggTexts));
+		EvsAggregate *a = evs_read_aggregate(tup, RelationGetDescr(rel), cxt, tx);
 
-		a = MemoryContextAllocZero(cxt, sizeof(EvsAggregate));
-		a->id = DatumGetInt32(heap_getattr(tup, 1, desc, &isnull));
-		a->view = DatumGetObjectId(heap_getattr(tup, 2, desc, &isnull));
-		/* the text, until compiled below (not in the cache's context) */
-		a->expr = (ExprState *) TextDatumGetCString(heap_getattr(tup, 4, desc, &isnull));
-		d = heap_getattr(tup, 5, desc, &isnull);
-		if (!isnull)
-		{
-			a->bucket = (Interval *) MemoryContextAlloc(cxt, sizeof(Interval));
-			memcpy(a->bucket, DatumGetPointer(d), sizeof(Interval));
-			a->bucket_usecs = EvsBucketUsecs(a->bucket, "bucket");
-		}
-		d = heap_getattr(tup, 6, desc, &isnull);
-		a->output_topic = isnull ? InvalidOid : DatumGetObjectId(d);
-		a->notify = DatumGetBool(heap_getattr(tup, 8, desc, &isnull));
+		/* the texts, until compiled below (not in the cache's context) */
+		a->expr = (ExprState *) tx;
 		aggs = lappend(aggs, a);	/* moved to the cache's context below */
 	}
 	systable_endscan(scan);
@@ -586,9 +683,11 @@ EvsTopicAggregates(EvsTopic *t)
 		foreach(lc, aggs)
 		{
 			EvsAggregate *a = lfirst(lc);
-			char	   *group_by = (char *) a->expr;
+			EvsAggTexts *tx = (EvsAggTexts *) a->expr;
 			MemoryContext old;
 			EvsUserState st;
+			Relation	trel;
+			int			i;
 
 			a->owner = EvsRelOwner(a->view);
 
@@ -597,9 +696,16 @@ EvsTopicAggregates(EvsTopic *t)
 			 * functions (constant folding of IMMUTABLE ones).
 			 */
 			EvsBecomeOwner(a->owner, &st);
+			trel = relation_open(topic, AccessShareLock);
 			old = MemoryContextSwitchTo(cxt);
-			a->expr = evs_compile_group_by(topic, group_by, &a->as_owner);
+			a->expr = evs_compile_expr(trel, tx->group_by, TEXTOID, &a->as_owner);
+			if (tx->event_time)
+				a->event_time = evs_compile_expr(trel, tx->event_time, TIMESTAMPTZOID, &a->as_owner);
+			for (i = 0; i < a->nmeasures; i++)
+				a->measures[i].input = evs_compile_expr(trel, tx->exprs[i], a->measures[i].type,
+														&a->as_owner);
 			MemoryContextSwitchTo(old);
+			relation_close(trel, AccessShareLock);
 			EvsRestoreUser(&st);
 		}
 	}

@@ -85,4 +85,11 @@ typedef bool evs_update_indexes_t;
 #define EVS_NORETURN_AFTER pg_attribute_noreturn()
 #endif
 
+/* the i-th (1-based) entry of the local backend status copy: renamed in 16 */
+#if PG_VERSION_NUM >= 160000
+#define evs_local_beentry(i) pgstat_get_local_beentry_by_index(i)
+#else
+#define evs_local_beentry(i) pgstat_fetch_stat_local_beentry(i)
+#endif
+
 #endif							/* EVSTREAM_COMPAT_H */

@@ -142,7 +142,9 @@ extern void EvsCountsPreCommit(void);
 extern void EvsCountsAtEnd(void);
 extern void EvsCountsAtSubXactEnd(bool commit);
 extern void EvsDropAggregate(Oid view);
-extern int	EvsMergeDeltas(int32 only_agg, StringInfo errors);
+#define EVS_MERGE_RETENTION		0x01	/* also apply window_retention */
+#define EVS_MERGE_FINAL_ONLY	0x02	/* only aggregates with emit 'final' */
+extern int	EvsMergeDeltas(int32 only_agg, StringInfo errors, int flags);
 
 /* consumer.c: SQL functions only */
 
@@ -225,6 +227,52 @@ extern void EvsOffsetsPrePrepare(void);
 extern void EvsOffsetsAtEnd(bool committed, bool aborted);
 
 /* catalog.c */
+/* columns of evstream._aggregate (catalog.c and aggregates.c read them) */
+#define EVS_AGG_ID				1
+#define EVS_AGG_VIEW			2
+#define EVS_AGG_TOPIC			3
+#define EVS_AGG_GROUP_BY		4
+#define EVS_AGG_BUCKET			5
+#define EVS_AGG_OUTPUT			6
+#define EVS_AGG_NOTIFY			8
+#define EVS_AGG_M_KINDS			10
+#define EVS_AGG_M_NAMES			11
+#define EVS_AGG_M_EXPRS			12
+#define EVS_AGG_M_TYPES			13
+#define EVS_AGG_M_COLLS			14
+#define EVS_AGG_HOP				15
+#define EVS_AGG_EVENT_TIME		16
+#define EVS_AGG_GRACE			17
+#define EVS_AGG_EMIT			18
+#define EVS_AGG_RETENTION		19
+#define EVS_AGG_FINALIZED		20
+
+#define EVS_MAX_MEASURES		32
+
+typedef enum EvsMeasureKind
+{
+	EVS_M_COUNT,				/* count(expr): one int8 state */
+	EVS_M_SUM,					/* sum: one state of the result type */
+	EVS_M_MIN,
+	EVS_M_MAX,
+	EVS_M_AVG					/* two states: sum (numeric/float8), int8 */
+} EvsMeasureKind;
+
+extern EvsMeasureKind EvsMeasureKindOf(const char *name);
+extern const char *EvsMeasureKindName(EvsMeasureKind kind);
+
+typedef struct EvsMeasure
+{
+	EvsMeasureKind kind;
+	struct ExprState *input;	/* coerced to type */
+	Oid			type;			/* input and state type (avg: the sum's) */
+	int16		typlen;
+	bool		typbyval;
+	Oid			collation;		/* min/max of a collatable type */
+	FmgrInfo	fn;				/* sum/avg: type + type; min/max: btree cmp */
+	int			slot;			/* its first state slot */
+} EvsMeasure;
+
 typedef struct EvsAggregate
 {
 	int32		id;
@@ -232,10 +280,16 @@ typedef struct EvsAggregate
 	Oid			owner;			/* the aggregate view's owner */
 	Interval   *bucket;			/* NULL: all time */
 	int64		bucket_usecs;
+	int64		hop_usecs;		/* == bucket_usecs for tumbling windows */
+	int64		grace_usecs;
 	Oid			output_topic;	/* InvalidOid: none */
 	bool		notify;
-	bool		as_owner;		/* expression calls non-built-in functions */
+	bool		as_owner;		/* an expression calls non-built-in functions */
 	struct ExprState *expr;		/* group_by, text-valued */
+	struct ExprState *event_time;	/* NULL: created_at */
+	int			nmeasures;
+	EvsMeasure *measures;
+	int			nslots;			/* state slots of all measures */
 } EvsAggregate;
 
 typedef struct EvsPlan
@@ -338,6 +392,9 @@ extern Oid	EvsRelOwner(Oid relid);
 extern void EvsRequireOwner(Oid relid);
 extern void EvsRequirePrivilege(Oid relid, AclMode mode);
 extern int64 EvsBucketUsecs(Interval *ivl, const char *what);
+extern int64 EvsIntervalUsecs(Interval *ivl, const char *what);
+extern char *EvsCollationName(Oid coll);
+extern Oid	EvsCollationOid(const char *name);
 extern void EvsRequireReadCommitted(const char *fn);
 extern bool EvsTrySubxact(void (*fn) (void *), void *arg, const char *what,
 						  StringInfo errors);

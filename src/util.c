@@ -32,6 +32,11 @@
  */
 #include "postgres.h"
 
+#include "common/int.h"
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_collation.h"
+
 #include "postmaster/bgworker.h"
 #include "utils/memutils.h"
 
@@ -366,6 +371,53 @@ EvsBucketUsecs(Interval *ivl, const char *what)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must be at least 1 second", what)));
+	return us;
+}
+
+/* A collation as stored in evstream's catalog: qualified name, "" for none */
+char *
+EvsCollationName(Oid coll)
+{
+	HeapTuple	tup;
+	Form_pg_collation c;
+	char	   *name;
+
+	if (!OidIsValid(coll))
+		return "";
+	tup = SearchSysCache1(COLLOID, ObjectIdGetDatum(coll));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for collation %u", coll);
+	c = (Form_pg_collation) GETSTRUCT(tup);
+	name = quote_qualified_identifier(get_namespace_name(c->collnamespace),
+									  NameStr(c->collname));
+	ReleaseSysCache(tup);
+	return name;
+}
+
+Oid
+EvsCollationOid(const char *name)
+{
+	if (name[0] == '\0')
+		return InvalidOid;
+	return get_collation_oid(evs_string_to_qualified_name_list(name), false);
+}
+
+/* A fixed-length, non-negative interval (grace, window_retention) in usecs */
+int64
+EvsIntervalUsecs(Interval *ivl, const char *what)
+{
+	int64		us;
+
+	if (ivl->month != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not contain months or years", what),
+				 errhint("Use days instead, for example '30 days'.")));
+	if (pg_mul_s64_overflow((int64) ivl->day, USECS_PER_DAY, &us) ||
+		pg_add_s64_overflow(us, ivl->time, &us) || us < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be negative", what)));
 	return us;
 }
 
