@@ -90,6 +90,7 @@
 #include "parser/parse_coerce.h"
 #include "parser/parse_collate.h"
 #include "parser/parse_expr.h"
+#include "parser/parse_func.h"
 #include "parser/parse_node.h"
 #include "parser/parse_relation.h"
 #include "parser/parser.h"
@@ -173,7 +174,8 @@ typedef struct DeltaKey
 	bool		has_bucket;		/* false: bucket_start NULL */
 	TimestampTz bucket;
 	bool		isnull;
-	char	   *group;			/* NULL when isnull */
+	int32		glen;			/* the group's length in bytes */
+	const char *group;			/* not NUL-terminated; NULL when isnull */
 } DeltaKey;
 
 typedef struct DeltaEntry
@@ -225,7 +227,7 @@ delta_hash(const void *key, Size keysize)
 	if (k->has_bucket)
 		h = hash_combine(h, hash_bytes((const unsigned char *) &k->bucket, sizeof(TimestampTz)));
 	if (!k->isnull)
-		h = hash_combine(h, hash_bytes((const unsigned char *) k->group, strlen(k->group)));
+		h = hash_combine(h, hash_bytes((const unsigned char *) k->group, k->glen));
 	return h;
 }
 
@@ -240,7 +242,9 @@ delta_match(const void *key1, const void *key2, Size keysize)
 		return 1;
 	if (a->isnull)
 		return 0;
-	return strcmp(a->group, b->group);
+	if (a->glen != b->glen)
+		return 1;
+	return memcmp(a->group, b->group, a->glen);
 }
 
 /* Forget every pending entry */
@@ -362,7 +366,9 @@ evs_slot_add(EvsSlot *s, Datum *state, bool *snull, Datum v, bool vnull, bool is
 		return;
 	if (*snull)
 	{
+		old = MemoryContextSwitchTo(pending_cxt);
 		*state = datumCopy(v, s->typbyval, s->typlen);
+		MemoryContextSwitchTo(old);
 		*snull = false;
 		return;
 	}
@@ -406,7 +412,13 @@ evs_entry(DeltaKey *key, EvsLayout *l)
 	if (e != NULL)
 		return e;
 	if (!key->isnull)
-		key->group = MemoryContextStrdup(pending_cxt, key->group);
+	{
+		char	   *g = MemoryContextAlloc(pending_cxt, key->glen + 1);
+
+		memcpy(g, key->group, key->glen);
+		g[key->glen] = '\0';
+		key->group = g;
+	}
 	e = hash_search(pending, key, HASH_ENTER, &found);
 	e->count = 0;
 	e->layout = l;
@@ -490,7 +502,6 @@ evs_accumulate_agg(EvsAggregate *a, TupleTableSlot **slots, int nslots, int leve
 		DeltaKey	key;
 		bool		isnull;
 		Datum		d;
-		char	   *tmp;
 		int			k;
 
 		CHECK_FOR_INTERRUPTS();
@@ -500,15 +511,25 @@ evs_accumulate_agg(EvsAggregate *a, TupleTableSlot **slots, int nslots, int leve
 		key.agg = a->id;
 		key.level = level;
 		key.isnull = isnull;
-		tmp = isnull ? NULL : TextDatumGetCString(d);
-		if (tmp != NULL && strlen(tmp) > EVS_MAX_GROUP_KEY)
+		key.group = NULL;
+		key.glen = 0;
+		if (!isnull)
+		{
+			/* the text's bytes as they are (detoasted in per-row memory) */
+			MemoryContext old = MemoryContextSwitchTo(accum_econtext->ecxt_per_tuple_memory);
+			text	   *g = (text *) PG_DETOAST_DATUM_PACKED(d);
+
+			MemoryContextSwitchTo(old);
+			key.group = VARDATA_ANY(g);
+			key.glen = VARSIZE_ANY_EXHDR(g);
+		}
+		if (key.glen > EVS_MAX_GROUP_KEY)
 			ereport(ERROR,
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("group key of aggregate \"%s\" is too long (%zu bytes)",
-							get_rel_name(a->view), strlen(tmp)),
+					 errmsg("group key of aggregate \"%s\" is too long (%d bytes)",
+							get_rel_name(a->view), key.glen),
 					 errdetail("Group keys are limited to %d bytes.", EVS_MAX_GROUP_KEY),
 					 errhint("Group by a shorter expression, for example md5() of it.")));
-		key.group = tmp;
 		for (k = 0; k < a->nmeasures; k++)
 			vals[k] = ExecEvalExprSwitchContext(a->measures[k].input, accum_econtext, &vnulls[k]);
 		key.has_bucket = false;
@@ -568,12 +589,11 @@ evs_accumulate_agg(EvsAggregate *a, TupleTableSlot **slots, int nslots, int leve
 				lk.bucket = EVS_LATE_BUCKET;
 				lk.isnull = true;
 				lk.group = NULL;
+				lk.glen = 0;
 				e = evs_entry(&lk, l);
 				e->count += late;
 			}
 		}
-		if (tmp != NULL)
-			pfree(tmp);
 		pending_n++;
 	}
 }
@@ -705,10 +725,8 @@ evs_pack_entry(StringInfo buf, DeltaEntry *e, MemoryContext tmp)
 		pq_sendint32(buf, (uint32) -1);
 	else
 	{
-		int			len = strlen(e->key.group);
-
-		pq_sendint32(buf, len);
-		pq_sendbytes(buf, e->key.group, len);
+		pq_sendint32(buf, e->key.glen);
+		pq_sendbytes(buf, e->key.group, e->key.glen);
 	}
 	pq_sendbyte(buf, e->key.has_bucket ? 1 : 0);
 	if (e->key.has_bucket)
@@ -1231,6 +1249,17 @@ typedef struct EvsAggDef
 	bool		quiet;			/* merge: no notifications, no events */
 } EvsAggDef;
 
+/*
+ * avg's result type for its sum's state type: the sum of smallint/integer
+ * inputs is kept as bigint (as PostgreSQL's avg does), the average is
+ * numeric; of real/double precision, double precision.
+ */
+static Oid
+evs_avg_type(Oid sumtype)
+{
+	return sumtype == FLOAT8OID ? FLOAT8OID : NUMERICOID;
+}
+
 /* evstream._recv(<elem>, NULL::type) [COLLATE coll] */
 static void
 evs_append_recv(StringInfo buf, const char *alias, int slot, Oid type, Oid coll)
@@ -1247,11 +1276,13 @@ evs_append_final(StringInfo buf, EvsAggDef *d, int i, int slot, const char *alia
 {
 	if (d->kinds[i] == EVS_M_AVG)
 	{
+		const char *r = format_type_be_qualified(evs_avg_type(d->types[i]));
+
 		appendStringInfoChar(buf, '(');
 		evs_append_recv(buf, alias, slot, d->types[i], InvalidOid);
-		appendStringInfoString(buf, " OPERATOR(pg_catalog./) NULLIF(");
+		appendStringInfo(buf, "::%s OPERATOR(pg_catalog./) NULLIF(", r);
 		evs_append_recv(buf, alias, slot + 1, INT8OID, InvalidOid);
-		appendStringInfo(buf, ", 0::pg_catalog.int8)::%s)", format_type_be_qualified(d->types[i]));
+		appendStringInfo(buf, ", 0::pg_catalog.int8)::%s)", r);
 	}
 	else
 		evs_append_recv(buf, alias, slot, d->kinds[i] == EVS_M_COUNT ? INT8OID : d->types[i],
@@ -1343,11 +1374,13 @@ evs_view_sql(EvsAggDef *d, const char *qview)
 		appendStringInfoString(&sql, ", ");
 		if (d->kinds[i] == EVS_M_AVG)
 		{
-			appendStringInfoChar(&sql, '(');
+			const char *r = format_type_be_qualified(evs_avg_type(d->types[i]));
+
+			appendStringInfoString(&sql, "((");
 			evs_append_slot_agg(&sql, EVS_M_SUM, d->types[i], InvalidOid, "s", slot);
-			appendStringInfoString(&sql, " OPERATOR(pg_catalog./) NULLIF(");
+			appendStringInfo(&sql, ")::%s OPERATOR(pg_catalog./) NULLIF(", r);
 			evs_append_slot_agg(&sql, EVS_M_COUNT, INT8OID, InvalidOid, "s", slot + 1);
-			appendStringInfo(&sql, ", 0::pg_catalog.int8)::%s)", format_type_be_qualified(d->types[i]));
+			appendStringInfo(&sql, ", 0::pg_catalog.int8)::%s)", r);
 		}
 		else
 			evs_append_slot_agg(&sql, d->kinds[i], d->kinds[i] == EVS_M_COUNT ? INT8OID : d->types[i],
@@ -1665,7 +1698,7 @@ evs_sum_type(EvsMeasureKind kind, Oid type)
 	{
 		case INT2OID:
 		case INT4OID:
-			return kind == EVS_M_SUM ? INT8OID : NUMERICOID;
+			return INT8OID;
 		case INT8OID:
 		case NUMERICOID:
 			return NUMERICOID;
@@ -1693,6 +1726,11 @@ evs_orderable_state_type(Oid type)
 		return false;
 	tc = lookup_type_cache(type, TYPECACHE_CMP_PROC);
 	if (!OidIsValid(tc->cmp_proc))
+		return false;
+	/* the view combines states with SQL's min/max (jsonb has none) */
+	if (typtype != TYPTYPE_ENUM && !IsBinaryCoercible(type, TEXTOID) &&
+		!OidIsValid(LookupFuncName(list_make2(makeString("pg_catalog"), makeString("min")),
+								   1, &type, true)))
 		return false;
 	getTypeBinaryInputInfo(type, &fn, &ioparam);
 	getTypeBinaryOutputInfo(type, &fn, &varlena);
@@ -2435,7 +2473,8 @@ evs_emit_finals(EvsAggDef *d, TimestampTz horizon)
 						   "AND ($4 IS NULL OR (c.bucket_start OPERATOR(pg_catalog.+) $2) OPERATOR(pg_catalog.>=) $4) "
 						   "ORDER BY 2, 1");
 	EvsBecomeSuperuser(&su);
-	ret = SPI_execute_with_args(sql.data, 4, types, values, nulls, true, 0);
+	/* not read-only: a snapshot that sees what the merge just folded */
+	ret = SPI_execute_with_args(sql.data, 4, types, values, nulls, false, 0);
 	EvsRestoreUser(&su);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read the final values of aggregate %d", d->id);

@@ -415,6 +415,7 @@ EvsAllowDatabaseWorker(Oid dboid)
 static EvsDatabase *worker_db = NULL;
 static bool worker_ext_gone = false;	/* free the entry at exit */
 static bool push_merge = false;	/* evs_worker_push: also merge deltas */
+static int	last_merge_changed = 0; /* groups the last push merge changed */
 static HTAB *sent_ids = NULL;	/* topic oid -> last_id announced */
 
 typedef struct SentEntry
@@ -517,7 +518,7 @@ evs_merge_and_notify(void)
 	StringInfoData errors;
 
 	initStringInfo(&errors);
-	(void) EvsMergeDeltas(0, &errors, 0);
+	last_merge_changed = EvsMergeDeltas(0, &errors, 0);
 	if (errors.len > 0)
 		evs_worker_error(errors.data);
 }
@@ -898,17 +899,19 @@ EvsWorkerMain(Datum arg)
 		 * Topic pushes are at least half a notify_interval apart, so what
 		 * commits right after a push waits at most about notify_interval.
 		 * Aggregate deltas are folded (and their changes pushed) at most
-		 * every max(notify_interval, 100 ms): a merge costs about one
-		 * upsert per changed group, so folding a tenth of a second of
-		 * deltas at once saves most of the merge work under load, while a
-		 * change reaches the output topic well within 300 ms of its
-		 * commit.  Reads stay exact meanwhile: views combine the deltas.
+		 * every max(notify_interval, 100 ms), so a change reaches the
+		 * output topic well within 300 ms of its commit; when the last
+		 * merge changed many groups (bulk load), every 250 ms: a merge
+		 * costs about one upsert per changed group, so folding a quarter
+		 * second of deltas at once saves most of the merge work under
+		 * load.  Reads stay exact meanwhile: views combine the deltas.
 		 */
 		topics_pending = worker_db->ndirty > 0 || worker_db->dirty_overflow;
 		deltas_pending = worker_db->deltas_pending;
 		{
 			int			push_gap = evs_notify_interval / 2;
-			int			merge_gap = Max(evs_notify_interval, 100);
+			int			merge_gap = Max(evs_notify_interval,
+											last_merge_changed > 256 ? 250 : 100);
 			bool		push_due = topics_pending &&
 				TimestampDifferenceExceeds(last_push, now, push_gap);
 			bool		merge_due = deltas_pending && worker_catalog_current &&
