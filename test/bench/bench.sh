@@ -11,8 +11,9 @@
 # (-n -M prepared -c 4 -j 2 -T $BENCH_T, TRUNCATE + CHECKPOINT before every
 # run, $BENCH_ROUNDS interleaved rounds) plus psycopg2 clients for COPY,
 # consumption, push latency, the parallel / long-poll consumer cases and the
-# continuous-transform cases (flatMap throughput, latency, producers), and
-# prints ONE markdown table: figures are medians over rounds, each ratio is
+# continuous-transform cases (flatMap throughput, latency, producers) and
+# the aggregates v2 cases (measures, hot group, hopping windows, change-event
+# latency), and prints ONE markdown table: figures are medians over rounds, each ratio is
 # the median of the per-round ratios, all measured in this run, each with its
 # target and PASS/MISS.  A case that errors (e.g. a feature not built yet)
 # prints ERROR and the others go on.

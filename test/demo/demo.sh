@@ -11,7 +11,12 @@
 #              always exact)              count)
 #
 # plus a listener woken by pushes (examples/listener.py), consumer groups
-# reading with evstream.consume, and a replay with evstream.seek.
+# reading with evstream.consume, and a replay with evstream.seek.  Then
+# revenue per country per minute over a topic of orders: an aggregate with
+# measures (sum, count, max) on tumbling windows of the orders' own time
+# (event_time, grace, a late order not counted), and a hopping aggregate with
+# emit => 'final' whose output topic gets one result per country and window
+# once the window has closed; both are checked against plain SQL.
 #
 # test/harness.sh runs it with: the current directory a private copy of the
 # repository, PATH starting with the bin directory of a throwaway PostgreSQL
@@ -341,15 +346,128 @@ step "10. Events are immutable"
 printf '  sql> %s\n' "UPDATE words SET key = 'kafka' WHERE key = 'postgres';"
 psql -X -q -c "UPDATE words SET key = 'kafka' WHERE key = 'postgres';" 2>&1 | sed 's/^/        /' || true
 
+# ------------------------------------------------------------------ revenue per country
+step "11. Revenue per country per minute: measures, event time, late orders, emit final"
+sqlq "SELECT evstream.create_topic('orders');
+SELECT evstream.create_aggregate('revenue_per_minute', 'orders',
+  group_by   => \$\$payload->>'country'\$\$,
+  measures   => \$\$sum((payload->>'amount')::numeric) AS revenue,
+                 count(payload->>'amount') AS orders,
+                 max((payload->>'amount')::numeric) AS biggest\$\$,
+  bucket     => '1 minute',
+  event_time => \$\$(payload->>'ts')::timestamptz\$\$,
+  grace      => '10 seconds');
+SELECT evstream.create_aggregate('revenue_5s', 'orders',
+  group_by     => \$\$payload->>'country'\$\$,
+  measures     => \$\$sum((payload->>'amount')::numeric) AS revenue,
+                   count(payload->>'amount') AS orders,
+                   max((payload->>'amount')::numeric) AS biggest\$\$,
+  bucket       => '5 seconds',
+  hop          => '1 second',
+  emit         => 'final',
+  output_topic => 'revenue_final');"
+say "revenue_per_minute: per country and minute of the order's own time (payload ts);"
+say "an order may arrive up to 10 s after its minute ended (grace), a later one is not counted."
+say "revenue_5s: hopping windows of 5 s, one starting every second (each order counts in 5),"
+say "on created_at, with ONE final result per country and window published to the topic"
+say "revenue_final once the window has closed (Kafka Streams' suppress(untilWindowCloses))."
+say "(A dashboard would use bucket => '1 minute', hop => '10 seconds'; the demo uses windows"
+say "of 5 s starting every 1 s so that they close while you watch.)"
+COUNTRIES=(DE FR US JP)
+NORD=40
+: > "$D/orders.sql"
+for ((i = 1; i <= NORD; i++)); do
+  c=${COUNTRIES[$((i % 4))]}
+  amount=$(printf '%d.%02d' $(( (i * 37) % 200 + 5 )) $(( (i * 13) % 100 )))
+  printf '%s\n' "INSERT INTO orders (key, payload)" \
+    "     VALUES ('order-$i', jsonb_build_object('country', '$c', 'amount', $amount, 'ts', now()));" \
+    "SELECT pg_sleep(0.05);" >> "$D/orders.sql"
+done
+say "a shop session inserts $NORD orders, one transaction each, over about 2 s:"
+sed -n '1,2p' "$D/orders.sql" | sed 's/^/  sql> /'
+O0=$(ms)
+psql -X -q -v ON_ERROR_STOP=1 -f "$D/orders.sql" >/dev/null
+say "$NORD orders in $(( $(ms) - O0 )) ms"
+sql "INSERT INTO orders (key, payload) VALUES   -- 5 s late: within the grace, counted
+  ('order-41', jsonb_build_object('country', 'DE', 'amount', 120.00, 'ts', now() - interval '5 seconds'));
+INSERT INTO orders (key, payload) VALUES   -- 2 minutes late: its minute is over, not counted
+  ('order-42', jsonb_build_object('country', 'DE', 'amount', 999.00, 'ts', now() - interval '2 minutes'));"
+sql "SELECT group_key AS country, bucket_start, count, revenue, orders, biggest
+  FROM revenue_per_minute ORDER BY bucket_start, country;"
+say "the same by plain SQL over the topic: the orders whose minute (by their ts) had not"
+say "ended more than 10 s before they were inserted (created_at), per country and minute:"
+sqlq "CREATE VIEW revenue_per_minute_sql AS
+SELECT payload->>'country' AS country,
+       date_bin('1 minute', (payload->>'ts')::timestamptz, 'epoch') AS bucket_start,
+       count(*) AS count, sum((payload->>'amount')::numeric) AS revenue,
+       count(payload->>'amount') AS orders, max((payload->>'amount')::numeric) AS biggest
+  FROM orders
+ WHERE date_bin('1 minute', (payload->>'ts')::timestamptz, 'epoch')
+       + interval '1 minute' + interval '10 seconds' >= created_at
+ GROUP BY 1, 2;"
+SAME_MINUTE="SELECT NOT EXISTS (SELECT * FROM revenue_per_minute_sql EXCEPT ALL SELECT * FROM revenue_per_minute)
+   AND NOT EXISTS (SELECT * FROM revenue_per_minute EXCEPT ALL SELECT * FROM revenue_per_minute_sql)"
+sql "$SAME_MINUTE AS equals_plain_sql;"
+[ "$(val "$SAME_MINUTE")" = t ] ||
+  { echo "demo: revenue_per_minute differs from plain SQL over orders" >&2; exit 1; }
+wait_for "SELECT COALESCE((SELECT late_events = 1 FROM evstream.aggregates
+                             WHERE name = 'revenue_per_minute'::regclass), false)" \
+         10 "late_events = 1 on revenue_per_minute"
+sql "SELECT name, bucket, hop, event_time, grace, emit, output_topic, late_events
+  FROM evstream.aggregates WHERE topic = 'orders'::regclass ORDER BY name::text;"
+say "the revenue per country and minute equals plain SQL over the orders; the order 2 minutes"
+say "late is in no group (late_events = 1), the one 5 s late is counted."
+
+say "the hopping windows by plain SQL: each order in the 5 windows of 5 s containing its"
+say "created_at, one starting every second (revenue_5s has no event_time: the two late"
+say "orders count there, at their created_at); and the final results as rows:"
+sqlq "CREATE VIEW revenue_5s_sql AS
+SELECT o.payload->>'country' AS country,
+       date_bin('1 second', o.created_at, 'epoch') - k * interval '1 second' AS bucket_start,
+       count(*) AS count, sum((o.payload->>'amount')::numeric) AS revenue,
+       count(o.payload->>'amount') AS orders, max((o.payload->>'amount')::numeric) AS biggest
+  FROM orders o, generate_series(0, 4) AS k
+ GROUP BY 1, 2;
+CREATE VIEW revenue_final_rows AS
+SELECT key AS country, (payload->>'bucket_start')::timestamptz AS bucket_start,
+       (payload->>'count')::bigint AS count, (payload->>'revenue')::numeric AS revenue,
+       (payload->>'orders')::bigint AS orders, (payload->>'biggest')::numeric AS biggest
+  FROM revenue_final;"
+nwin=$(val "SELECT count(*) FROM revenue_5s_sql")
+say "right after the last order revenue_final holds $(val "SELECT count(*) FROM revenue_final") final results, of $nwin (country, window) pairs"
+W0=$(ms)
+wait_for "SELECT count(DISTINCT (key, payload->>'bucket_start')) >= $nwin FROM revenue_final" \
+         30 "a final result for each of the $nwin (country, window) pairs"
+say "the last window closed: all $nwin final results were there $(( $(ms) - W0 )) ms later"
+sql "SELECT key AS country, payload->>'bucket_start' AS bucket_start, payload->>'count' AS count,
+       payload->>'revenue' AS revenue, payload->>'biggest' AS biggest,
+       created_at - (payload->>'bucket_start')::timestamptz - interval '5 seconds' AS after_window_end
+  FROM revenue_final WHERE key = 'DE' ORDER BY id LIMIT 6;"
+SAME_FINAL="SELECT NOT EXISTS (SELECT * FROM revenue_5s_sql EXCEPT ALL SELECT * FROM revenue_final_rows)
+   AND NOT EXISTS (SELECT * FROM revenue_final_rows EXCEPT ALL SELECT * FROM revenue_5s_sql)"
+sql "SELECT count(*) AS final_results,
+       count(DISTINCT (key, payload->>'bucket_start')) AS windows,
+       bool_and(created_at > (payload->>'bucket_start')::timestamptz + interval '5 seconds')
+         AS all_after_window_end,
+       ($SAME_FINAL) AS equals_plain_sql
+  FROM revenue_final;"
+[ "$(val "SELECT bool_and(created_at > (payload->>'bucket_start')::timestamptz + interval '5 seconds') FROM revenue_final")" = t ] ||
+  { echo "demo: revenue_final has a result published before its window ended" >&2; exit 1; }
+[ "$(val "$SAME_FINAL")" = t ] ||
+  { echo "demo: the final results in revenue_final differ from plain SQL over orders (or repeat)" >&2; exit 1; }
+say "exactly one final result per country and window, published after its window ended,"
+say "each equal to plain SQL over the orders of its window."
+
 # ------------------------------------------------------------------ monitoring
-step "11. Monitoring views"
+step "12. Monitoring views"
 sql "SELECT topic, partitions, first_id, last_id, stable_id, retention FROM evstream.topics ORDER BY topic::text;"
 sql "SELECT topic, consumer_group, committed_id, lag_events, round(lag_seconds::numeric, 1) AS lag_seconds
   FROM evstream.consumer_groups ORDER BY topic::text, consumer_group;"
-sql "SELECT name, topic, group_by, bucket, output_topic, groups FROM evstream.aggregates;"
+sql "SELECT name, topic, group_by, bucket, hop, emit, output_topic, groups, late_events
+  FROM evstream.aggregates ORDER BY name::text;"
 sql "SELECT name, source, output_topic, lag_events, paused FROM evstream.transforms;"
 sql "SELECT database, pid > 0 AS running, last_maintenance IS NOT NULL AS maintained, last_error
   FROM evstream.workers;"
 
-step "12. Stopping"
+step "13. Stopping"
 say "whole demo: $(( ($(ms) - START) / 1000 )) s"
