@@ -2458,7 +2458,29 @@ evs_emit_finals(EvsAggDef *d, TimestampTz horizon)
 		if (upto <= next)
 			return;				/* no window ended in between */
 	}
+	/*
+	 * Another merge (the worker's, a _merge_deltas() call) may be emitting
+	 * the same windows: the aggregate's row lock orders them, and the
+	 * second re-reads what the first recorded (READ COMMITTED: the newest
+	 * version) before emitting anything.
+	 */
 	values[0] = Int32GetDatum(d->id);
+	EvsBecomeSuperuser(&su);
+	ret = SPI_execute_with_args("SELECT a.finalized_upto FROM evstream._aggregate a "
+								"WHERE a.id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+								1, types, values, NULL, false, 0);
+	EvsRestoreUser(&su);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		return;					/* dropped meanwhile */
+	{
+		bool		isnull;
+		Datum		f = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		d->has_finalized = !isnull;
+		d->finalized_upto = isnull ? 0 : DatumGetTimestampTz(f);
+	}
+	if (d->has_finalized && upto <= d->finalized_upto)
+		return;
 	values[1] = IntervalPGetDatum(d->bucket);
 	values[2] = TimestampTzGetDatum(upto);
 	values[3] = TimestampTzGetDatum(d->finalized_upto);
