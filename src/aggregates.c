@@ -405,25 +405,29 @@ evs_slot_add(EvsSlot *s, Datum *state, bool *snull, Datum v, bool vnull, bool is
 static DeltaEntry *
 evs_entry(DeltaKey *key, EvsLayout *l)
 {
-	DeltaEntry *e = hash_search(pending, key, HASH_FIND, NULL);
 	bool		found;
+	DeltaEntry *e = hash_search(pending, key, HASH_ENTER, &found);
 	int			i;
 
-	if (e != NULL)
+	if (found)
 		return e;
+	/* the key pointed into the row: give the entry a copy of its own */
 	if (!key->isnull)
 	{
 		char	   *g = MemoryContextAlloc(pending_cxt, key->glen + 1);
 
 		memcpy(g, key->group, key->glen);
 		g[key->glen] = '\0';
-		key->group = g;
+		e->key.group = g;
 	}
-	e = hash_search(pending, key, HASH_ENTER, &found);
 	e->count = 0;
 	e->layout = l;
-	e->states = MemoryContextAllocZero(pending_cxt, sizeof(Datum) * (l->nslots + 1));
-	e->snulls = MemoryContextAlloc(pending_cxt, sizeof(bool) * (l->nslots + 1));
+	e->states = NULL;
+	e->snulls = NULL;
+	if (l->nslots == 0)
+		return e;
+	e->states = MemoryContextAlloc(pending_cxt, sizeof(Datum) * l->nslots);
+	e->snulls = MemoryContextAlloc(pending_cxt, sizeof(bool) * l->nslots);
 	for (i = 0; i < l->nslots; i++)
 	{
 		e->snulls[i] = l->slots[i].kind != EVS_M_COUNT;
@@ -1109,16 +1113,16 @@ EvsFlushDeltas(void)
 	}
 	MemoryContextSwitchTo(old);
 	evs_insert_delta_rows(aggs, datas, nrows);
-	for (i = 0; i < n; i++)
-		hash_search(pending, &mine[i]->key, HASH_REMOVE, NULL);
-	MemoryContextDelete(tmp);
-	if (hash_get_num_entries(pending) == 0)
+	if (n == hash_get_num_entries(pending) &&
+		(n > 64 || MemoryContextMemAllocated(pending_cxt, true) > 1024 * 1024))
+		pending_reset();		/* all written, many: start afresh */
+	else
 	{
-		pending_n = 0;
 		/* keys and states of removed entries stay until a reset */
-		if (MemoryContextMemAllocated(pending_cxt, true) > 1024 * 1024)
-			pending_reset();
+		for (i = 0; i < n; i++)
+			hash_search(pending, &mine[i]->key, HASH_REMOVE, NULL);
 	}
+	MemoryContextDelete(tmp);
 	if (push)
 		EvsMarkDeltasCommitted();
 }
@@ -2712,6 +2716,18 @@ EvsMergeDeltas(int32 only_agg, StringInfo errors, int flags)
 
 	/* the merge SQL names types and collations as seen from the pinned path */
 	level = EvsPinSearchPath();
+
+	/*
+	 * Delta rows are deleted as soon as they are merged, faster than
+	 * autovacuum (a minute apart) removes them: a bitmap scan of _delta's
+	 * index would visit every page of every dead row since the last vacuum
+	 * at each merge, while an index scan marks the dead entries it meets
+	 * (once no snapshot needs them) and skips them from then on.
+	 */
+	(void) set_config_option("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	foreach(lc, jobs)
 	{
 		MergeJob   *j = lfirst(lc);
