@@ -1628,70 +1628,62 @@ evs_deparse(Relation rel, Node *expr)
 	return result;
 }
 
-/* Parse, check and deparse group_by (text-valued) */
+/*
+ * Parse and check a one-expression parameter (group_by, event_time) and
+ * return it analysed; errors point into its text.
+ */
+static Node *
+evs_check_one_expr(Relation rel, const char *text, const char *what, const char *hint,
+				   bool allow_stable)
+{
+	ErrorContextCallback errcallback;
+	EvsExprContext ctx = {what, text};
+	SelectStmt *sel;
+	Node	   *expr;
+
+	errcallback.callback = evs_expr_errcontext;
+	errcallback.arg = &ctx;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	sel = evs_parse_targets(text);
+	if (sel == NULL || list_length(sel->targetList) != 1 ||
+		((ResTarget *) linitial(sel->targetList))->name != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be a single SQL expression, not \"%s\"", what, text),
+				 errhint("%s", hint)));
+	expr = evs_check_expr(rel, ((ResTarget *) linitial(sel->targetList))->val,
+						  what, text, allow_stable);
+	error_context_stack = errcallback.previous;
+	return expr;
+}
+
+/* group_by: checked, text-valued, deparsed */
 static char *
 evs_check_group_by(Relation rel, const char *group_by)
 {
-	ErrorContextCallback errcallback;
-	EvsExprContext ctx = {"group_by", group_by};
-	SelectStmt *sel;
-	Node	   *expr;
-	char	   *result;
+	Node	   *expr = evs_check_one_expr(rel, group_by, "group_by",
+										  "Use an expression over id, key, payload and created_at, for example payload->>'word'.",
+										  false);
 
-	errcallback.callback = evs_expr_errcontext;
-	errcallback.arg = &ctx;
-	errcallback.previous = error_context_stack;
-	error_context_stack = &errcallback;
-
-	sel = evs_parse_targets(group_by);
-	if (sel == NULL || list_length(sel->targetList) != 1 ||
-		((ResTarget *) linitial(sel->targetList))->name != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("group_by must be a single SQL expression, not \"%s\"", group_by),
-				 errhint("Use an expression over id, key, payload and created_at, for example payload->>'word'.")));
-	expr = evs_check_expr(rel, ((ResTarget *) linitial(sel->targetList))->val,
-						  "group_by", group_by, false);
-	expr = evs_coerce(expr, TEXTOID, "group_by");
-	result = evs_deparse(rel, expr);
-	error_context_stack = errcallback.previous;
-	return result;
+	return evs_deparse(rel, evs_coerce(expr, TEXTOID, "group_by"));
 }
 
-/* Parse, check and deparse event_time (timestamptz-valued, not volatile) */
+/* event_time: checked (timestamptz-valued, not volatile), deparsed */
 static char *
 evs_check_event_time(Relation rel, const char *event_time)
 {
-	ErrorContextCallback errcallback;
-	EvsExprContext ctx = {"event_time", event_time};
-	SelectStmt *sel;
-	Node	   *expr;
-	char	   *result;
+	Node	   *expr = evs_check_one_expr(rel, event_time, "event_time",
+										  "For example $$(payload->>'ts')::timestamptz$$.", true);
 
-	errcallback.callback = evs_expr_errcontext;
-	errcallback.arg = &ctx;
-	errcallback.previous = error_context_stack;
-	error_context_stack = &errcallback;
-
-	sel = evs_parse_targets(event_time);
-	if (sel == NULL || list_length(sel->targetList) != 1 ||
-		((ResTarget *) linitial(sel->targetList))->name != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("event_time must be a single SQL expression, not \"%s\"", event_time),
-				 errhint("For example $$(payload->>'ts')::timestamptz$$.")));
-	expr = evs_check_expr(rel, ((ResTarget *) linitial(sel->targetList))->val,
-						  "event_time", event_time, true);
 	if (getBaseType(exprType(expr)) != TIMESTAMPTZOID)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("event_time must be of type timestamp with time zone, not %s",
 						format_type_be(exprType(expr))),
 				 errhint("Cast it, for example $$(payload->>'ts')::timestamptz$$.")));
-	expr = evs_coerce(expr, TIMESTAMPTZOID, "event_time");
-	result = evs_deparse(rel, expr);
-	error_context_stack = errcallback.previous;
-	return result;
+	return evs_deparse(rel, evs_coerce(expr, TIMESTAMPTZOID, "event_time"));
 }
 
 /* The state type of sum/avg of a type, or InvalidOid */

@@ -351,13 +351,9 @@ EvsTrySubxact(void (*fn) (void *), void *arg, const char *what, StringInfo error
 	return ok;
 }
 
-/*
- * An interval as microseconds, for partition intervals and buckets: whole
- * days count 24 hours, months are refused (their length varies), and the
- * result must be at least one second.
- */
-int64
-EvsBucketUsecs(Interval *ivl, const char *what)
+/* An interval without months as microseconds (days count 24 hours) */
+static int64
+evs_fixed_usecs(Interval *ivl, const char *what)
 {
 	int64		us;
 
@@ -366,7 +362,24 @@ EvsBucketUsecs(Interval *ivl, const char *what)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must not contain months or years", what),
 				 errhint("Use days instead, for example '30 days'.")));
-	us = (int64) ivl->day * USECS_PER_DAY + ivl->time;
+	if (pg_mul_s64_overflow((int64) ivl->day, USECS_PER_DAY, &us) ||
+		pg_add_s64_overflow(us, ivl->time, &us))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERVAL_FIELD_OVERFLOW),
+				 errmsg("%s is out of range", what)));
+	return us;
+}
+
+/*
+ * An interval as microseconds, for partition intervals and buckets: whole
+ * days count 24 hours, months are refused (their length varies), and the
+ * result must be at least one second.
+ */
+int64
+EvsBucketUsecs(Interval *ivl, const char *what)
+{
+	int64		us = evs_fixed_usecs(ivl, what);
+
 	if (us < USECS_PER_SEC)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -406,15 +419,9 @@ EvsCollationOid(const char *name)
 int64
 EvsIntervalUsecs(Interval *ivl, const char *what)
 {
-	int64		us;
+	int64		us = evs_fixed_usecs(ivl, what);
 
-	if (ivl->month != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not contain months or years", what),
-				 errhint("Use days instead, for example '30 days'.")));
-	if (pg_mul_s64_overflow((int64) ivl->day, USECS_PER_DAY, &us) ||
-		pg_add_s64_overflow(us, ivl->time, &us) || us < 0)
+	if (us < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must not be negative", what)));
