@@ -41,4 +41,42 @@ RESET ROLE;
 -- (they are not empty)
 SELECT (SELECT count(*) FROM evstream._delta) + (SELECT count(*) FROM evstream._count) > 0 AS state_rows;
 SELECT evstream.drop_topic('secret_events', cascade => true);
+
+-- A topic owner's event_time may be STABLE, and built-in STABLE functions
+-- can run user code (table_to_xml reads a view that calls a function): it
+-- runs as the aggregate's owner, restricted, never as whoever inserts.
+CREATE SCHEMA attack_ns AUTHORIZATION regress_state_attacker;
+SET ROLE regress_state_attacker;
+SELECT evstream.create_topic('attack_ns.mt');
+CREATE TABLE attack_ns.loot (who text);
+GRANT USAGE ON SCHEMA attack_ns TO PUBLIC;
+GRANT INSERT ON attack_ns.loot, attack_ns.mt TO PUBLIC;
+CREATE FUNCTION attack_ns.evil() RETURNS int LANGUAGE sql
+    AS $$ INSERT INTO attack_ns.loot VALUES (current_user) RETURNING 1 $$;
+CREATE VIEW attack_ns.trap AS SELECT attack_ns.evil() AS x;
+GRANT SELECT ON attack_ns.trap TO PUBLIC;
+SELECT evstream.create_aggregate('attack_ns.ma', 'attack_ns.mt', bucket => '1 hour',
+    event_time => $$created_at + (length(table_to_xml('attack_ns.trap'::regclass, true, false, '')::text) * interval '0 s')$$);
+RESET ROLE;
+-- the superuser produces: the view's function must not run as the superuser
+-- (it runs as the owner under SECURITY_RESTRICTED_OPERATION, where its
+-- INSERT is allowed but it is the owner's)
+INSERT INTO attack_ns.mt (key) VALUES ('k');
+SELECT who, count(*) FROM attack_ns.loot GROUP BY 1;
+SELECT sum(count) FROM attack_ns.ma;
+
+-- A grace longer than the calendar closes nothing, and never stores a time
+-- out of range in the catalog (which every role reads, and pg_dump dumps)
+SET ROLE regress_state_attacker;
+SELECT evstream.create_aggregate('attack_ns.far', 'attack_ns.mt', bucket => '1 hour',
+    output_topic => 'attack_ns.far_out', emit => 'final', grace => '3000000 days',
+    window_retention => '3000000 days');
+RESET ROLE;
+INSERT INTO attack_ns.mt (key) VALUES ('k');
+SELECT evstream._merge_deltas() >= 0 AS merged;
+SELECT a.finalized_upto IS NULL AS nothing_final FROM evstream._aggregate a
+ WHERE a.aggregate = 'attack_ns.far'::regclass;
+SELECT count(*) FROM attack_ns.far_out;
+SELECT evstream.drop_topic('attack_ns.mt', cascade => true);
+DROP SCHEMA attack_ns CASCADE;
 DROP ROLE regress_state_attacker;

@@ -134,6 +134,13 @@
 /* pending entries (groups x windows) before a statement flushes early */
 #define EVS_PENDING_MAX 16384
 
+/* ... or past this much memory (large min/max states) */
+#define EVS_PENDING_BYTES (64 * 1024 * 1024)
+
+/* delta rows one merge statement folds, at most (by stored size) */
+#define EVS_MERGE_BATCH_BYTES (16 * 1024 * 1024)
+#define EVS_MERGE_MAX_BATCHES 64
+
 /* target size of one delta row's packed entries */
 #define EVS_CHUNK_BYTES 7000
 
@@ -697,8 +704,12 @@ evs_accumulate(Relation rel, TupleTableSlot **slots, int nslots, int32 only_agg)
 	}
 	PG_END_TRY();
 
-	/* bounded memory: a statement with very many groups writes as it goes */
-	if (hash_get_num_entries(pending) >= EVS_PENDING_MAX)
+	/*
+	 * Bounded memory: a statement with very many groups, or with large
+	 * min/max states, writes as it goes.
+	 */
+	if (hash_get_num_entries(pending) >= EVS_PENDING_MAX ||
+		MemoryContextMemAllocated(pending_cxt, true) > EVS_PENDING_BYTES)
 		EvsFlushDeltas();
 }
 
@@ -1420,7 +1431,11 @@ evs_merge_sql(EvsAggDef *d)
 
 	initStringInfo(&sql);
 	appendStringInfoString(&sql,
-						   "WITH d AS (DELETE FROM evstream._delta x WHERE x.agg OPERATOR(pg_catalog.=) $1 "
+						   "WITH d AS (DELETE FROM evstream._delta x WHERE x.ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+						   "    SELECT y.ctid FROM (SELECT z.ctid, pg_catalog.sum(pg_catalog.pg_column_size(z.data)) "
+						   "      OVER (ORDER BY z.ctid ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before "
+						   "      FROM evstream._delta z WHERE z.agg OPERATOR(pg_catalog.=) $1) y "
+						   "    WHERE COALESCE(y.before, 0) OPERATOR(pg_catalog.<) " CppAsString2(EVS_MERGE_BATCH_BYTES) ")) "
 						   "  RETURNING x.data), "
 						   "e AS (SELECT u.group_key, u.bucket_start, u.n, u.m FROM d "
 						   "  CROSS JOIN LATERAL evstream._unpack(d.data) u), "
@@ -2436,7 +2451,7 @@ evs_close_horizon(void)
 static void
 evs_emit_finals(EvsAggDef *d, TimestampTz horizon)
 {
-	TimestampTz upto = horizon - d->grace_usecs;
+	TimestampTz upto;
 	Oid			types[4] = {INT4OID, INTERVALOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
 	Datum		values[4];
 	char		nulls[4] = {' ', ' ', ' ', ' '};
@@ -2444,6 +2459,9 @@ evs_emit_finals(EvsAggDef *d, TimestampTz horizon)
 	EvsUserState su;
 	int			ret;
 
+	/* a grace reaching before the first valid timestamp closes nothing */
+	if (pg_sub_s64_overflow(horizon, d->grace_usecs, &upto) || !IS_VALID_TIMESTAMP(upto))
+		return;
 	if (d->has_finalized)
 	{
 		/* the first window end at or after finalized_upto (ends are on the hop grid) */
@@ -2512,11 +2530,16 @@ evs_emit_finals(EvsAggDef *d, TimestampTz horizon)
 static void
 evs_drop_old_windows(EvsAggDef *d, TimestampTz horizon)
 {
-	TimestampTz upto = horizon - d->grace_usecs;
-	TimestampTz old = GetCurrentTimestamp() - d->retention_usecs;
+	TimestampTz upto;
+	TimestampTz old;
 	Oid			types[3] = {INT4OID, INTERVALOID, TIMESTAMPTZOID};
 	Datum		values[3];
 	EvsUserState su;
+
+	if (pg_sub_s64_overflow(horizon, d->grace_usecs, &upto) || !IS_VALID_TIMESTAMP(upto) ||
+		pg_sub_s64_overflow(GetCurrentTimestamp(), d->retention_usecs, &old) ||
+		!IS_VALID_TIMESTAMP(old))
+		return;					/* nothing is that old */
 
 	if (d->final)
 		upto = d->has_finalized ? Min(upto, d->finalized_upto) : DT_NOBEGIN;
@@ -2570,25 +2593,55 @@ evs_merge_one(void *arg)
 	SPITupleTable *tt;
 	uint64		n;
 	int			ret;
+	int			batch;
 	char	   *sql;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	EvsBecomeSuperuser(&su);
 	sql = evs_merge_sql(d);
-	ret = SPI_execute_with_args(sql, 1, types, values, NULL, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not merge the deltas of aggregate %d", d->id);
-	EvsRestoreUser(&su);
-	tt = SPI_tuptable;
-	n = SPI_processed;
-	d->changed = (int) n;
-	if (n > 0 && !d->quiet && get_rel_name(d->view) != NULL)
+	d->changed = 0;
+
+	/*
+	 * In batches of about EVS_MERGE_BATCH_BYTES of delta rows, so the
+	 * changes a statement returns stay bounded whatever the backlog (large
+	 * min/max states); what is left after EVS_MERGE_MAX_BATCHES waits for
+	 * the next merge.  Per group, later batches only add to earlier ones.
+	 */
+	for (batch = 0; d->quiet || batch < EVS_MERGE_MAX_BATCHES; batch++)
 	{
-		if (d->notify)
-			evs_notify_changes(get_rel_name(d->view), tt, n);
-		if (OidIsValid(d->output_topic) && !d->final && get_rel_name(d->output_topic) != NULL)
-			evs_publish_changes(d, tt, n);
+		CHECK_FOR_INTERRUPTS();
+		EvsBecomeSuperuser(&su);
+		ret = SPI_execute_with_args(sql, 1, types, values, NULL, false, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not merge the deltas of aggregate %d", d->id);
+		EvsRestoreUser(&su);
+		tt = SPI_tuptable;
+		n = SPI_processed;
+		if (n == 0 && d->quiet)
+		{
+			/* the backfill folds all (a batch of late entries only returns nothing) */
+			bool		more;
+
+			EvsBecomeSuperuser(&su);
+			more = EvsSpiInt64("SELECT pg_catalog.count(*) FROM (SELECT FROM evstream._delta z "
+							   "WHERE z.agg OPERATOR(pg_catalog.=) $1 LIMIT 1) x",
+							   1, types, values, NULL) > 0;
+			EvsRestoreUser(&su);
+			if (!more)
+				break;
+			continue;
+		}
+		if (n == 0)
+			break;
+		d->changed += (int) n;
+		if (!d->quiet && get_rel_name(d->view) != NULL)
+		{
+			if (d->notify)
+				evs_notify_changes(get_rel_name(d->view), tt, n);
+			if (OidIsValid(d->output_topic) && !d->final && get_rel_name(d->output_topic) != NULL)
+				evs_publish_changes(d, tt, n);
+		}
+		SPI_freetuptable(tt);
 	}
 	SPI_finish();
 }

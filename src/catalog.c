@@ -525,7 +525,13 @@ evs_compile_expr(Relation rel, const char *text, Oid target, bool *as_owner)
 	expr = coerce_to_target_type(pstate, expr, exprType(expr), target, -1,
 								 COERCION_EXPLICIT, COERCE_EXPLICIT_CAST, -1);
 	EvsUnpinSearchPath(save_nestlevel);
-	if (evs_calls_user_function(expr, NULL))
+	/*
+	 * User-written functions run as the owner; so does anything not
+	 * immutable (event_time may be STABLE, and built-in STABLE functions
+	 * can run user code: table_to_xml reads a view, record_in checks a
+	 * domain).
+	 */
+	if (evs_calls_user_function(expr, NULL) || contain_mutable_functions(expr))
 		*as_owner = true;
 	return ExecInitExpr(expression_planner((Expr *) expr), NULL);
 }
