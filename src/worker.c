@@ -764,15 +764,33 @@ evs_worker_prune(void)
 	pgstat_report_activity(STATE_RUNNING, "evstream: pruning group positions");
 	EvsPrunePositions();
 	EvsTransformWorkersCheck(worker_db);
-	{
-		StringInfoData errors;
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
 
-		/* windows close with time: emit final results without new deltas */
-		initStringInfo(&errors);
-		(void) EvsMergeDeltas(0, &errors, EVS_MERGE_FINAL_ONLY);
-		if (errors.len > 0)
-			evs_worker_error(errors.data);
-	}
+/*
+ * Windows close with time: emit the final results of aggregates with
+ * emit 'final' also when no new deltas arrive (once a second, after the
+ * prune).  Its own transaction, with lock waits bounded as maintenance's
+ * are: DROP EXTENSION or DROP of an aggregate waits for it briefly at
+ * most, never deadlocks with it.
+ */
+static void
+evs_worker_finals(void)
+{
+	StringInfoData errors;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "evstream: final results of closed windows");
+	(void) set_config_option("lock_timeout", "200ms", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+	initStringInfo(&errors);
+	(void) EvsMergeDeltas(0, &errors, EVS_MERGE_FINAL_ONLY);
+	if (errors.len > 0)
+		evs_worker_error(errors.data);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
@@ -938,6 +956,7 @@ EvsWorkerMain(Datum arg)
 		{
 			seen_transforms_gen = pg_atomic_read_u32(&worker_db->transforms_gen);
 			evs_worker_step(evs_worker_prune);
+			evs_worker_step(evs_worker_finals);
 			last_prune = GetCurrentTimestamp();
 			continue;
 		}
