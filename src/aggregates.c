@@ -308,7 +308,7 @@ evs_layout(EvsAggregate *a)
 	l = palloc0(sizeof(EvsLayout));
 	l->agg = a->id;
 	l->push = a->notify || OidIsValid(a->output_topic);
-	l->bucketed = a->bucket != NULL;
+	l->bucketed = a->windows.bucket != NULL;
 	l->nslots = a->nslots;
 	l->slots = palloc0(sizeof(EvsSlot) * (a->nslots + 1));
 	for (i = 0; i < a->nmeasures; i++)
@@ -545,7 +545,7 @@ evs_accumulate_agg(EvsAggregate *a, TupleTableSlot **slots, int nslots, int leve
 			vals[k] = ExecEvalExprSwitchContext(a->measures[k].input, accum_econtext, &vnulls[k]);
 		key.has_bucket = false;
 		key.bucket = 0;
-		if (a->bucket == NULL)
+		if (a->windows.bucket == NULL)
 			evs_count_in(&key, l, a, vals, vnulls);
 		else
 		{
@@ -563,8 +563,8 @@ evs_accumulate_agg(EvsAggregate *a, TupleTableSlot **slots, int nslots, int leve
 				evs_count_in(&key, l, a, vals, vnulls);	/* window NULL */
 			else
 			{
-				TimestampTz start = evs_bin(ts, a->hop_usecs);
-				int64		nwin = a->bucket_usecs / a->hop_usecs;
+				TimestampTz start = evs_bin(ts, a->windows.hop_usecs);
+				int64		nwin = a->windows.bucket_usecs / a->windows.hop_usecs;
 				int64		w;
 
 				key.has_bucket = true;
@@ -573,13 +573,13 @@ evs_accumulate_agg(EvsAggregate *a, TupleTableSlot **slots, int nslots, int leve
 					TimestampTz s;
 					TimestampTz deadline;
 
-					if (pg_sub_s64_overflow(start, w * a->hop_usecs, &s) ||
+					if (pg_sub_s64_overflow(start, w * a->windows.hop_usecs, &s) ||
 						!IS_VALID_TIMESTAMP(s))
 						break;
 					/* late: the window ended more than grace before created_at */
 					if (a->event_time && !cnull &&
-						!pg_add_s64_overflow(s, a->bucket_usecs, &deadline) &&
-						!pg_add_s64_overflow(deadline, a->grace_usecs, &deadline) &&
+						!pg_add_s64_overflow(s, a->windows.bucket_usecs, &deadline) &&
+						!pg_add_s64_overflow(deadline, a->windows.grace_usecs, &deadline) &&
 						deadline < DatumGetTimestampTz(created))
 					{
 						late++;
@@ -1246,10 +1246,7 @@ typedef struct EvsAggDef
 	Oid			view;
 	Oid			output_topic;
 	bool		notify;
-	Interval   *bucket;			/* NULL: not windowed */
-	int64		bucket_usecs;
-	int64		hop_usecs;
-	int64		grace_usecs;
+	EvsWindows	w;				/* w.bucket NULL: not windowed */
 	bool		final;			/* emit => 'final' */
 	bool		has_retention;
 	int64		retention_usecs;
@@ -1383,7 +1380,7 @@ evs_view_sql(EvsAggDef *d, const char *qview)
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "CREATE VIEW %s AS SELECT s.group_key, %spg_catalog.sum(s.n)::pg_catalog.int8 AS count",
-					 qview, d->bucket ? "s.bucket_start, " : "");
+					 qview, d->w.bucket ? "s.bucket_start, " : "");
 	for (i = 0; i < d->nmeasures; i++)
 	{
 		appendStringInfoString(&sql, ", ");
@@ -1410,7 +1407,7 @@ evs_view_sql(EvsAggDef *d, const char *qview)
 					 "CROSS JOIN LATERAL evstream._unpack(d.data) u "
 					 "WHERE d.agg OPERATOR(pg_catalog.=) %d AND " EVS_NOT_LATE("u") ") s "
 					 "GROUP BY s.group_key%s",
-					 d->id, d->id, d->bucket ? ", s.bucket_start" : "");
+					 d->id, d->id, d->w.bucket ? ", s.bucket_start" : "");
 	return sql.data;
 }
 
@@ -2009,8 +2006,8 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(3))
 	{
 		bucket = PG_GETARG_INTERVAL_P(3);
-		d->bucket_usecs = EvsBucketUsecs(bucket, "bucket");
-		d->hop_usecs = d->bucket_usecs;
+		d->w.bucket_usecs = EvsBucketUsecs(bucket, "bucket");
+		d->w.hop_usecs = d->w.bucket_usecs;
 	}
 	for (i = 7; i <= 11; i++)
 		if (i != 10 && !PG_ARGISNULL(i) && bucket == NULL)
@@ -2031,13 +2028,13 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(7))
 	{
 		hop = PG_GETARG_INTERVAL_P(7);
-		d->hop_usecs = EvsBucketUsecs(hop, "hop");
-		if (d->hop_usecs > d->bucket_usecs || d->bucket_usecs % d->hop_usecs != 0)
+		d->w.hop_usecs = EvsBucketUsecs(hop, "hop");
+		if (d->w.hop_usecs > d->w.bucket_usecs || d->w.bucket_usecs % d->w.hop_usecs != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("hop must divide bucket"),
 					 errhint("For example bucket => '1 hour', hop => '1 minute'.")));
-		if (d->bucket_usecs / d->hop_usecs > EVS_MAX_WINDOWS)
+		if (d->w.bucket_usecs / d->w.hop_usecs > EVS_MAX_WINDOWS)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("bucket / hop must be at most %d windows per event", EVS_MAX_WINDOWS)));
@@ -2045,7 +2042,7 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(9))
 	{
 		grace = PG_GETARG_INTERVAL_P(9);
-		d->grace_usecs = EvsIntervalUsecs(grace, "grace");
+		d->w.grace_usecs = EvsIntervalUsecs(grace, "grace");
 	}
 	if (!PG_ARGISNULL(11))
 	{
@@ -2112,7 +2109,7 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 							 0, NULL, NULL, NULL);
 	EvsRestoreUser(&su);
 	d->id = id;
-	d->bucket = bucket;
+	d->w.bucket = bucket;
 	d->output_topic = output;
 	d->notify = notify;
 
@@ -2416,7 +2413,7 @@ evs_publish_changes(EvsAggDef *d, SPITupleTable *tt, uint64 n)
 				   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
 				   "pg_catalog.unnest($4)) WITH ORDINALITY AS u(k, b, n, v, o) ORDER BY u.o",
 				   EvsQualifiedName(d->output_topic),
-				   d->bucket ?
+				   d->w.bucket ?
 				   " OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('bucket_start', u.b)" : "");
 	EvsBecomeOwner(EvsRelOwner(d->view), &st);
 	if (SPI_execute_with_args(sql, 4, types, values, NULL, false, 0) != SPI_OK_INSERT)
@@ -2460,15 +2457,15 @@ evs_emit_finals(EvsAggDef *d, TimestampTz horizon)
 	int			ret;
 
 	/* a grace reaching before the first valid timestamp closes nothing */
-	if (pg_sub_s64_overflow(horizon, d->grace_usecs, &upto) || !IS_VALID_TIMESTAMP(upto))
+	if (pg_sub_s64_overflow(horizon, d->w.grace_usecs, &upto) || !IS_VALID_TIMESTAMP(upto))
 		return;
 	if (d->has_finalized)
 	{
 		/* the first window end at or after finalized_upto (ends are on the hop grid) */
-		TimestampTz next = evs_bin(d->finalized_upto, d->hop_usecs);
+		TimestampTz next = evs_bin(d->finalized_upto, d->w.hop_usecs);
 
 		if (next < d->finalized_upto)
-			next += d->hop_usecs;
+			next += d->w.hop_usecs;
 		if (upto <= next)
 			return;				/* no window ended in between */
 	}
@@ -2495,7 +2492,7 @@ evs_emit_finals(EvsAggDef *d, TimestampTz horizon)
 	}
 	if (d->has_finalized && upto <= d->finalized_upto)
 		return;
-	values[1] = IntervalPGetDatum(d->bucket);
+	values[1] = IntervalPGetDatum(d->w.bucket);
 	values[2] = TimestampTzGetDatum(upto);
 	values[3] = TimestampTzGetDatum(d->finalized_upto);
 	nulls[3] = d->has_finalized ? ' ' : 'n';
@@ -2536,7 +2533,7 @@ evs_drop_old_windows(EvsAggDef *d, TimestampTz horizon)
 	Datum		values[3];
 	EvsUserState su;
 
-	if (pg_sub_s64_overflow(horizon, d->grace_usecs, &upto) || !IS_VALID_TIMESTAMP(upto) ||
+	if (pg_sub_s64_overflow(horizon, d->w.grace_usecs, &upto) || !IS_VALID_TIMESTAMP(upto) ||
 		pg_sub_s64_overflow(GetCurrentTimestamp(), d->retention_usecs, &old) ||
 		!IS_VALID_TIMESTAMP(old))
 		return;					/* nothing is that old */
@@ -2544,7 +2541,7 @@ evs_drop_old_windows(EvsAggDef *d, TimestampTz horizon)
 	if (d->final)
 		upto = d->has_finalized ? Min(upto, d->finalized_upto) : DT_NOBEGIN;
 	values[0] = Int32GetDatum(d->id);
-	values[1] = IntervalPGetDatum(d->bucket);
+	values[1] = IntervalPGetDatum(d->w.bucket);
 	values[2] = TimestampTzGetDatum(Min(upto, old));
 	EvsBecomeSuperuser(&su);
 	EvsSpiExec("DELETE FROM evstream._count c WHERE c.agg OPERATOR(pg_catalog.=) $1 "
@@ -2567,14 +2564,14 @@ evs_merge_job(void *arg)
 	MergeJob   *j = arg;
 
 	evs_merge_one(j->def);
-	if (j->def->bucket && j->def->final)
+	if (j->def->w.bucket && j->def->final)
 	{
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		evs_emit_finals(j->def, j->horizon);
 		SPI_finish();
 	}
-	if (j->def->bucket && j->def->has_retention && (j->flags & EVS_MERGE_RETENTION))
+	if (j->def->w.bucket && j->def->has_retention && (j->flags & EVS_MERGE_RETENTION))
 	{
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
@@ -2653,27 +2650,18 @@ evs_read_def(HeapTuple tup, TupleDesc desc)
 	EvsAggDef  *d = palloc0(sizeof(EvsAggDef));
 	bool		isnull;
 	Datum		v;
-	Datum	   *elems;
+	Datum	   *kinds;
+	Datum	   *names;
+	Datum	   *types;
+	Datum	   *colls;
 	int			n;
 	int			i;
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
 
 	d->id = DatumGetInt32(heap_getattr(tup, EVS_AGG_ID, desc, &isnull));
 	d->view = DatumGetObjectId(heap_getattr(tup, EVS_AGG_VIEW, desc, &isnull));
-	v = heap_getattr(tup, EVS_AGG_BUCKET, desc, &isnull);
-	if (!isnull)
+	EvsAggregateWindows(tup, desc, CurrentMemoryContext, &d->w);
+	if (d->w.bucket)
 	{
-		d->bucket = DatumGetIntervalP(datumCopy(v, false, sizeof(Interval)));
-		d->bucket_usecs = EvsBucketUsecs(d->bucket, "bucket");
-		d->hop_usecs = d->bucket_usecs;
-		v = heap_getattr(tup, EVS_AGG_HOP, desc, &isnull);
-		if (!isnull)
-			d->hop_usecs = EvsBucketUsecs(DatumGetIntervalP(v), "hop");
-		v = heap_getattr(tup, EVS_AGG_GRACE, desc, &isnull);
-		if (!isnull)
-			d->grace_usecs = EvsIntervalUsecs(DatumGetIntervalP(v), "grace");
 		v = heap_getattr(tup, EVS_AGG_RETENTION, desc, &isnull);
 		if (!isnull)
 		{
@@ -2690,26 +2678,20 @@ evs_read_def(HeapTuple tup, TupleDesc desc)
 	v = heap_getattr(tup, EVS_AGG_EMIT, desc, &isnull);
 	d->final = !isnull && strcmp(TextDatumGetCString(v), "final") == 0;
 
-	v = heap_getattr(tup, EVS_AGG_M_KINDS, desc, &isnull);
-	if (isnull)
-		return d;
-	get_typlenbyvalalign(TEXTOID, &typlen, &typbyval, &typalign);
-	deconstruct_array(DatumGetArrayTypeP(v), TEXTOID, typlen, typbyval, typalign, &elems, NULL, &n);
-	d->nmeasures = Min(n, EVS_MAX_MEASURES);
-	for (i = 0; i < d->nmeasures; i++)
-		d->kinds[i] = EvsMeasureKindOf(TextDatumGetCString(elems[i]));
-	v = heap_getattr(tup, EVS_AGG_M_NAMES, desc, &isnull);
-	deconstruct_array(DatumGetArrayTypeP(v), TEXTOID, typlen, typbyval, typalign, &elems, NULL, &n);
-	for (i = 0; i < d->nmeasures; i++)
-		d->names[i] = TextDatumGetCString(elems[i]);
-	v = heap_getattr(tup, EVS_AGG_M_TYPES, desc, &isnull);
-	deconstruct_array(DatumGetArrayTypeP(v), REGTYPEOID, 4, true, TYPALIGN_INT, &elems, NULL, &n);
-	for (i = 0; i < d->nmeasures; i++)
-		d->types[i] = DatumGetObjectId(elems[i]);
-	v = heap_getattr(tup, EVS_AGG_M_COLLS, desc, &isnull);
-	deconstruct_array(DatumGetArrayTypeP(v), TEXTOID, typlen, typbyval, typalign, &elems, NULL, &n);
-	for (i = 0; i < d->nmeasures; i++)
-		d->colls[i] = EvsCollationOid(TextDatumGetCString(elems[i]));
+	n = EvsAggregateArray(tup, desc, EVS_AGG_M_KINDS, TEXTOID, &kinds);
+	if (EvsAggregateArray(tup, desc, EVS_AGG_M_NAMES, TEXTOID, &names) != n ||
+		EvsAggregateArray(tup, desc, EVS_AGG_M_TYPES, REGTYPEOID, &types) != n ||
+		EvsAggregateArray(tup, desc, EVS_AGG_M_COLLS, TEXTOID, &colls) != n ||
+		n > EVS_MAX_MEASURES)
+		elog(ERROR, "evstream: aggregate %d has inconsistent measures", d->id);
+	d->nmeasures = n;
+	for (i = 0; i < n; i++)
+	{
+		d->kinds[i] = EvsMeasureKindOf(TextDatumGetCString(kinds[i]));
+		d->names[i] = TextDatumGetCString(names[i]);
+		d->types[i] = DatumGetObjectId(types[i]);
+		d->colls[i] = EvsCollationOid(TextDatumGetCString(colls[i]));
+	}
 	return d;
 }
 
@@ -2749,7 +2731,7 @@ EvsMergeDeltas(int32 only_agg, StringInfo errors, int flags)
 		j->def = d;
 		j->flags = flags;
 		jobs = lappend(jobs, j);
-		if (d->bucket && (d->final || (d->has_retention && (flags & EVS_MERGE_RETENTION))))
+		if (d->w.bucket && (d->final || (d->has_retention && (flags & EVS_MERGE_RETENTION))))
 			need_horizon = true;
 	}
 	systable_endscan(scan);

@@ -536,9 +536,9 @@ evs_compile_expr(Relation rel, const char *text, Oid target, bool *as_owner)
 	return ExecInitExpr(expression_planner((Expr *) expr), NULL);
 }
 
-/* A text[] / oid-like[] column of the catalog row as an array of Datums */
-static int
-evs_catalog_array(HeapTuple tup, TupleDesc desc, int att, Oid elemtype, Datum **elems)
+/* A text[] / oid-like[] column of an _aggregate row as an array of Datums */
+int
+EvsAggregateArray(HeapTuple tup, TupleDesc desc, int att, Oid elemtype, Datum **elems)
 {
 	bool		isnull;
 	Datum		d = heap_getattr(tup, att, desc, &isnull);
@@ -554,6 +554,31 @@ evs_catalog_array(HeapTuple tup, TupleDesc desc, int att, Oid elemtype, Datum **
 	deconstruct_array(DatumGetArrayTypeP(d), elemtype, typlen, typbyval, typalign,
 					  elems, NULL, &n);
 	return n;
+}
+
+/*
+ * An _aggregate row's windows (the producer path and the merge both need
+ * them); the bucket is copied into cxt.
+ */
+void
+EvsAggregateWindows(HeapTuple tup, TupleDesc desc, MemoryContext cxt, EvsWindows *w)
+{
+	bool		isnull;
+	Datum		d = heap_getattr(tup, EVS_AGG_BUCKET, desc, &isnull);
+
+	memset(w, 0, sizeof(EvsWindows));
+	if (isnull)
+		return;
+	w->bucket = (Interval *) MemoryContextAlloc(cxt, sizeof(Interval));
+	memcpy(w->bucket, DatumGetPointer(d), sizeof(Interval));
+	w->bucket_usecs = EvsBucketUsecs(w->bucket, "bucket");
+	w->hop_usecs = w->bucket_usecs;
+	d = heap_getattr(tup, EVS_AGG_HOP, desc, &isnull);
+	if (!isnull)
+		w->hop_usecs = EvsBucketUsecs(DatumGetIntervalP(d), "hop");
+	d = heap_getattr(tup, EVS_AGG_GRACE, desc, &isnull);
+	if (!isnull)
+		w->grace_usecs = EvsIntervalUsecs(DatumGetIntervalP(d), "grace");
 }
 
 /* Load what the producer path needs of one _aggregate row (texts uncompiled) */
@@ -581,30 +606,17 @@ evs_read_aggregate(HeapTuple tup, TupleDesc desc, MemoryContext cxt, EvsAggTexts
 	a->id = DatumGetInt32(heap_getattr(tup, EVS_AGG_ID, desc, &isnull));
 	a->view = DatumGetObjectId(heap_getattr(tup, EVS_AGG_VIEW, desc, &isnull));
 	texts->group_by = TextDatumGetCString(heap_getattr(tup, EVS_AGG_GROUP_BY, desc, &isnull));
-	d = heap_getattr(tup, EVS_AGG_BUCKET, desc, &isnull);
-	if (!isnull)
-	{
-		a->bucket = (Interval *) MemoryContextAlloc(cxt, sizeof(Interval));
-		memcpy(a->bucket, DatumGetPointer(d), sizeof(Interval));
-		a->bucket_usecs = EvsBucketUsecs(a->bucket, "bucket");
-		a->hop_usecs = a->bucket_usecs;
-		d = heap_getattr(tup, EVS_AGG_HOP, desc, &isnull);
-		if (!isnull)
-			a->hop_usecs = EvsBucketUsecs(DatumGetIntervalP(d), "hop");
-		d = heap_getattr(tup, EVS_AGG_GRACE, desc, &isnull);
-		if (!isnull)
-			a->grace_usecs = EvsIntervalUsecs(DatumGetIntervalP(d), "grace");
-	}
+	EvsAggregateWindows(tup, desc, cxt, &a->windows);
 	d = heap_getattr(tup, EVS_AGG_OUTPUT, desc, &isnull);
 	a->output_topic = isnull ? InvalidOid : DatumGetObjectId(d);
 	a->notify = DatumGetBool(heap_getattr(tup, EVS_AGG_NOTIFY, desc, &isnull));
 	d = heap_getattr(tup, EVS_AGG_EVENT_TIME, desc, &isnull);
 	texts->event_time = isnull ? NULL : TextDatumGetCString(d);
 
-	n = evs_catalog_array(tup, desc, EVS_AGG_M_KINDS, TEXTOID, &kinds);
-	if (evs_catalog_array(tup, desc, EVS_AGG_M_EXPRS, TEXTOID, &exprs) != n ||
-		evs_catalog_array(tup, desc, EVS_AGG_M_TYPES, REGTYPEOID, &types) != n ||
-		evs_catalog_array(tup, desc, EVS_AGG_M_COLLS, TEXTOID, &colls) != n ||
+	n = EvsAggregateArray(tup, desc, EVS_AGG_M_KINDS, TEXTOID, &kinds);
+	if (EvsAggregateArray(tup, desc, EVS_AGG_M_EXPRS, TEXTOID, &exprs) != n ||
+		EvsAggregateArray(tup, desc, EVS_AGG_M_TYPES, REGTYPEOID, &types) != n ||
+		EvsAggregateArray(tup, desc, EVS_AGG_M_COLLS, TEXTOID, &colls) != n ||
 		n > EVS_MAX_MEASURES)
 		elog(ERROR, "evstream: aggregate %d has inconsistent measures", a->id);
 	a->nmeasures = n;
@@ -617,7 +629,6 @@ evs_read_aggregate(HeapTuple tup, TupleDesc desc, MemoryContext cxt, EvsAggTexts
 		m->kind = EvsMeasureKindOf(TextDatumGetCString(kinds[i]));
 		m->type = DatumGetObjectId(types[i]);
 		m->collation = EvsCollationOid(TextDatumGetCString(colls[i]));
-		get_typlenbyval(m->type, &m->typlen, &m->typbyval);
 		texts->exprs[i] = TextDatumGetCString(exprs[i]);
 		m->slot = slot;
 		slot += m->kind == EVS_M_AVG ? 2 : 1;

@@ -266,22 +266,26 @@ typedef struct EvsMeasure
 	EvsMeasureKind kind;
 	struct ExprState *input;	/* coerced to type */
 	Oid			type;			/* input and state type (avg: the sum's) */
-	int16		typlen;
-	bool		typbyval;
 	Oid			collation;		/* min/max of a collatable type */
 	FmgrInfo	fn;				/* sum/avg: type + type; min/max: btree cmp */
 	int			slot;			/* its first state slot */
 } EvsMeasure;
+
+/* An aggregate's windows; bucket NULL: all time */
+typedef struct EvsWindows
+{
+	Interval   *bucket;
+	int64		bucket_usecs;
+	int64		hop_usecs;		/* == bucket_usecs for tumbling windows */
+	int64		grace_usecs;
+} EvsWindows;
 
 typedef struct EvsAggregate
 {
 	int32		id;
 	Oid			view;
 	Oid			owner;			/* the aggregate view's owner */
-	Interval   *bucket;			/* NULL: all time */
-	int64		bucket_usecs;
-	int64		hop_usecs;		/* == bucket_usecs for tumbling windows */
-	int64		grace_usecs;
+	EvsWindows	windows;
 	Oid			output_topic;	/* InvalidOid: none */
 	bool		notify;
 	bool		as_owner;		/* an expression calls non-built-in functions */
@@ -339,6 +343,10 @@ extern EvsTopic *EvsLookupTopic(Oid relid);
 extern EvsTopic *EvsRequireTopic(Oid relid, const char *fn);
 extern Oid	EvsTopicOf(Oid relid);
 extern List *EvsTopicAggregates(EvsTopic *t);
+extern void EvsAggregateWindows(struct HeapTupleData *tup, TupleDesc desc, MemoryContext cxt,
+								EvsWindows *w);
+extern int	EvsAggregateArray(struct HeapTupleData *tup, TupleDesc desc, int att, Oid elemtype,
+							  Datum **elems);
 extern bool EvsIsTopicSequence(Oid seqrelid, Oid *topic);
 extern struct _SPI_plan *EvsTopicPlan(EvsTopic *t, EvsTopicPlanKind kind);
 extern void EvsTopicSetDefaults(EvsTopic *t, Node *id_default, Node *created_default);
