@@ -22,9 +22,10 @@
  *	  exits).  It loops on its latch (WL_EXIT_ON_PM_DEATH, no busy loops):
  *	  - push: producers' commit callbacks record the topics that advanced
  *		(and whether aggregate deltas were written) in the database entry and
- *		set the worker's latch; the worker coalesces what commits within
- *		half of evstream.notify_interval (so nothing waits longer than about
- *		the interval) and sends one NOTIFY per advanced topic, channel = topic name,
+ *		set the worker's latch; the worker announces a topic at once when its
+ *		last notification is at least a tenth of evstream.notify_interval
+ *		old, else at the end of that gap, coalescing what commits meanwhile
+ *		(leading and trailing edge, see SentEntry), one NOTIFY per advanced topic, channel = topic name,
  *		payload {"topic": name, "last_id": stable_id}.  stable_id is
  *		computed after the producers' commits are visible, so a listener
  *		that polls on a notification always finds every announced event.
@@ -416,13 +417,93 @@ static EvsDatabase *worker_db = NULL;
 static bool worker_ext_gone = false;	/* free the entry at exit */
 static bool push_merge = false;	/* evs_worker_push: also merge deltas */
 static int	last_merge_changed = 0; /* groups the last push merge changed */
-static HTAB *sent_ids = NULL;	/* topic oid -> last_id announced */
+static HTAB *sent_ids = NULL;	/* topic oid -> what was announced, when */
+static int	npending_local = 0; /* SentEntry.pending set */
 
+/*
+ * Push, per topic (leading and trailing edge).  A topic whose last
+ * notification went out at least evs_push_gap() ago is announced as soon
+ * as the worker sees its mark (the first commit after a quiet moment goes
+ * out at once); one announced more recently waits, coalesced with whatever
+ * else commits meanwhile, until that gap has passed since its last
+ * notification (one notification at the end of it).  So a topic gets at
+ * most one notification per gap, and nothing waits longer than the gap
+ * plus the push itself.
+ *
+ * Marks stay in shared memory until a push is due: while they are there,
+ * producers see them and neither take the lock nor wake us again.  A push
+ * takes all marks; topics not yet due go to the local pending set
+ * (SentEntry.pending) and are sent when due.  Nothing is lost: a mark is
+ * only cleared by a push that then sends the topic or keeps it pending,
+ * and evs_notify_topic reads the stable id in the push's own transaction,
+ * after the marking commits (offsets.c: marks are set after the slot is
+ * cleared), so an announced last_id is always consumable.
+ */
 typedef struct SentEntry
 {
 	Oid			topic;
-	int64		last_id;
+	int64		last_id;		/* last announced stable id */
+	TimestampTz sent_at;		/* when (0: never) */
+	bool		pending;		/* marked, waiting for its gap */
 } SentEntry;
+
+/*
+ * The least time between two notifications of one topic: a tenth of
+ * evstream.notify_interval (1 ms by default), so a trickle of commits is
+ * announced at once and a flood costs at most 1000 notifications a second
+ * per topic (each wakes every listener).
+ */
+static int
+evs_push_gap_us(void)
+{
+	return Max(evs_notify_interval * 100, 100);
+}
+
+/* When a topic may be notified next */
+static TimestampTz
+evs_topic_due(Oid topic)
+{
+	SentEntry  *e = hash_search(sent_ids, &topic, HASH_FIND, NULL);
+
+	if (e == NULL || e->sent_at == 0)
+		return 0;
+	return e->sent_at + evs_push_gap_us();
+}
+
+/*
+ * The earliest time a topic push is due (DT_NOBEGIN: none pending), from
+ * the marks in shared memory (read, not taken) and the local pending set.
+ */
+static TimestampTz
+evs_push_due_at(void)
+{
+	TimestampTz due = DT_NOEND;
+	Oid			dirty[EVS_DIRTY_TOPICS];
+	int			ndirty;
+	bool		overflow;
+	int			i;
+
+	LWLockAcquire(evs_shared->lock, LW_SHARED);
+	ndirty = worker_db->ndirty;
+	memcpy(dirty, worker_db->dirty, sizeof(Oid) * ndirty);
+	overflow = worker_db->dirty_overflow;
+	LWLockRelease(evs_shared->lock);
+	if (overflow)
+		return 0;
+	for (i = 0; i < ndirty; i++)
+		due = Min(due, evs_topic_due(dirty[i]));
+	if (npending_local > 0)
+	{
+		HASH_SEQ_STATUS seq;
+		SentEntry  *e;
+
+		hash_seq_init(&seq, sent_ids);
+		while ((e = hash_seq_search(&seq)) != NULL)
+			if (e->pending)
+				due = Min(due, e->sent_at + evs_push_gap_us());
+	}
+	return due == DT_NOEND ? DT_NOBEGIN : due;
+}
 
 static void
 evs_worker_exit(int code, Datum arg)
@@ -478,29 +559,54 @@ evs_extension_present(void)
 	return present;
 }
 
-/* Send one topic notification if its stable id moved */
+/* A marked topic: pending until its gap has passed */
 static void
-evs_notify_topic(Oid topic)
+evs_mark_topic(Oid topic)
 {
-	char	   *name = get_rel_name(topic);
-	EvsTopic   *t;
-	int64		stable;
 	SentEntry  *e;
 	bool		found;
+
+	e = hash_search(sent_ids, &topic, HASH_ENTER, &found);
+	if (!found)
+	{
+		e->last_id = 0;
+		e->sent_at = 0;
+		e->pending = false;
+	}
+	if (!e->pending)
+		npending_local++;
+	e->pending = true;
+}
+
+/*
+ * Send one pending topic's notification if its gap has passed (else keep
+ * it pending) and its stable id moved (else there is nothing new to read
+ * yet: the transaction holding it back marks the topic again when it ends).
+ */
+static void
+evs_notify_topic(SentEntry *e, TimestampTz now)
+{
+	Oid			topic = e->topic;
+	char	   *name;
+	EvsTopic   *t;
+	int64		stable;
 	StringInfoData payload;
 
+	if (e->sent_at != 0 && e->sent_at + evs_push_gap_us() > now)
+		return;					/* trailing edge: at the end of its gap */
+	e->pending = false;
+	npending_local--;
+	name = get_rel_name(topic);
 	if (name == NULL)
 		return;
 	t = EvsLookupTopic(topic);
 	if (t->topic != topic || !t->notify)
 		return;
 	stable = EvsStableId(topic);
-	e = hash_search(sent_ids, &topic, HASH_ENTER, &found);
-	if (!found)
-		e->last_id = 0;
 	if (stable <= e->last_id)
 		return;					/* nothing new to read (yet) */
 	e->last_id = stable;
+	e->sent_at = now;
 	initStringInfo(&payload);
 	appendStringInfoString(&payload, "{\"topic\": ");
 	escape_json(&payload, name);
@@ -545,7 +651,9 @@ evs_worker_push(void)
 		worker_db->deltas_pending = false;
 	LWLockRelease(evs_shared->lock);
 
-	if (ndirty == 0 && !overflow && !deltas)
+	for (i = 0; i < ndirty; i++)
+		evs_mark_topic(dirty[i]);
+	if (npending_local == 0 && !overflow && !deltas)
 		return;
 
 	SetCurrentStatementStartTimestamp();
@@ -554,24 +662,27 @@ evs_worker_push(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "evstream: push");
 
-	if (overflow)
+	if (overflow &&
+		SPI_execute("SELECT t.topic::pg_catalog.oid FROM evstream._topic t WHERE t.notify", true, 0) == SPI_OK_SELECT)
 	{
-		if (SPI_execute("SELECT t.topic::pg_catalog.oid FROM evstream._topic t WHERE t.notify", true, 0) == SPI_OK_SELECT)
-		{
-			uint64		n = SPI_processed;
-			Oid		   *all = palloc(sizeof(Oid) * (n + 1));
-			uint64		k;
-			bool		isnull;
+		uint64		k;
+		bool		isnull;
 
-			for (k = 0; k < n; k++)
-				all[k] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[k], SPI_tuptable->tupdesc, 1, &isnull));
-			for (k = 0; k < n; k++)
-				evs_notify_topic(all[k]);
-		}
+		for (k = 0; k < SPI_processed; k++)
+			evs_mark_topic(DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[k],
+														  SPI_tuptable->tupdesc, 1, &isnull)));
 	}
-	else
-		for (i = 0; i < ndirty; i++)
-			evs_notify_topic(dirty[i]);
+	if (npending_local > 0)
+	{
+		HASH_SEQ_STATUS seq;
+		SentEntry  *e;
+		TimestampTz now = GetCurrentTimestamp();
+
+		hash_seq_init(&seq, sent_ids);
+		while ((e = hash_seq_search(&seq)) != NULL)
+			if (e->pending)
+				evs_notify_topic(e, now);
+	}
 	if (deltas)
 		evs_merge_and_notify();
 
@@ -826,7 +937,6 @@ void
 EvsWorkerMain(Datum arg)
 {
 	Oid			dboid = DatumGetObjectId(arg);
-	TimestampTz last_push = 0;
 	TimestampTz last_merge = 0;
 	TimestampTz last_check = 0;
 	TimestampTz last_prune = 0;
@@ -887,6 +997,7 @@ EvsWorkerMain(Datum arg)
 	{
 		TimestampTz now;
 		long		timeout = 1000;
+		int64		wait_us = 0;	/* until a topic push is due */
 		bool		topics_pending;
 		bool		deltas_pending;
 
@@ -914,9 +1025,8 @@ EvsWorkerMain(Datum arg)
 		}
 
 		/*
-		 * Topic pushes are at least half a notify_interval apart, so what
-		 * commits right after a push waits at most about notify_interval.
-		 * Aggregate deltas are folded (and their changes pushed) at most
+		 * A topic push is due as the leading and trailing edge rule above
+		 * says (evs_push_due_at).  Aggregate deltas are folded (and their changes pushed) at most
 		 * every max(notify_interval, 100 ms), so a change reaches the
 		 * output topic well within 300 ms of its commit; when the last
 		 * merge changed many groups (bulk load), every 250 ms: a merge
@@ -924,14 +1034,14 @@ EvsWorkerMain(Datum arg)
 		 * second of deltas at once saves most of the merge work under
 		 * load.  Reads stay exact meanwhile: views combine the deltas.
 		 */
-		topics_pending = worker_db->ndirty > 0 || worker_db->dirty_overflow;
+		topics_pending = worker_db->ndirty > 0 || worker_db->dirty_overflow ||
+			npending_local > 0;
 		deltas_pending = worker_db->deltas_pending;
 		{
-			int			push_gap = evs_notify_interval / 2;
 			int			merge_gap = Max(evs_notify_interval,
 											last_merge_changed > 256 ? 250 : 100);
-			bool		push_due = topics_pending &&
-				TimestampDifferenceExceeds(last_push, now, push_gap);
+			TimestampTz push_at = topics_pending ? evs_push_due_at() : DT_NOBEGIN;
+			bool		push_due = push_at != DT_NOBEGIN && push_at <= now;
 			bool		merge_due = deltas_pending && worker_catalog_current &&
 				TimestampDifferenceExceeds(last_merge, now, merge_gap);
 
@@ -939,13 +1049,12 @@ EvsWorkerMain(Datum arg)
 			{
 				push_merge = merge_due;
 				evs_worker_step(evs_worker_push);
-				last_push = GetCurrentTimestamp();
 				if (merge_due)
-					last_merge = last_push;
+					last_merge = GetCurrentTimestamp();
 				continue;		/* more may have arrived meanwhile */
 			}
-			if (topics_pending)
-				timeout = Min(timeout, evs_ms_until(now, last_push, push_gap));
+			if (push_at != DT_NOBEGIN)
+				wait_us = push_at - now;
 			if (deltas_pending)
 				timeout = Min(timeout, evs_ms_until(now, last_merge, merge_gap));
 		}
@@ -979,6 +1088,20 @@ EvsWorkerMain(Datum arg)
 			timeout = Min(timeout, Max(1, secs * 1000 + usecs / 1000));
 		}
 
+		/*
+		 * A topic push due in less than a millisecond (the latch's
+		 * resolution): sleep just that long.  Marks that arrive meanwhile
+		 * are seen right after it.
+		 */
+		if (wait_us > 0 && wait_us < 1000 && timeout > 1)
+		{
+			pgstat_report_wait_start(PG_WAIT_EXTENSION);
+			pg_usleep(wait_us);
+			pgstat_report_wait_end();
+			continue;
+		}
+		if (wait_us > 0)
+			timeout = Min(timeout, (wait_us + 999) / 1000);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);

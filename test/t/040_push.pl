@@ -5,8 +5,10 @@
 #     soon after a commit, N = the stable id; schema-qualified and
 #     mixed-case topics notify on their bare relation name; a topic with
 #     notify => false sends nothing;
-#   - evstream.notify_interval (reloaded with SIGHUP) coalesces commits that
-#     follow a push into one later notification;
+#   - leading and trailing edge, per topic (evstream.notify_interval
+#     reloaded with SIGHUP): the first commit after a quiet gap is announced
+#     at once; commits within a gap after a notification are coalesced into
+#     one at the end of the gap; another topic is not held back meanwhile;
 #   - an abort that unblocks events others committed behind it announces them;
 #   - ordering under load (4 producers, random transaction lengths, ~20%
 #     rollbacks): at every notification, consuming from the last position
@@ -82,22 +84,38 @@ is_deeply($json->decode($mixed->{payload} // '{}'), { topic => 'Mixed Case', las
 	'"Mixed Case" notifies on channel "Mixed Case"');
 is(scalar(grep { $_->{channel} eq 'quiet' } @$notes), 0, 'still nothing for quiet');
 
-# evstream.notify_interval (SIGHUP): with 3 s, commits right after a push
-# are coalesced into one later notification
-$node->safe_psql('postgres', q{ALTER SYSTEM SET evstream.notify_interval = '3s'; SELECT pg_reload_conf();});
-$node->poll_query_until('postgres', q{SELECT current_setting('evstream.notify_interval') = '3s'});
-$node->safe_psql('postgres', 'SELECT pg_sleep(0.2)');    # let the worker see the SIGHUP
-my $ida = $node->safe_psql('postgres', q{INSERT INTO ev (key) VALUES ('a') RETURNING id});
-collect_notifications($bg, sub { grep { $_->{payload} =~ /"last_id": $ida\}/ } @{ $_[0] } }, 30);
+# Leading and trailing edge (issue 12), evstream.notify_interval reloaded
+# with SIGHUP: 10 s, so a topic's notifications are at least 1 s apart
+# (a tenth of the interval).  After a quiet second the first commit is
+# announced at once; commits within the second after a notification are
+# coalesced into one notification at its end; another topic is not held
+# back by this one's gap.
+$node->safe_psql('postgres', q{ALTER SYSTEM SET evstream.notify_interval = '10s'; SELECT pg_reload_conf();});
+$node->poll_query_until('postgres', q{SELECT current_setting('evstream.notify_interval') = '10s'});
+$node->safe_psql('postgres', 'SELECT pg_sleep(1.2)');    # the worker saw the SIGHUP; ev is quiet for > 1 s
 $t = time;
+my $ida = $node->safe_psql('postgres', q{INSERT INTO ev (key) VALUES ('a') RETURNING id});
+$notes = collect_notifications($bg, sub { grep { $_->{payload} =~ /"last_id": $ida\}/ } @{ $_[0] } }, 30);
+my $ta = time;
+cmp_ok($ta - $t, '<', 0.6,
+	sprintf('leading edge: the first commit after a quiet second is announced at once (%.3f s; the gap is 1 s)', $ta - $t));
 $node->safe_psql('postgres', q{INSERT INTO ev (key) VALUES ('b')});
 my $idc = $node->safe_psql('postgres', q{INSERT INTO ev (key) VALUES ('c') RETURNING id});
-$notes = collect_notifications($bg, sub { grep { $_->{payload} =~ /"last_id": $idc\}/ } @{ $_[0] } }, 30);
-$elapsed = time - $t;
+my $tc0 = time;
+my $idk = $node->safe_psql('postgres', q{INSERT INTO app.clicks (key) VALUES ('k') RETURNING id});
+my $tk;
+$notes = collect_notifications($bg, sub { grep { $_->{payload} =~ /"last_id": $idc\}/ } @{ $_[0] } }, 30,
+	sub { $tk //= time if $_[0]->{channel} eq 'clicks' });
+my $tc = time;
 is(scalar(grep { $_->{channel} eq 'ev' } @$notes), 1,
-	'notify_interval = 3s: two commits right after a push give one notification')
+	'trailing edge: two commits within the gap after a notification give one notification')
   or diag(explain $notes);
-cmp_ok($elapsed, '>', 0.2, sprintf('which waited for the interval (%.2f s)', $elapsed));
+ok((grep { $_->{channel} eq 'ev' && $_->{payload} =~ /"last_id": $idc\}/ } @$notes), "announcing both (last_id $idc)");
+cmp_ok($tc - $ta, '>', 0.9,
+	sprintf('sent at the end of the gap, not before (%.2f s after the previous one)', $tc - $ta));
+cmp_ok($tc - $ta, '<', 4, sprintf('and not much later (%.2f s)', $tc - $ta));
+ok(defined $tk && $tk - $tc0 < 0.6,
+	sprintf('another topic committed meanwhile is announced at once (%.3f s)', defined $tk ? $tk - $tc0 : -1));
 $node->safe_psql('postgres', q{ALTER SYSTEM RESET evstream.notify_interval; SELECT pg_reload_conf();});
 $node->poll_query_until('postgres', q{SELECT current_setting('evstream.notify_interval') = '10ms'});
 $node->safe_psql('postgres', 'SELECT pg_sleep(0.2)');
