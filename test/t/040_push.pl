@@ -9,6 +9,8 @@
 #     reloaded with SIGHUP): the first commit after a quiet gap is announced
 #     at once; commits within a gap after a notification are coalesced into
 #     one at the end of the gap; another topic is not held back meanwhile;
+#     a busy topic's gap doubles after a notification of 8 or more events
+#     and halves back after one of fewer;
 #   - an abort that unblocks events others committed behind it announces them;
 #   - ordering under load (4 producers, random transaction lengths, ~20%
 #     rollbacks): at every notification, consuming from the last position
@@ -116,6 +118,27 @@ cmp_ok($tc - $ta, '>', 0.9,
 cmp_ok($tc - $ta, '<', 4, sprintf('and not much later (%.2f s)', $tc - $ta));
 ok(defined $tk && $tk - $tc0 < 0.6,
 	sprintf('another topic committed meanwhile is announced at once (%.3f s)', defined $tk ? $tk - $tc0 : -1));
+
+# A busy topic's gap grows: a notification that announced 8 or more events
+# doubles the gap before the next (2 s here), one that announced fewer
+# halves it back (1 s).
+my $arrival = sub {
+	my ($id) = @_;
+	collect_notifications($bg, sub { grep { $_->{payload} =~ /"last_id": $id\}/ } @{ $_[0] } }, 30);
+	return time;
+};
+$node->safe_psql('postgres', 'SELECT pg_sleep(1.2)');
+my $idb = (split /\n/, $node->safe_psql('postgres',
+	q{INSERT INTO ev (key) SELECT 'burst' FROM generate_series(1, 10) RETURNING id}))[-1];
+my $tb = $arrival->($idb);
+my $id1 = $node->safe_psql('postgres', q{INSERT INTO ev (key) VALUES ('after burst') RETURNING id});
+my $t1n = $arrival->($id1);
+cmp_ok($t1n - $tb, '>', 1.9,
+	sprintf('after a notification of 10 events the next waits for a doubled gap (%.2f s)', $t1n - $tb));
+my $id2 = $node->safe_psql('postgres', q{INSERT INTO ev (key) VALUES ('quiet again') RETURNING id});
+my $t2n = $arrival->($id2);
+ok($t2n - $t1n > 0.9 && $t2n - $t1n < 1.9,
+	sprintf('after a notification of 1 event the gap is halved back (%.2f s)', $t2n - $t1n));
 $node->safe_psql('postgres', q{ALTER SYSTEM RESET evstream.notify_interval; SELECT pg_reload_conf();});
 $node->poll_query_until('postgres', q{SELECT current_setting('evstream.notify_interval') = '10ms'});
 $node->safe_psql('postgres', 'SELECT pg_sleep(0.2)');
