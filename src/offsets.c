@@ -100,11 +100,23 @@ static bool xact_transforms = false;	/* transforms created/resumed/dropped */
 
 static EvsDatabase *my_db = NULL;
 
+static int64 evs_sequence_last_value(Oid seqrelid, LOCKMODE lockmode, bool keep_lock);
+
 /* Last value handed out by a sequence (0 if none), read from its page */
 int64
 EvsSequenceLastValue(Oid seqrelid)
 {
-	Relation	rel = relation_open(seqrelid, AccessShareLock);
+	return evs_sequence_last_value(seqrelid, AccessShareLock, false);
+}
+
+/*
+ * The sequence's last value, under lockmode, released at once or kept
+ * until the transaction ends.
+ */
+static int64
+evs_sequence_last_value(Oid seqrelid, LOCKMODE lockmode, bool keep_lock)
+{
+	Relation	rel = relation_open(seqrelid, lockmode);
 	Buffer		buf;
 	Page		page;
 	ItemId		lp;
@@ -123,7 +135,7 @@ EvsSequenceLastValue(Oid seqrelid)
 	seq = (Form_pg_sequence_data) GETSTRUCT(&tup);
 	last = seq->is_called ? seq->last_value : seq->last_value - 1;
 	UnlockReleaseBuffer(buf);
-	relation_close(rel, AccessShareLock);
+	relation_close(rel, keep_lock ? NoLock : lockmode);
 	return last;
 }
 
@@ -226,7 +238,11 @@ evs_publish(Oid topic, Oid seqrelid, bool notify, int64 cap)
 						EVS_MAX_XACT_TOPICS),
 				 errhint("Split the transaction.")));
 
-	low = Min(EvsSequenceLastValue(seqrelid) + 1, cap);
+	/*
+	 * The lock nextval() takes next, kept: its lock request is then a
+	 * local re-grant, and nothing is released and taken again per row.
+	 */
+	low = Min(evs_sequence_last_value(seqrelid, RowExclusiveLock, true) + 1, cap);
 	if (low < 1)
 		low = 1;
 	if (pg_atomic_read_u32(&slot->dboid) != MyDatabaseId)
@@ -325,7 +341,8 @@ evs_advance_sequences(void)
 	int			i;
 
 	for (i = 0; i < xact_ntopics; i++)
-		if (xact_supplied_max[i] > EvsSequenceLastValue(xact_seq[i]))
+		if (xact_supplied_max[i] > 0 &&
+			xact_supplied_max[i] > EvsSequenceLastValue(xact_seq[i]))
 		{
 			EvsUserState su;
 
