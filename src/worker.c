@@ -1054,13 +1054,14 @@ EvsWorkerMain(Datum arg)
 
 		/*
 		 * A topic push is due as the leading and trailing edge rule above
-		 * says (evs_push_due_at).  Aggregate deltas are folded (and their changes pushed) at most
-		 * every max(notify_interval, 100 ms), so a change reaches the
-		 * output topic well within 300 ms of its commit; when the last
-		 * merge changed many groups (bulk load), every 250 ms: a merge
-		 * costs about one upsert per changed group, so folding a quarter
-		 * second of deltas at once saves most of the merge work under
-		 * load.  Reads stay exact meanwhile: views combine the deltas.
+		 * says (evs_push_due_at).  Aggregate deltas are folded (and their
+		 * changes pushed) at most every max(notify_interval, 100 ms), so a
+		 * change reaches the output topic well within 300 ms of its commit;
+		 * when the last merge changed many groups (bulk load), every 250
+		 * ms: a merge costs about one upsert per changed group, so folding
+		 * a quarter second of deltas at once saves most of the merge work
+		 * under load.  Reads stay exact meanwhile: views combine the
+		 * deltas.
 		 */
 		topics_pending = worker_db->ndirty > 0 || worker_db->dirty_overflow ||
 			npending_local > 0;

@@ -2402,7 +2402,11 @@ def build_table():
         add_fig("2.1", "ins.part." + s)
         add_fig("2.1", "ins.pgq." + s)
     for s in ("on", "off"):
-        add_ratio("2.2", "topic / plain partitioned", "ins.topic." + s, "ins.part." + s, s, 0.90)
+        if s == "off":
+            add_ratio("2.2", "topic / plain partitioned", "ins.topic." + s, "ins.part." + s, s, 0.97,
+                      "issue 12; issue 2 asked 0.90")
+        else:
+            add_ratio("2.2", "topic / plain partitioned", "ins.topic." + s, "ins.part." + s, s, 0.90)
     for s in ("on", "off"):
         add_ratio("2.3", "topic / pgq.insert_event", "ins.topic." + s, "ins.pgq." + s, s, 1.3)
     for s in ("on", "off"):
