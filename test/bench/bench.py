@@ -1096,23 +1096,28 @@ def stop_maintenance():
     raise err
 
 
+PENDING_ENTRIES = ("SELECT count(*) FROM evstream._delta d "
+                   "CROSS JOIN LATERAL evstream._unpack(d.data) u")
+
+
 def fill_deltas(target):
-    """Builds a backlog of about `target` pending delta rows for bb_count: each
-    INSERT .. SELECT of 1000 events over random keys appends one delta per
-    group it touches (~630), in autocommit; about 100 of them for 'k1'."""
+    """Builds a backlog of about `target` pending delta entries for bb_count:
+    each INSERT .. SELECT of 1000 events over random keys, in autocommit,
+    appends one packed delta row of one entry per group it touches (~630),
+    about 100 of them for 'k1'.  Returns (entries, rows) pending."""
     conn = connect(sync="off")
     try:
         with conn.cursor() as cur:
-            pending = 0
             for i in range(2 * target // 500):
                 cur.execute(multi_script("bb"))
                 if i % 20 == 19:
-                    cur.execute("SELECT count(*) FROM evstream._delta")
-                    pending = cur.fetchone()[0]
-                    if pending >= target:
+                    cur.execute(PENDING_ENTRIES)
+                    if cur.fetchone()[0] >= target:
                         break
+            cur.execute(PENDING_ENTRIES)
+            entries = cur.fetchone()[0]
             cur.execute("SELECT count(*) FROM evstream._delta")
-            return cur.fetchone()[0]
+            return entries, cur.fetchone()[0]
     finally:
         conn.close()
 
@@ -1123,7 +1128,8 @@ def phase_backlog():
     fig("bl.merged", "SELECT count FROM bb_count WHERE group_key = 'k1', deltas merged "
         "(aggregate notify=>false)", "µs")
     fig("bl.pending", "same read with the worker stopped and ~100k pending deltas", "µs")
-    fig("bl.rows", "pending rows in evstream._delta during that read", "rows")
+    fig("bl.rows", "pending delta entries (one per group and statement) during that read",
+        "entries")
     read = "SELECT count FROM bb_count WHERE group_key = 'k1';\n"
     try:
         stop_maintenance()
@@ -1134,16 +1140,18 @@ def phase_backlog():
                 prep(["VACUUM evstream._delta", "VACUUM evstream._count"])
                 r = pgbench("bl.merged.r%d" % rnd, read, clients=1, secs=min(T, 3), sample=False)
                 record("bl.merged", rnd, r["lat_ms"] * 1000)
-                pending = fill_deltas(100000)
+                pending, rows = fill_deltas(100000)
                 record("bl.rows", rnd, pending)
+                rnote("bl.rows", rnd, "%d entries in %d packed rows" % (pending, rows))
                 if pending < 50000:
-                    raise BenchError("no backlog: %d pending deltas after 100k inserts "
+                    raise BenchError("no backlog: %d pending delta entries after the inserts "
                                      "(merged by the worker?)" % pending)
                 DB.run("ANALYZE evstream._delta")
                 r = pgbench("bl.pending.r%d" % rnd, read, clients=1, secs=min(T, 3), sample=False)
                 record("bl.pending", rnd, r["lat_ms"] * 1000)
-                after = DB.one("SELECT count(*) FROM evstream._delta")
-                rnote("bl.pending", rnd, "%d pending before, %d after the read" % (pending, after))
+                after = DB.one(PENDING_ENTRIES)
+                rnote("bl.pending", rnd, "%d entries pending before, %d after the read"
+                      % (pending, after))
             except (psycopg2.Error, BenchError) as e:
                 log("backlog round %d: ERROR %s" % (rnd, short(e)))
                 for k in ("bl.merged", "bl.pending", "bl.rows"):
