@@ -168,7 +168,6 @@ typedef struct EvsSlot
 typedef struct EvsLayout
 {
 	int32		agg;
-	bool		push;			/* the worker should merge soon (notify/output) */
 	bool		bucketed;
 	int			nslots;
 	EvsSlot    *slots;
@@ -307,7 +306,6 @@ evs_layout(EvsAggregate *a)
 	old = MemoryContextSwitchTo(pending_cxt);
 	l = palloc0(sizeof(EvsLayout));
 	l->agg = a->id;
-	l->push = a->notify || OidIsValid(a->output_topic);
 	l->bucketed = a->windows.bucket != NULL;
 	l->nslots = a->nslots;
 	l->slots = palloc0(sizeof(EvsSlot) * (a->nslots + 1));
@@ -1074,7 +1072,6 @@ EvsFlushDeltas(void)
 	int			n = 0;
 	int			i;
 	int			level = GetCurrentTransactionNestLevel();
-	bool		push = false;
 	MemoryContext tmp;
 	MemoryContext old;
 	StringInfoData buf;
@@ -1088,10 +1085,7 @@ EvsFlushDeltas(void)
 	hash_seq_init(&seq, pending);
 	while ((e = hash_seq_search(&seq)) != NULL)
 		if (e->key.level >= level && e->count != 0)
-		{
 			mine[n++] = e;
-			push |= e->layout->push;
-		}
 	if (n == 0)
 	{
 		MemoryContextSwitchTo(old);
@@ -1134,8 +1128,13 @@ EvsFlushDeltas(void)
 			hash_search(pending, &mine[i]->key, HASH_REMOVE, NULL);
 	}
 	MemoryContextDelete(tmp);
-	if (push)
-		EvsMarkDeltasCommitted();
+
+	/*
+	 * The worker folds soon whatever aggregate wrote: a read of the view
+	 * costs time in proportion to the entries not folded yet, so not only
+	 * aggregates that notify or publish should be folded every 100-250 ms.
+	 */
+	EvsMarkDeltasCommitted();
 }
 
 static void

@@ -738,6 +738,7 @@ def set_maint(interval):
 
 def reset_maint():
     DB.run("ALTER SYSTEM RESET evstream.maintenance_interval")
+    DB.run("ALTER SYSTEM RESET evstream.notify_interval")
     DB.run("SELECT pg_reload_conf()")
 
 
@@ -1084,11 +1085,14 @@ def phase_stable():
 
 
 def stop_maintenance():
-    """Keeps the maintenance worker from merging deltas: a very long interval."""
+    """Keeps the maintenance worker from merging deltas: a very long interval,
+    and the longest notify_interval (the worker folds deltas at most every
+    max(notify_interval, 100 ms))."""
     err = None
     for ivl in ("24h", "6h", "1h"):
         try:
             DB.run("ALTER SYSTEM SET evstream.maintenance_interval = '%s'" % ivl)
+            DB.run("ALTER SYSTEM SET evstream.notify_interval = '60s'")
             DB.run("SELECT pg_reload_conf()")
             return ivl
         except psycopg2.Error as e:

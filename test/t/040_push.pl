@@ -25,6 +25,8 @@
 #     (evstream.run_maintenance) is still notified;
 #   - 270 topics advancing between two pushes (more than the worker's set of
 #     advanced topics holds) are all announced;
+#   - the worker folds the deltas of an aggregate without notify or output
+#     topic within seconds, not at the next maintenance pass;
 #   - examples/listener.py, run against the node: catches up, prints every
 #     event pushed to it once, in order, commits its group's position, exits
 #     as its options say.
@@ -436,6 +438,35 @@ SELECT evstream.create_aggregate('lt_counts', 'lt');
 		'<', \undef, '>', \$o3, '2>', \$e3);
 	is($? >> 8, 3, 'exit status 3 when --timeout expires first');
 }
+
+# ---------------------------------------------------------------- folding
+# The worker folds every aggregate's committed deltas soon, also one with
+# neither notify nor an output topic (a read of the view costs time in
+# proportion to what is not folded), not only at the maintenance pass:
+# with the pass an hour away, the deltas are folded within seconds.
+$node->safe_psql('postgres', q{
+SELECT evstream.create_topic('lazy');
+SELECT evstream.create_aggregate('lazy_counts', 'lazy'::regclass, notify => false);
+SELECT count(*) FROM evstream._merge_deltas();
+});
+my $reloaded = $node->safe_psql('postgres',
+	q{ALTER SYSTEM SET evstream.maintenance_interval = '1h'; SELECT pg_reload_conf(); SELECT pg_catalog.clock_timestamp();});
+$reloaded = (split /\n/, $reloaded)[-1];
+$node->poll_query_until('postgres', q{SELECT current_setting('evstream.maintenance_interval') = '1h'});
+# the pass scheduled before the reload runs (within 10 s); the next is an hour away
+ok($node->poll_query_until('postgres',
+		"SELECT last_maintenance > '$reloaded' FROM evstream.workers WHERE database = current_database()"),
+	'a maintenance pass after the reload');
+$t = time;
+$node->safe_psql('postgres', q{INSERT INTO lazy (key) SELECT 'k' || (g % 7) FROM generate_series(1, 100) g});
+my $agg_id = $node->safe_psql('postgres',
+	q{SELECT id FROM evstream._aggregate WHERE aggregate = 'lazy_counts'::regclass});
+ok($node->poll_query_until('postgres',
+		"SELECT NOT EXISTS (SELECT FROM evstream._delta WHERE agg = $agg_id)"),
+	'the deltas of an aggregate without notify or output topic are folded');
+cmp_ok(time - $t, '<', 10, sprintf('within seconds, not at the next maintenance pass (%.2f s)', time - $t));
+is($node->safe_psql('postgres', q{SELECT sum(count) FROM lazy_counts}), '100', 'and the counts are exact');
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET evstream.maintenance_interval; SELECT pg_reload_conf();});
 
 note sprintf('runtime %.1f s', time - $t0);
 $node->stop;
