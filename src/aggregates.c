@@ -2666,12 +2666,6 @@ evs_read_def(HeapTuple tup, TupleDesc desc)
 	EvsAggDef  *d = palloc0(sizeof(EvsAggDef));
 	bool		isnull;
 	Datum		v;
-	Datum	   *kinds;
-	Datum	   *names;
-	Datum	   *types;
-	Datum	   *colls;
-	int			n;
-	int			i;
 
 	d->id = DatumGetInt32(heap_getattr(tup, EVS_AGG_ID, desc, &isnull));
 	d->view = DatumGetObjectId(heap_getattr(tup, EVS_AGG_VIEW, desc, &isnull));
@@ -2694,20 +2688,8 @@ evs_read_def(HeapTuple tup, TupleDesc desc)
 	v = heap_getattr(tup, EVS_AGG_EMIT, desc, &isnull);
 	d->final = !isnull && strcmp(TextDatumGetCString(v), "final") == 0;
 
-	n = EvsAggregateArray(tup, desc, EVS_AGG_M_KINDS, TEXTOID, &kinds);
-	if (EvsAggregateArray(tup, desc, EVS_AGG_M_NAMES, TEXTOID, &names) != n ||
-		EvsAggregateArray(tup, desc, EVS_AGG_M_TYPES, REGTYPEOID, &types) != n ||
-		EvsAggregateArray(tup, desc, EVS_AGG_M_COLLS, TEXTOID, &colls) != n ||
-		n > EVS_MAX_MEASURES)
-		elog(ERROR, "evstream: aggregate %d has inconsistent measures", d->id);
-	d->nmeasures = n;
-	for (i = 0; i < n; i++)
-	{
-		d->kinds[i] = EvsMeasureKindOf(TextDatumGetCString(kinds[i]));
-		d->names[i] = TextDatumGetCString(names[i]);
-		d->types[i] = DatumGetObjectId(types[i]);
-		d->colls[i] = EvsCollationOid(TextDatumGetCString(colls[i]));
-	}
+	d->nmeasures = EvsAggregateMeasures(tup, desc, EVS_AGG_M_NAMES, d->kinds, d->names,
+										d->types, d->colls);
 	return d;
 }
 

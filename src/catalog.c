@@ -537,8 +537,8 @@ evs_compile_expr(Relation rel, const char *text, Oid target, bool *as_owner)
 }
 
 /* A text[] / oid-like[] column of an _aggregate row as an array of Datums */
-int
-EvsAggregateArray(HeapTuple tup, TupleDesc desc, int att, Oid elemtype, Datum **elems)
+static int
+evs_aggregate_array(HeapTuple tup, TupleDesc desc, int att, Oid elemtype, Datum **elems)
 {
 	bool		isnull;
 	Datum		d = heap_getattr(tup, att, desc, &isnull);
@@ -553,6 +553,42 @@ EvsAggregateArray(HeapTuple tup, TupleDesc desc, int att, Oid elemtype, Datum **
 	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
 	deconstruct_array(DatumGetArrayTypeP(d), elemtype, typlen, typbyval, typalign,
 					  elems, NULL, &n);
+	return n;
+}
+
+/*
+ * An _aggregate row's measures (the producer path and the merge both need
+ * them): kinds, types, collations and, from column text_att, their names
+ * or their expressions, into arrays of EVS_MAX_MEASURES; returns how many.
+ */
+int
+EvsAggregateMeasures(HeapTuple tup, TupleDesc desc, int text_att, EvsMeasureKind *kinds,
+					 char **texts, Oid *types, Oid *colls)
+{
+	Datum	   *k;
+	Datum	   *x;
+	Datum	   *t;
+	Datum	   *c;
+	int			n = evs_aggregate_array(tup, desc, EVS_AGG_M_KINDS, TEXTOID, &k);
+	int			i;
+
+	if (evs_aggregate_array(tup, desc, text_att, TEXTOID, &x) != n ||
+		evs_aggregate_array(tup, desc, EVS_AGG_M_TYPES, REGTYPEOID, &t) != n ||
+		evs_aggregate_array(tup, desc, EVS_AGG_M_COLLS, TEXTOID, &c) != n ||
+		n > EVS_MAX_MEASURES)
+	{
+		bool		isnull;
+
+		elog(ERROR, "evstream: aggregate %d has inconsistent measures",
+			 DatumGetInt32(heap_getattr(tup, EVS_AGG_ID, desc, &isnull)));
+	}
+	for (i = 0; i < n; i++)
+	{
+		kinds[i] = EvsMeasureKindOf(TextDatumGetCString(k[i]));
+		texts[i] = TextDatumGetCString(x[i]);
+		types[i] = DatumGetObjectId(t[i]);
+		colls[i] = EvsCollationOid(TextDatumGetCString(c[i]));
+	}
 	return n;
 }
 
@@ -595,10 +631,9 @@ evs_read_aggregate(HeapTuple tup, TupleDesc desc, MemoryContext cxt, EvsAggTexts
 	EvsAggregate *a = MemoryContextAllocZero(cxt, sizeof(EvsAggregate));
 	bool		isnull;
 	Datum		d;
-	Datum	   *kinds;
-	Datum	   *exprs;
-	Datum	   *types;
-	Datum	   *colls;
+	EvsMeasureKind kinds[EVS_MAX_MEASURES];
+	Oid			types[EVS_MAX_MEASURES];
+	Oid			colls[EVS_MAX_MEASURES];
 	int			n;
 	int			i;
 	int			slot = 0;
@@ -613,23 +648,17 @@ evs_read_aggregate(HeapTuple tup, TupleDesc desc, MemoryContext cxt, EvsAggTexts
 	d = heap_getattr(tup, EVS_AGG_EVENT_TIME, desc, &isnull);
 	texts->event_time = isnull ? NULL : TextDatumGetCString(d);
 
-	n = EvsAggregateArray(tup, desc, EVS_AGG_M_KINDS, TEXTOID, &kinds);
-	if (EvsAggregateArray(tup, desc, EVS_AGG_M_EXPRS, TEXTOID, &exprs) != n ||
-		EvsAggregateArray(tup, desc, EVS_AGG_M_TYPES, REGTYPEOID, &types) != n ||
-		EvsAggregateArray(tup, desc, EVS_AGG_M_COLLS, TEXTOID, &colls) != n ||
-		n > EVS_MAX_MEASURES)
-		elog(ERROR, "evstream: aggregate %d has inconsistent measures", a->id);
+	texts->exprs = palloc0(sizeof(char *) * EVS_MAX_MEASURES);
+	n = EvsAggregateMeasures(tup, desc, EVS_AGG_M_EXPRS, kinds, texts->exprs, types, colls);
 	a->nmeasures = n;
 	a->measures = MemoryContextAllocZero(cxt, sizeof(EvsMeasure) * (n + 1));
-	texts->exprs = palloc0(sizeof(char *) * (n + 1));
 	for (i = 0; i < n; i++)
 	{
 		EvsMeasure *m = &a->measures[i];
 
-		m->kind = EvsMeasureKindOf(TextDatumGetCString(kinds[i]));
-		m->type = DatumGetObjectId(types[i]);
-		m->collation = EvsCollationOid(TextDatumGetCString(colls[i]));
-		texts->exprs[i] = TextDatumGetCString(exprs[i]);
+		m->kind = kinds[i];
+		m->type = types[i];
+		m->collation = colls[i];
 		m->slot = slot;
 		slot += m->kind == EVS_M_AVG ? 2 : 1;
 		if (m->kind == EVS_M_SUM || m->kind == EVS_M_AVG)

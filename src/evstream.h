@@ -345,8 +345,8 @@ extern Oid	EvsTopicOf(Oid relid);
 extern List *EvsTopicAggregates(EvsTopic *t);
 extern void EvsAggregateWindows(struct HeapTupleData *tup, TupleDesc desc, MemoryContext cxt,
 								EvsWindows *w);
-extern int	EvsAggregateArray(struct HeapTupleData *tup, TupleDesc desc, int att, Oid elemtype,
-							  Datum **elems);
+extern int	EvsAggregateMeasures(struct HeapTupleData *tup, TupleDesc desc, int text_att,
+								 EvsMeasureKind *kinds, char **texts, Oid *types, Oid *colls);
 extern bool EvsIsTopicSequence(Oid seqrelid, Oid *topic);
 extern struct _SPI_plan *EvsTopicPlan(EvsTopic *t, EvsTopicPlanKind kind);
 extern void EvsTopicSetDefaults(EvsTopic *t, Node *id_default, Node *created_default);
