@@ -100,18 +100,9 @@ static bool xact_transforms = false;	/* transforms created/resumed/dropped */
 
 static EvsDatabase *my_db = NULL;
 
-static int64 evs_sequence_last_value(Oid seqrelid, LOCKMODE lockmode, bool keep_lock);
-
-/* Last value handed out by a sequence (0 if none), read from its page */
-int64
-EvsSequenceLastValue(Oid seqrelid)
-{
-	return evs_sequence_last_value(seqrelid, AccessShareLock, false);
-}
-
 /*
- * The sequence's last value, under lockmode, released at once or kept
- * until the transaction ends.
+ * The last value handed out by a sequence (0 if none), read from its page
+ * under lockmode, released at once or kept until the transaction ends.
  */
 static int64
 evs_sequence_last_value(Oid seqrelid, LOCKMODE lockmode, bool keep_lock)
@@ -137,6 +128,13 @@ evs_sequence_last_value(Oid seqrelid, LOCKMODE lockmode, bool keep_lock)
 	UnlockReleaseBuffer(buf);
 	relation_close(rel, keep_lock ? NoLock : lockmode);
 	return last;
+}
+
+/* Last value handed out by a sequence (0 if none), read from its page */
+int64
+EvsSequenceLastValue(Oid seqrelid)
+{
+	return evs_sequence_last_value(seqrelid, AccessShareLock, false);
 }
 
 /* Shared entry of a database (created on demand when create is true) */

@@ -481,15 +481,19 @@ evs_push_gap(SentEntry *e)
 	return Min(Max(e->gap_us, evs_push_gap_min()), evs_push_gap_max());
 }
 
-/* When a topic may be notified next */
+/* When a topic may be notified next (0: at once) */
+static TimestampTz
+evs_entry_due(SentEntry *e)
+{
+	return e->sent_at == 0 ? 0 : e->sent_at + evs_push_gap(e);
+}
+
 static TimestampTz
 evs_topic_due(Oid topic)
 {
 	SentEntry  *e = hash_search(sent_ids, &topic, HASH_FIND, NULL);
 
-	if (e == NULL || e->sent_at == 0)
-		return 0;
-	return e->sent_at + evs_push_gap(e);
+	return e == NULL ? 0 : evs_entry_due(e);
 }
 
 /*
@@ -522,7 +526,7 @@ evs_push_due_at(void)
 		hash_seq_init(&seq, sent_ids);
 		while ((e = hash_seq_search(&seq)) != NULL)
 			if (e->pending)
-				due = Min(due, e->sent_at + evs_push_gap(e));
+				due = Min(due, evs_entry_due(e));
 	}
 	return due == DT_NOEND ? DT_NOBEGIN : due;
 }
@@ -615,7 +619,7 @@ evs_notify_topic(SentEntry *e, TimestampTz now)
 	int64		stable;
 	StringInfoData payload;
 
-	if (e->sent_at != 0 && e->sent_at + evs_push_gap(e) > now)
+	if (evs_entry_due(e) > now)
 		return;					/* trailing edge: at the end of its gap */
 	e->pending = false;
 	npending_local--;
