@@ -647,6 +647,20 @@ evs_notify_topic(SentEntry *e, TimestampTz now)
 }
 
 /*
+ * Lock waits of the worker's transaction end after 200 ms (a busy object
+ * is retried at the next pass): well within deadlock_timeout, so a DDL
+ * statement that waits for the worker while the worker waits for it (DROP
+ * EXTENSION checking its members during a merge, seen on PG 17) gets the
+ * lock instead of a deadlock error.
+ */
+static void
+evs_bound_lock_waits(void)
+{
+	(void) set_config_option("lock_timeout", "200ms", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/*
  * Fold deltas into counts (aggregates.c: notifies the changed groups and
  * publishes output-topic changes, each aggregate on its own).
  */
@@ -655,6 +669,7 @@ evs_merge_and_notify(void)
 {
 	StringInfoData errors;
 
+	evs_bound_lock_waits();
 	initStringInfo(&errors);
 	last_merge_changed = EvsMergeDeltas(0, &errors, 0);
 	if (errors.len > 0)
@@ -785,8 +800,7 @@ evs_maintain_database(int premake)
 	MemoryContext cxt = CurrentMemoryContext;	/* jobs outlive SPI_finish */
 
 	initStringInfo(&errors);
-	(void) set_config_option("lock_timeout", "200ms", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_LOCAL, true, 0, false);
+	evs_bound_lock_waits();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	EvsBecomeSuperuser(&su);
@@ -928,8 +942,7 @@ evs_worker_finals(void)
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "evstream: final results of closed windows");
-	(void) set_config_option("lock_timeout", "200ms", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_LOCAL, true, 0, false);
+	evs_bound_lock_waits();
 	initStringInfo(&errors);
 	(void) EvsMergeDeltas(0, &errors, EVS_MERGE_FINAL_ONLY);
 	if (errors.len > 0)
