@@ -77,6 +77,51 @@ SELECT evstream._merge_deltas() >= 0 AS merged;
 SELECT a.finalized_upto IS NULL AS nothing_final FROM evstream._aggregate a
  WHERE a.aggregate = 'attack_ns.far'::regclass;
 SELECT count(*) FROM attack_ns.far_out;
+
+-- An enum's owner may give it a cast to json, which jsonb_build_object
+-- calls for a type that is not built in.  The merge builds change events
+-- (and final results) of an enum measure as the superuser: the enum must
+-- reach jsonb through its output function, never through that cast.
+SET ROLE regress_state_attacker;
+CREATE TYPE attack_ns.mood AS ENUM ('calm', 'angry');
+CREATE FUNCTION attack_ns.mood_json(attack_ns.mood) RETURNS json LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO attack_ns.loot VALUES (current_user);
+    RETURN pg_catalog.to_json('cast'::text);
+END $$;
+CREATE CAST (attack_ns.mood AS json) WITH FUNCTION attack_ns.mood_json(attack_ns.mood);
+SELECT evstream.create_topic('attack_ns.et');
+SELECT evstream.create_aggregate('attack_ns.ea', 'attack_ns.et', output_topic => 'attack_ns.ea_out',
+    measures => $$max(CASE WHEN payload->>'m' = 'angry' THEN 'angry'::attack_ns.mood
+                           ELSE 'calm'::attack_ns.mood END) AS worst$$);
+INSERT INTO attack_ns.et (key, payload) VALUES ('k', '{"m": "angry"}');
+RESET ROLE;
+DELETE FROM attack_ns.loot;
+INSERT INTO attack_ns.et (key, payload) VALUES ('k', '{"m": "calm"}');
+SELECT evstream._merge_deltas() >= 0 AS merged;
+SELECT count(*) AS cast_calls FROM attack_ns.loot;
+SELECT key, payload FROM attack_ns.ea_out ORDER BY id DESC LIMIT 1;
+SELECT * FROM attack_ns.ea;
+
+-- A measure's collation renamed by its owner breaks only that aggregate's
+-- merge: the others (here attack_ns.ea) are folded, and the maintenance
+-- pass still commits (it reports the failure).
+SET ROLE regress_state_attacker;
+CREATE COLLATION attack_ns.coll (provider = libc, locale = 'C');
+SELECT evstream.create_aggregate('attack_ns.ca', 'attack_ns.et',
+    measures => $$max(key COLLATE attack_ns.coll) AS top$$);
+INSERT INTO attack_ns.et (key, payload) VALUES ('k2', '{"m": "calm"}');
+ALTER COLLATION attack_ns.coll RENAME TO coll2;
+RESET ROLE;
+SELECT pg_catalog.strpos(evstream.run_maintenance(), 'aggregate ca: collation') > 0 AS reported;
+SELECT group_key, count, worst FROM attack_ns.ea ORDER BY 1;
+SELECT count(*) AS ea_pending FROM evstream._delta d JOIN evstream._aggregate a ON a.id = d.agg
+ WHERE a.aggregate = 'attack_ns.ea'::regclass;
+SET ROLE regress_state_attacker;
+ALTER COLLATION attack_ns.coll2 RENAME TO coll;
+RESET ROLE;
+SELECT evstream.drop_topic('attack_ns.et', cascade => true);
+
 SELECT evstream.drop_topic('attack_ns.mt', cascade => true);
 DROP SCHEMA attack_ns CASCADE;
 DROP ROLE regress_state_attacker;

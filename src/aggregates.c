@@ -55,7 +55,9 @@
  *	  SECURITY_RESTRICTED_OPERATION and the pinned search_path.  Measure
  *	  states are of base (or enum) types only, so combining them in the
  *	  merge (as the superuser) runs no user-written code: no domain checks,
- *	  and send/receive/comparison functions only a superuser can create.
+ *	  and send/receive/comparison functions only a superuser can create;
+ *	  enum values reach jsonb as their output function's text, never
+ *	  through a cast (which the enum's owner could create).
  *
  * Copyright (c) 2026, The evstream authors
  *
@@ -1315,8 +1317,20 @@ evs_append_values(StringInfo buf, EvsAggDef *d, const char *alias)
 	appendStringInfoString(buf, "pg_catalog.jsonb_build_object(");
 	for (i = 0; i < d->nmeasures; i++)
 	{
-		appendStringInfo(buf, "%s%s, ", i > 0 ? ", " : "", quote_literal_cstr(d->names[i]));
+		/*
+		 * jsonb_build_object converts a value of a non-built-in type through
+		 * a cast to json if one exists, and an enum's owner may create one:
+		 * an enum goes in as its output function's text (what jsonb makes
+		 * of it without a cast), so the merge runs no user code.
+		 */
+		bool		as_text = d->kinds[i] != EVS_M_AVG && d->kinds[i] != EVS_M_COUNT &&
+			type_is_enum(d->types[i]);
+
+		appendStringInfo(buf, "%s%s, %s", i > 0 ? ", " : "", quote_literal_cstr(d->names[i]),
+						 as_text ? "pg_catalog.textin(pg_catalog.enum_out(" : "");
 		evs_append_final(buf, d, i, slot, alias);
+		if (as_text)
+			appendStringInfoString(buf, "))");
 		slot += d->kinds[i] == EVS_M_AVG ? 2 : 1;
 	}
 	appendStringInfoChar(buf, ')');
@@ -2555,7 +2569,9 @@ evs_drop_old_windows(EvsAggDef *d, TimestampTz horizon)
 
 typedef struct MergeJob
 {
-	EvsAggDef  *def;
+	EvsAggDef  *def;			/* without its measures until the job runs */
+	HeapTuple	tup;			/* the _aggregate row */
+	TupleDesc	desc;
 	int			flags;
 	TimestampTz horizon;
 } MergeJob;
@@ -2564,7 +2580,15 @@ static void
 evs_merge_job(void *arg)
 {
 	MergeJob   *j = arg;
+	EvsAggDef  *d = j->def;
 
+	/*
+	 * Measures name their collations, which their owner can rename or
+	 * drop: resolved here, in the aggregate's own subtransaction, so that
+	 * failing stays this aggregate's.
+	 */
+	d->nmeasures = EvsAggregateMeasures(j->tup, j->desc, EVS_AGG_M_NAMES, d->kinds, d->names,
+										d->types, d->colls);
 	evs_merge_one(j->def);
 	if (j->def->w.bucket && j->def->final)
 	{
@@ -2659,9 +2683,12 @@ evs_merge_one(void *arg)
 	SPI_finish();
 }
 
-/* The merge's view of an _aggregate row */
+/*
+ * The merge's view of an _aggregate row; its measures only when measures
+ * is set (resolving their collations can fail: see EvsMergeDeltas).
+ */
 static EvsAggDef *
-evs_read_def(HeapTuple tup, TupleDesc desc)
+evs_read_def(HeapTuple tup, TupleDesc desc, bool measures)
 {
 	EvsAggDef  *d = palloc0(sizeof(EvsAggDef));
 	bool		isnull;
@@ -2688,8 +2715,9 @@ evs_read_def(HeapTuple tup, TupleDesc desc)
 	v = heap_getattr(tup, EVS_AGG_EMIT, desc, &isnull);
 	d->final = !isnull && strcmp(TextDatumGetCString(v), "final") == 0;
 
-	d->nmeasures = EvsAggregateMeasures(tup, desc, EVS_AGG_M_NAMES, d->kinds, d->names,
-										d->types, d->colls);
+	if (measures)
+		d->nmeasures = EvsAggregateMeasures(tup, desc, EVS_AGG_M_NAMES, d->kinds, d->names,
+											d->types, d->colls);
 	return d;
 }
 
@@ -2707,6 +2735,7 @@ EvsMergeDeltas(int32 only_agg, StringInfo errors, int flags)
 	Relation	rel;
 	SysScanDesc scan;
 	HeapTuple	tup;
+	TupleDesc	desc;
 	List	   *jobs = NIL;
 	ListCell   *lc;
 	int			changed = 0;
@@ -2715,10 +2744,11 @@ EvsMergeDeltas(int32 only_agg, StringInfo errors, int flags)
 	int			level;
 
 	rel = table_open(EvsCatalogRelid(EVS_REL_AGGREGATE), AccessShareLock);
+	desc = CreateTupleDescCopy(RelationGetDescr(rel));
 	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
 	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
-		EvsAggDef  *d = evs_read_def(tup, RelationGetDescr(rel));
+		EvsAggDef  *d = evs_read_def(tup, desc, false);
 		MergeJob   *j;
 
 		if (only_agg != 0 && d->id != only_agg)
@@ -2727,6 +2757,8 @@ EvsMergeDeltas(int32 only_agg, StringInfo errors, int flags)
 			continue;
 		j = palloc0(sizeof(MergeJob));
 		j->def = d;
+		j->tup = heap_copytuple(tup);
+		j->desc = desc;
 		j->flags = flags;
 		jobs = lappend(jobs, j);
 		if (d->w.bucket && (d->final || (d->has_retention && (flags & EVS_MERGE_RETENTION))))
@@ -2760,7 +2792,7 @@ EvsMergeDeltas(int32 only_agg, StringInfo errors, int flags)
 
 		CHECK_FOR_INTERRUPTS();
 		j->horizon = horizon;
-		if (EvsTrySubxact(evs_merge_job, j,
+		if (EvsTrySubxact(evs_merge_job, j, j->def->view,
 						  psprintf("aggregate %s", name ? name : "(dropped)"), errors))
 			changed += j->def->changed;
 	}
@@ -2816,7 +2848,7 @@ evstream_rebuild_views(PG_FUNCTION_ARGS)
 		rel = table_open(EvsCatalogRelid(EVS_REL_AGGREGATE), AccessShareLock);
 		scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
 		while (HeapTupleIsValid(tup = systable_getnext(scan)))
-			defs = lappend(defs, evs_read_def(tup, RelationGetDescr(rel)));
+			defs = lappend(defs, evs_read_def(tup, RelationGetDescr(rel), true));
 		systable_endscan(scan);
 		table_close(rel, AccessShareLock);
 		foreach(lc, defs)
