@@ -58,6 +58,11 @@
 
 /* Time one tenant's work may take in a background worker (ms) */
 #define EVS_TENANT_BUDGET_MS 30000
+/* ... and how long its code may go on after the cancel before the worker exits */
+#define EVS_TENANT_GRACE_MS 5000
+/* Work that made its worker exit so, skipped for a while (util.c) */
+#define EVS_QUARANTINE_SLOTS 8
+#define EVS_QUARANTINE_MIN_S 600
 
 /* Transform workers a database can have (evstream.max_transform_workers) */
 #define EVS_MAX_TRANSFORM_WORKERS 16
@@ -102,6 +107,14 @@ typedef struct EvsDatabase
 	bool		dirty_overflow; /* "every topic may have advanced" */
 	bool		deltas_pending; /* aggregate deltas committed since last merge */
 	Oid			dirty[EVS_DIRTY_TOPICS];
+	/* work whose code ignored the budget's cancel (util.c), under lock */
+	struct
+	{
+		Oid			object;		/* InvalidOid: free */
+		char		what[NAMEDATALEN * 2];
+		int			times;		/* how often it happened (doubles the wait) */
+		TimestampTz until;
+	}			quarantine[EVS_QUARANTINE_SLOTS];
 } EvsDatabase;
 
 typedef struct EvsShared
@@ -404,7 +417,9 @@ extern int64 EvsIntervalUsecs(Interval *ivl, const char *what);
 extern char *EvsCollationName(Oid coll);
 extern Oid	EvsCollationOid(const char *name);
 extern void EvsRequireReadCommitted(const char *fn);
-extern bool EvsTrySubxact(void (*fn) (void *), void *arg, const char *what,
+extern bool EvsTrySubxact(void (*fn) (void *), void *arg, Oid object, const char *what,
 						  StringInfo errors);
+extern bool EvsBudgetStart(Oid object, const char *what, StringInfo errors);
+extern void EvsBudgetEnd(void);
 
 #endif							/* EVSTREAM_H */

@@ -473,7 +473,7 @@ evs_read_as_owner(Oid topic, const char *sql, int nargs, Oid *types, Datum *valu
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("relation with OID %u is not an evstream topic", topic)));
-	if (!EvsTrySubxact(evs_owner_read, &r, "reading a topic for a view", NULL))
+	if (!EvsTrySubxact(evs_owner_read, &r, InvalidOid, "reading a topic for a view", NULL))
 		return false;
 	return r.found;
 }

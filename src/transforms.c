@@ -21,7 +21,7 @@
  *	  schema-qualified.
  *	  (the query itself runs only when the consume returned events: a
  *	  one-time filter, so a worker that got no shard runs none of the
- *	  owner's code; and the statement has EVS_TENANT_BUDGET_MS).
+ *	  owner's code; and the statement has a tenant's budget, EvsBudgetStart).
  *	  The position moves and the output rows appear in the same
  *	  transaction: exactly once, whatever fails or crashes; consume's shard
  *	  claims make workers running the same transform take different shards
@@ -488,10 +488,19 @@ evs_run_batch(EvsTransformJob *j)
 	 * A batch is bounded like any tenant's work in a worker (statement_timeout
 	 * is armed only by the client protocol, so arm the timer ourselves).
 	 */
-	enable_timeout_after(STATEMENT_TIMEOUT, EVS_TENANT_BUDGET_MS);
+	{
+		StringInfoData skipped;
+		char	   *what = psprintf("transform %s", j->name);
+
+		initStringInfo(&skipped);
+		if (!EvsBudgetStart(InvalidOid, what, &skipped))
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("%s", skipped.data)));
+	}
 	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "transform \"%s\": the batch statement failed", j->name);
-	disable_timeout(STATEMENT_TIMEOUT, false);
+	EvsBudgetEnd();
 	{
 		bool		isnull;
 
@@ -618,7 +627,7 @@ evs_transform_step(EvsTransformJob *j)
 	{
 		ErrorData  *edata;
 
-		disable_timeout(STATEMENT_TIMEOUT, false);
+		EvsBudgetEnd();
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();

@@ -46,6 +46,8 @@
 #include "catalog/pg_class.h"
 #include "utils/resowner.h"
 #include "utils/timeout.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
 #include "utils/syscache.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -298,31 +300,154 @@ EvsRequirePrivilege(Oid relid, AclMode mode)
 }
 
 /*
+ * A tenant's time budget in a background worker.  EvsBudgetStart arms
+ * statement_timeout's timer (EVS_TENANT_BUDGET_MS), which cancels the
+ * work with an ERROR; code can catch that cancel (a PL/pgSQL handler for
+ * query_canceled) and go on, so a second timer, EVS_TENANT_GRACE_MS later,
+ * makes the process exit as pg_terminate_backend would (FATAL, which no
+ * handler catches).  Before it exits, the work is recorded in the
+ * database's shared entry, and for EVS_QUARANTINE_MIN_S (doubling each
+ * time it happens again) its worker skips it with an error in
+ * evstream.workers instead of running it: the relaunched worker is not
+ * caught by the same code at once, and every other tenant's work goes on.
+ * Outside background workers (a user's own session) nothing is armed.
+ */
+static TimeoutId evs_kill_timeout = MAX_TIMEOUTS;
+static volatile sig_atomic_t evs_budget_killed = false;
+static Oid	evs_budget_object = InvalidOid;
+static char evs_budget_what[NAMEDATALEN * 2];
+static bool evs_budget_armed = false;
+
+/* the grace timer's handler (signal context): what die() does */
+static void
+evs_budget_kill(void)
+{
+	evs_budget_killed = true;
+	InterruptPending = true;
+	ProcDiePending = true;
+	SetLatch(MyLatch);
+}
+
+/* at exit after the grace timer fired: quarantine the work */
+static void
+evs_budget_at_exit(int code, Datum arg)
+{
+	EvsDatabase *db;
+	int			i;
+	int			use = -1;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (!evs_budget_killed || evs_shared == NULL)
+		return;
+	db = EvsDatabaseEntry(MyDatabaseId, false);
+	if (db == NULL)
+		return;
+	LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < EVS_QUARANTINE_SLOTS; i++)
+	{
+		if (db->quarantine[i].object == evs_budget_object &&
+			strcmp(db->quarantine[i].what, evs_budget_what) == 0)
+		{
+			use = i;
+			break;
+		}
+		if (use < 0 || db->quarantine[i].until < db->quarantine[use].until)
+			use = i;			/* a free slot has until 0: the oldest */
+	}
+	if (db->quarantine[use].object != evs_budget_object ||
+		strcmp(db->quarantine[use].what, evs_budget_what) != 0)
+		db->quarantine[use].times = 0;
+	db->quarantine[use].object = evs_budget_object;
+	strlcpy(db->quarantine[use].what, evs_budget_what, sizeof(db->quarantine[use].what));
+	db->quarantine[use].times = Min(db->quarantine[use].times + 1, 8);
+	db->quarantine[use].until = TimestampTzPlusMilliseconds(now, (int64) EVS_QUARANTINE_MIN_S * 1000 *
+															(1 << (db->quarantine[use].times - 1)));
+	LWLockRelease(evs_shared->lock);
+	ereport(LOG,
+			(errmsg("evstream: %s went on %d ms after its time budget's cancel; the worker exits and skips it until %s",
+					evs_budget_what, EVS_TENANT_GRACE_MS,
+					timestamptz_to_str(db->quarantine[use].until))));
+}
+
+/*
+ * Arm the budget for one piece of tenant work (object, what identify it).
+ * Returns false, with "what: skipped ...; " appended to errors, while the
+ * work is quarantined.  A no-op returning true outside background workers.
+ */
+bool
+EvsBudgetStart(Oid object, const char *what, StringInfo errors)
+{
+	EvsDatabase *db;
+	TimestampTz until = 0;
+	int			i;
+
+	if (MyBackendType != B_BG_WORKER)
+		return true;
+	db = evs_shared ? EvsDatabaseEntry(MyDatabaseId, false) : NULL;
+	if (db != NULL)
+	{
+		LWLockAcquire(evs_shared->lock, LW_SHARED);
+		for (i = 0; i < EVS_QUARANTINE_SLOTS; i++)
+			if (db->quarantine[i].object == object &&
+				strcmp(db->quarantine[i].what, what) == 0)
+				until = db->quarantine[i].until;
+		LWLockRelease(evs_shared->lock);
+	}
+	if (until > GetCurrentTimestamp())
+	{
+		if (errors != NULL)
+			appendStringInfo(errors, "%s: skipped until %s, its code ran on past its time budget's cancel; ",
+							 what, timestamptz_to_str(until));
+		return false;
+	}
+	if (evs_kill_timeout == MAX_TIMEOUTS)
+	{
+		evs_kill_timeout = RegisterTimeout(USER_TIMEOUT, evs_budget_kill);
+		before_shmem_exit(evs_budget_at_exit, (Datum) 0);
+	}
+	evs_budget_object = object;
+	strlcpy(evs_budget_what, what, sizeof(evs_budget_what));
+	enable_timeout_after(STATEMENT_TIMEOUT, EVS_TENANT_BUDGET_MS);
+	enable_timeout_after(evs_kill_timeout, EVS_TENANT_BUDGET_MS + EVS_TENANT_GRACE_MS);
+	evs_budget_armed = true;
+	return true;
+}
+
+/* Disarm the budget (when the work ended, or failed) */
+void
+EvsBudgetEnd(void)
+{
+	if (!evs_budget_armed)
+		return;
+	disable_timeout(STATEMENT_TIMEOUT, false);
+	disable_timeout(evs_kill_timeout, false);
+	evs_budget_armed = false;
+}
+
+/*
  * Run fn(arg) in a subtransaction: on error roll it back (which also
  * undoes any user switch and GUC level fn made), append "what: message; "
  * to errors (a lock timeout only raises a NOTICE: it is retried at the
  * next pass) and return false.  One tenant's failure stays its own; in a
- * background worker its time is bounded too (EVS_TENANT_BUDGET_MS), so a
+ * background worker its time is bounded too (the budget above), so a
  * trigger that sleeps cannot stall every other tenant's push and upkeep.
  */
 bool
-EvsTrySubxact(void (*fn) (void *), void *arg, const char *what, StringInfo errors)
+EvsTrySubxact(void (*fn) (void *), void *arg, Oid object, const char *what,
+			  StringInfo errors)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	volatile bool ok = true;
-	bool		budget = MyBackendType == B_BG_WORKER;
 
+	if (!EvsBudgetStart(object, what, errors))
+		return false;
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
-	/* in the worker, a tenant's code gets a time budget, not the process */
-	if (budget)
-		enable_timeout_after(STATEMENT_TIMEOUT, EVS_TENANT_BUDGET_MS);
 	PG_TRY();
 	{
 		fn(arg);
-		if (budget)
-			disable_timeout(STATEMENT_TIMEOUT, false);
+		EvsBudgetEnd();
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -331,8 +456,7 @@ EvsTrySubxact(void (*fn) (void *), void *arg, const char *what, StringInfo error
 	{
 		ErrorData  *edata;
 
-		if (budget)
-			disable_timeout(STATEMENT_TIMEOUT, false);
+		EvsBudgetEnd();
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();

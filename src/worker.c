@@ -870,7 +870,8 @@ evs_maintain_database(int premake)
 
 		CHECK_FOR_INTERRUPTS();
 		if (name != NULL)
-			(void) EvsTrySubxact(evs_maintain_topic, j, psprintf("topic %s", name), &errors);
+			(void) EvsTrySubxact(evs_maintain_topic, j, j->topic, psprintf("topic %s", name),
+								 &errors);
 	}
 	(void) EvsMergeDeltas(0, &errors, EVS_MERGE_RETENTION);
 	if (errors.len == 0)
