@@ -188,7 +188,7 @@ $$;
 -- A free relation name in a schema: `wanted`, or, when someone already
 -- took it, `wanted` cut short with a random suffix (partition names carry
 -- no meaning -- bounds come from the catalog -- so a tenant who can create
--- relations in the same schema cannot block premake or rehoming by taking
+-- relations or types in the same schema cannot block premake or rehoming by taking
 -- the names in advance).
 CREATE FUNCTION evstream._free_name(nsp name, wanted text)
     RETURNS text LANGUAGE plpgsql
@@ -196,9 +196,13 @@ CREATE FUNCTION evstream._free_name(nsp name, wanted text)
 DECLARE
     v text := wanted;
 BEGIN
+    -- a table needs its name free as a relation and as a (row) type
     WHILE EXISTS (SELECT FROM pg_catalog.pg_class c
                     JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
-                   WHERE n.nspname OPERATOR(pg_catalog.=) nsp AND c.relname OPERATOR(pg_catalog.=) v) LOOP
+                   WHERE n.nspname OPERATOR(pg_catalog.=) nsp AND c.relname OPERATOR(pg_catalog.=) v)
+       OR EXISTS (SELECT FROM pg_catalog.pg_type y
+                    JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) y.typnamespace
+                   WHERE n.nspname OPERATOR(pg_catalog.=) nsp AND y.typname OPERATOR(pg_catalog.=) v) LOOP
         v := pg_catalog.left(wanted, 57) OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||)
              pg_catalog.substr(pg_catalog.md5(pg_catalog.random()::text), 1, 5);
     END LOOP;
