@@ -681,6 +681,32 @@ SELECT count(*) >= 10 AS premade_despite_squatting
 SELECT evstream.drop_topic('shared.vs');
 DROP SCHEMA shared CASCADE;
 
+-- (g) dead-lettering inserts as the group's owner: tenant_a's topic takes
+-- only rows keyed with the inserting role (row security, which does not
+-- bind tenant_a itself) and grants INSERT to tenant_b; tenant_b's group
+-- dead-letters into it and must not get a row in that tenant_b could not
+-- insert itself
+RESET ROLE;
+SET ROLE tenant_a;
+SELECT evstream.create_topic('ta.inbox');
+ALTER TABLE ta.inbox ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_key ON ta.inbox FOR INSERT WITH CHECK (key = current_user::text);
+CREATE POLICY readable ON ta.inbox FOR SELECT USING (true);
+GRANT INSERT, SELECT ON ta.inbox TO tenant_b;
+RESET ROLE;
+SET ROLE tenant_b;
+SELECT evstream.create_topic('tb.work');
+INSERT INTO tb.work (key) VALUES ('bob');
+SELECT evstream.set_group_options('tb.work', 'g', max_attempts => 1, dead_letter_topic => 'ta.inbox');
+BEGIN;
+SELECT key FROM evstream.consume('tb.work', 'g', 10);
+ROLLBACK;
+SELECT public.sqlstate_of($$SELECT * FROM evstream.consume('tb.work', 'g', 10)$$) AS dead_letter_as_tenant_b;
+RESET ROLE;
+SELECT count(*) AS bob_in_inbox FROM ta.inbox WHERE key = 'bob';
+SELECT evstream.drop_topic('tb.work');
+SELECT evstream.drop_topic('ta.inbox');
+
 ------------------------------------------------------------------ clean-up
 RESET ROLE;
 RESET search_path;

@@ -36,7 +36,7 @@
  *	  Poison events: each delivery of a shard's next event is counted
  *	  (waits.c); once a group's max_attempts deliveries did not commit past
  *	  it, the next delivery first moves it to the dead-letter topic (as the
- *	  dead-letter topic's owner, restricted) or skips it, and moves the
+ *	  group's owner, restricted) or skips it, and moves the
  *	  position past it, in the delivering transaction.
  *
  *	  Long poll: with wait, a call that finds nothing sleeps until a commit
@@ -400,7 +400,8 @@ evs_order_shards(EvsRead *r, EvsShardState *st, int *cands, int ncands, int64 st
 
 /*
  * Dead-letter (or skip) event `id` of the group: its row goes to the
- * dead-letter topic, inserted as that topic's owner under
+ * dead-letter topic, inserted as the group's owner (whose INSERT privilege
+ * is checked, and to whom the topic's row security applies) under
  * SECURITY_RESTRICTED_OPERATION, with the SPEC's payload.
  */
 static void
@@ -466,7 +467,7 @@ evs_dead_letter(EvsRead *r, int64 id, int32 attempts)
 
 			if (SPI_connect() != SPI_OK_CONNECT)
 				elog(ERROR, "SPI_connect failed");
-			EvsBecomeOwner(EvsRelOwner(g->dead_letter), &st);
+			EvsBecomeOwner(g->owner, &st);
 			if (SPI_execute_with_args(sql, 7, types, args, nulls, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not dead-letter event " INT64_FORMAT " of topic \"%s\"",
 					 id, get_rel_name(r->topic));
