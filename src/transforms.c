@@ -569,7 +569,7 @@ evs_record_outcome(EvsTransformJob *j, const char *error)
 		EvsSpiExec("UPDATE evstream._transform x SET failures = x.failures OPERATOR(pg_catalog.+) 1, "
 				   "last_error = $3, paused = (x.failures OPERATOR(pg_catalog.+) 1 OPERATOR(pg_catalog.>=) $4), "
 				   "retry_at = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval("
-				   "secs => LEAST(10, 0.1 OPERATOR(pg_catalog.*) 2 OPERATOR(pg_catalog.^) LEAST(x.failures, 10)))::interval "
+				   "secs => LEAST(10, 0.1 OPERATOR(pg_catalog.*) (2 OPERATOR(pg_catalog.^) LEAST(x.failures, 10))))::interval "
 				   "WHERE x.name OPERATOR(pg_catalog.=) $1 AND x.created OPERATOR(pg_catalog.=) $2 AND NOT x.paused",
 				   4, types, values, 0);
 	else

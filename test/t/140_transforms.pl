@@ -239,6 +239,19 @@ is(sql(q{SELECT count(*) FROM tfo.inv_out}), '10', 'and produces nothing');
 my $failed = () = slurp_file($node->logfile, $log_offset) =~ /evstream transform "inv": batch failed: division by zero/g;
 is($failures, '3', 'failures = transform_max_attempts when it pauses');
 is($failed, 3, 'the failing batch ran 3 times in all (transform_max_attempts), not more');
+# retried with backoff: 100 ms after the first failure, 200 ms after the
+# second (0.1 s * 2^failures; a precedence slip once made it 1 s, 0.2 s,
+# 0.04 s, ..., shrinking)
+{
+	my @at = map {
+		my ($h, $m, $s) = /^\S+ (\d+):(\d+):([\d.]+)/;
+		$h * 3600 + $m * 60 + $s
+	} grep { /evstream transform "inv": batch failed/ } split /\n/, slurp_file($node->logfile, $log_offset);
+	my ($g1, $g2) = ($at[1] - $at[0], $at[2] - $at[1]);
+	note sprintf('gaps between the failures: %.3f s, %.3f s', $g1, $g2);
+	cmp_ok($g1, '<', 0.8, 'the first retry comes after about 100 ms');
+	cmp_ok($g2, '>=', 0.15, 'the second after about 200 ms: the wait grows');
+}
 
 # the owner moves its group past the bad event and resumes
 $node->safe_psql('postgres', qq{
