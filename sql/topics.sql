@@ -161,6 +161,11 @@ SELECT evstream.create_topic(repeat('m', 47));
 SELECT evstream.create_topic(repeat('é', 23));
 SELECT evstream.create_topic(repeat('è', 24));
 SELECT evstream.create_topic('app.' || repeat('o', 47));
+-- ... also when a topic is renamed (its partitions' names follow)
+ALTER TABLE nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn RENAME TO mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm;
+\echo :LAST_ERROR_SQLSTATE
+ALTER TABLE nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn RENAME TO short_n;
+ALTER TABLE short_n RENAME TO nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn;
 SELECT evstream.drop_topic(repeat('n', 46));
 SELECT evstream.drop_topic(quote_ident(repeat('é', 23)));
 -- duplicates

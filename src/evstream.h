@@ -144,6 +144,7 @@ extern Oid	evs_copy_restore;	/* topic a COPY listing id restores into */
 extern int64 evs_copy_max_id;	/* highest id such a COPY stored */
 
 /* topics.c */
+extern void EvsCheckTopicNameLength(const char *name);
 extern Oid	EvsCreateTopic(const char *name, Interval *ivl, Interval *ret, bool notify, int shards);
 extern int	EvsShardOf(const char *key, int len, int64 id, int shards);
 

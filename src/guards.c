@@ -413,11 +413,17 @@ evs_check_utility(Node *stmt)
 		RenameStmt *rs = (RenameStmt *) stmt;
 		Oid			relid;
 
-		if (rs->renameType != OBJECT_COLUMN || rs->relation == NULL)
+		if ((rs->renameType != OBJECT_COLUMN && rs->renameType != OBJECT_TABLE) ||
+			rs->relation == NULL)
 			return;
 		relid = RangeVarGetRelid(rs->relation, NoLock, true);
-		if (OidIsValid(relid) && OidIsValid(EvsTopicOf(relid)))
+		if (!OidIsValid(relid))
+			return;
+		if (rs->renameType == OBJECT_COLUMN && OidIsValid(EvsTopicOf(relid)))
 			evs_refuse_shape(relid, "rename the columns");
+		/* a topic's new name must leave room for its partitions' names */
+		if (rs->renameType == OBJECT_TABLE && EvsLookupTopic(relid)->topic == relid)
+			EvsCheckTopicNameLength(rs->newname);
 	}
 	else if (IsA(stmt, GrantStmt))
 		evs_check_grant((GrantStmt *) stmt);

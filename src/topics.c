@@ -159,6 +159,24 @@ evstream_create_topic(PG_FUNCTION_ARGS)
 								 PG_NARGS() > 4 ? PG_GETARG_INT32(4) : 1));
 }
 
+
+/*
+ * A topic's name leaves room for its partitions' suffix (create_topic, and
+ * ALTER TABLE ... RENAME of a topic: guards.c).
+ */
+void
+EvsCheckTopicNameLength(const char *name)
+{
+	if (strlen(name) + PARTITION_SUFFIX_LEN > NAMEDATALEN - 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("topic name \"%s\" is too long", name),
+				 errdetail("Partition names append %d bytes to the topic name, and names are limited to %d bytes.",
+						   PARTITION_SUFFIX_LEN, NAMEDATALEN - 1),
+				 errhint("Use a topic name of at most %d bytes.",
+						 NAMEDATALEN - 1 - PARTITION_SUFFIX_LEN)));
+}
+
 /*
  * Create a topic (create_topic, and set_group_options' dead-letter
  * topics), as the current user; ivl NULL: one day.  Returns its OID.
@@ -204,14 +222,7 @@ EvsCreateTopic(const char *name, Interval *ivl, Interval *ret, bool notify, int 
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_NAME),
 				 errmsg("topic name must not be empty")));
-	if (strlen(rv->relname) + PARTITION_SUFFIX_LEN > NAMEDATALEN - 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_NAME_TOO_LONG),
-				 errmsg("topic name \"%s\" is too long", rv->relname),
-				 errdetail("Partition names append %d bytes to the topic name, and names are limited to %d bytes.",
-						   PARTITION_SUFFIX_LEN, NAMEDATALEN - 1),
-				 errhint("Use a topic name of at most %d bytes.",
-						 NAMEDATALEN - 1 - PARTITION_SUFFIX_LEN)));
+	EvsCheckTopicNameLength(rv->relname);
 	nspid = RangeVarGetCreationNamespace(rv);
 	if (isAnyTempNamespace(nspid))
 		ereport(ERROR,
