@@ -312,6 +312,19 @@ DROP TABLE dropped_by_sql;
 SELECT count(*) FROM evstream._group WHERE consumer_group = 'gone_group';
 SELECT count(*) FROM evstream._topic WHERE topic::text = 'dropped_by_sql';
 SELECT count(*) FROM pg_class WHERE relname LIKE 'dropped\_by\_sql%';
+-- ... and like drop_topic, it is refused while an aggregate reads the
+-- topic (or writes to it); with CASCADE the aggregates go with it
+SELECT evstream.create_topic('dropped_with_agg');
+SELECT evstream.create_aggregate('dropped_agg', 'dropped_with_agg', output_topic => 'dropped_agg_out');
+DROP TABLE dropped_with_agg;
+DROP TABLE dropped_agg_out;
+DROP TABLE dropped_with_agg CASCADE;
+SELECT count(*) FROM pg_class WHERE relname IN ('dropped_with_agg', 'dropped_agg');
+SELECT count(*) FROM evstream.aggregates WHERE name::text = 'dropped_agg';
+SELECT count(*) FROM pg_class WHERE relname = 'dropped_agg_out';  -- it made that one
+SELECT evstream.create_topic('dropped_with_agg');
+SELECT evstream.create_aggregate('dropped_agg', 'dropped_with_agg');  -- the name is free
+SELECT evstream.drop_topic('dropped_with_agg', cascade => true);
 -- a name is free again after drop_topic, and ids start over in the new topic
 SELECT evstream.create_topic('dropme');
 INSERT INTO dropme (key) VALUES ('again') RETURNING id, key;

@@ -425,6 +425,26 @@ evs_check_utility(Node *stmt)
 		if (rs->renameType == OBJECT_TABLE && EvsLookupTopic(relid)->topic == relid)
 			EvsCheckTopicNameLength(rs->newname);
 	}
+	else if (IsA(stmt, DropStmt) && ((DropStmt *) stmt)->removeType == OBJECT_TABLE)
+	{
+		DropStmt   *ds = (DropStmt *) stmt;
+		ListCell   *lc;
+
+		/*
+		 * A plain DROP TABLE of a topic is drop_topic: refused while
+		 * aggregates read it or write to it, and with CASCADE it drops
+		 * them (their views do not depend on the topic in pg_depend).  A
+		 * role that may not drop the table gets PostgreSQL's error.
+		 */
+		foreach(lc, ds->objects)
+		{
+			Oid			relid = RangeVarGetRelid(makeRangeVarFromNameList(lfirst(lc)), NoLock, true);
+
+			if (OidIsValid(relid) && EvsLookupTopic(relid)->topic == relid &&
+				evs_class_ownercheck(relid, GetUserId()))
+				EvsTopicDropAggregates(relid, ds->behavior == DROP_CASCADE);
+		}
+	}
 	else if (IsA(stmt, GrantStmt))
 		evs_check_grant((GrantStmt *) stmt);
 	else if (IsA(stmt, CreateForeignTableStmt))
@@ -628,10 +648,13 @@ evs_drop_extension_cascade(DropStmt *stmt)
 		if (IsA(obj, String) && strcmp(strVal(obj), "evstream") == 0 &&
 			OidIsValid(get_extension_oid("evstream", true)))
 		{
+			/* (dropping one topic's aggregates may drop their output topics) */
 			EvsSpiExec("DO $$DECLARE t pg_catalog.regclass; BEGIN "
 					   "FOR t IN SELECT x.topic FROM evstream._topic x LOOP "
+					   "IF EXISTS (SELECT FROM pg_catalog.pg_class c "
+					   "WHERE c.oid OPERATOR(pg_catalog.=) t::pg_catalog.oid) THEN "
 					   "EXECUTE pg_catalog.format('DROP TABLE IF EXISTS %s CASCADE', t); "
-					   "END LOOP; END$$", 0, NULL, NULL, 0);
+					   "END IF; END LOOP; END$$", 0, NULL, NULL, 0);
 			CommandCounterIncrement();
 		}
 	}

@@ -305,16 +305,14 @@ EvsCreateTopic(const char *name, Interval *ivl, Interval *ret, bool notify, int 
 	return relid;
 }
 
-PG_FUNCTION_INFO_V1(evstream_drop_topic);
-
 /*
- * evstream.drop_topic(topic regclass, cascade boolean)
+ * The aggregates reading a topic or writing to it: without cascade, refuse
+ * to drop the topic while there are any; with cascade, drop them
+ * (drop_topic, and a plain DROP TABLE of the topic: guards.c).
  */
-Datum
-evstream_drop_topic(PG_FUNCTION_ARGS)
+void
+EvsTopicDropAggregates(Oid relid, bool cascade)
 {
-	Oid			relid;
-	bool		cascade;
 	Oid			types[1] = {OIDOID};
 	Datum		values[1];
 	int			ret;
@@ -323,14 +321,6 @@ evstream_drop_topic(PG_FUNCTION_ARGS)
 	uint64		i;
 	MemoryContext cxt;
 
-	EvsArgNotNull(fcinfo, 0, "topic");
-	EvsArgNotNull(fcinfo, 1, "cascade");
-	relid = PG_GETARG_OID(0);
-	cascade = PG_GETARG_BOOL(1);
-	(void) EvsRequireTopic(relid, "drop_topic");
-	EvsRequireOwner(relid);
-
-	/* aggregates reading the topic or writing to it */
 	values[0] = ObjectIdGetDatum(relid);
 	cxt = CurrentMemoryContext;	/* the list outlives SPI_finish */
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -375,6 +365,27 @@ evstream_drop_topic(PG_FUNCTION_ARGS)
 		if (OidIsValid(agg) && get_rel_name(agg) != NULL)
 			EvsDropAggregate(agg);
 	}
+}
+
+PG_FUNCTION_INFO_V1(evstream_drop_topic);
+
+/*
+ * evstream.drop_topic(topic regclass, cascade boolean)
+ */
+Datum
+evstream_drop_topic(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+	bool		cascade;
+
+	EvsArgNotNull(fcinfo, 0, "topic");
+	EvsArgNotNull(fcinfo, 1, "cascade");
+	relid = PG_GETARG_OID(0);
+	cascade = PG_GETARG_BOOL(1);
+	(void) EvsRequireTopic(relid, "drop_topic");
+	EvsRequireOwner(relid);
+
+	EvsTopicDropAggregates(relid, cascade);
 
 	/* the event trigger forgets the topic and its groups */
 	EvsSpiExec(psprintf("DROP TABLE %s", EvsQualifiedName(relid)), 0, NULL, NULL, 0);
