@@ -466,6 +466,30 @@ SELECT * FROM nest_counts ORDER BY group_key;
 SELECT evstream.drop_topic('nest', cascade => true);
 DROP FUNCTION nest_inner(), nest_inner_ok();
 
+-- a group is the value as text, the same in every session: dates,
+-- timestamps and floats are converted under fixed settings (ISO, UTC,
+-- extra_float_digits 1), not under each producer's DateStyle, TimeZone
+-- or extra_float_digits
+SELECT evstream.create_topic('styles');
+SELECT evstream.create_aggregate('styles_day', 'styles', group_by => $$(created_at AT TIME ZONE 'UTC')::date$$);
+SELECT evstream.create_aggregate('styles_hour', 'styles',
+    group_by => $$date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'$$);
+SELECT evstream.create_aggregate('styles_third', 'styles', group_by => $$(payload->>'f')::float8 / 3$$);
+SET DateStyle = 'ISO, MDY'; SET TimeZone = 'UTC';
+INSERT INTO styles (key, payload) VALUES ('a', '{"f": 1}');
+SET DateStyle = 'German'; SET TimeZone = 'America/New_York'; SET extra_float_digits = 3;
+INSERT INTO styles (key, payload) VALUES ('b', '{"f": 1}');
+SET DateStyle = 'SQL, DMY'; SET TimeZone = 'Asia/Tokyo'; SET extra_float_digits = -2;
+INSERT INTO styles (key, payload) VALUES ('c', '{"f": 1}');
+RESET DateStyle; RESET TimeZone; RESET extra_float_digits;
+SELECT count(*) AS groups, sum(count) AS events, bool_and(group_key ~ '^\d{4}-\d\d-\d\d$') AS iso
+  FROM styles_day;
+SELECT count(*) AS groups, sum(count) AS events,
+       bool_and(group_key ~ '^\d{4}-\d\d-\d\d \d\d:00:00\+00$') AS iso_utc
+  FROM styles_hour;
+SELECT * FROM styles_third;
+SELECT evstream.drop_topic('styles', cascade => true);
+
 ------------------------------------------------------------------ clean up
 SELECT evstream.drop_topic('clicks', cascade => true);
 SELECT evstream.drop_topic('click_changes');

@@ -524,7 +524,16 @@ evs_accumulate_agg(EvsAggregate *a, TupleTableSlot **slots, int nslots, int leve
 		key.isnull = isnull;
 		key.group = NULL;
 		key.glen = 0;
-		if (!isnull)
+		if (!isnull && a->key_out != NULL)
+		{
+			/* a value whose text depends on settings: under fixed ones */
+			MemoryContext old = MemoryContextSwitchTo(accum_econtext->ecxt_per_tuple_memory);
+
+			key.group = EvsFixedText(a->key_out, d);
+			key.glen = strlen(key.group);
+			MemoryContextSwitchTo(old);
+		}
+		else if (!isnull)
 		{
 			/* the text's bytes as they are (detoasted in per-row memory) */
 			MemoryContext old = MemoryContextSwitchTo(accum_econtext->ecxt_per_tuple_memory);

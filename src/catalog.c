@@ -503,9 +503,20 @@ evs_calls_user_function(Node *node, void *context)
 /*
  * Compile one of an aggregate's stored expressions (group_by, event_time,
  * a measure's input) for evaluation on insert, coerced to target.
+ *
+ * With text_out (group_by): a group is the expression's value as text,
+ * and converting a date, a timestamp, an interval, a float or a bytea
+ * (or an array or a row of them) to text depends on the session's
+ * DateStyle, TimeZone, IntervalStyle, extra_float_digits and bytea_output.
+ * When the conversion is by the type's output function (not a cast
+ * function), the expression is compiled without it and *text_out gets
+ * that function, which the producer runs under fixed settings
+ * (EvsFixedText): one value is one group in every session.  Else
+ * *text_out is NULL.
  */
 static ExprState *
-evs_compile_expr(Relation rel, const char *text, Oid target, bool *as_owner)
+evs_compile_expr(Relation rel, const char *text, Oid target, bool *as_owner,
+				 FmgrInfo **text_out)
 {
 	ParseState *pstate = make_parsestate(NULL);
 	ParseNamespaceItem *nsitem;
@@ -524,6 +535,24 @@ evs_compile_expr(Relation rel, const char *text, Oid target, bool *as_owner)
 	assign_expr_collations(pstate, expr);
 	expr = coerce_to_target_type(pstate, expr, exprType(expr), target, -1,
 								 COERCION_EXPLICIT, COERCE_EXPLICIT_CAST, -1);
+	if (text_out != NULL)
+		*text_out = NULL;
+	/* (the stored group_by ends in its conversion to text) */
+	if (text_out != NULL && IsA(expr, CoerceViaIO) &&
+		((CoerceViaIO *) expr)->resulttype == TEXTOID)
+	{
+		Node	   *value = (Node *) ((CoerceViaIO *) expr)->arg;
+		Oid			fn;
+		bool		varlena;
+
+		/* privileges below are judged on the conversion, which names fn */
+		getTypeOutputInfo(exprType(value), &fn, &varlena);
+		*text_out = palloc(sizeof(FmgrInfo));
+		fmgr_info_cxt(fn, *text_out, CurrentMemoryContext);
+		if (evs_calls_user_function(expr, NULL))
+			*as_owner = true;
+		expr = value;
+	}
 	EvsUnpinSearchPath(save_nestlevel);
 	/*
 	 * User-written functions run as the owner; so does anything not
@@ -744,12 +773,13 @@ EvsTopicAggregates(EvsTopic *t)
 			EvsBecomeOwner(a->owner, &st);
 			trel = relation_open(topic, AccessShareLock);
 			old = MemoryContextSwitchTo(cxt);
-			a->expr = evs_compile_expr(trel, tx->group_by, TEXTOID, &a->as_owner);
+			a->expr = evs_compile_expr(trel, tx->group_by, TEXTOID, &a->as_owner, &a->key_out);
 			if (tx->event_time)
-				a->event_time = evs_compile_expr(trel, tx->event_time, TIMESTAMPTZOID, &a->as_owner);
+				a->event_time = evs_compile_expr(trel, tx->event_time, TIMESTAMPTZOID,
+												 &a->as_owner, NULL);
 			for (i = 0; i < a->nmeasures; i++)
 				a->measures[i].input = evs_compile_expr(trel, tx->exprs[i], a->measures[i].type,
-														&a->as_owner);
+														&a->as_owner, NULL);
 			MemoryContextSwitchTo(old);
 			relation_close(trel, AccessShareLock);
 			EvsRestoreUser(&st);

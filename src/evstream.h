@@ -304,7 +304,9 @@ typedef struct EvsAggregate
 	Oid			output_topic;	/* InvalidOid: none */
 	bool		notify;
 	bool		as_owner;		/* an expression calls non-built-in functions */
-	struct ExprState *expr;		/* group_by, text-valued */
+	struct ExprState *expr;		/* group_by, text-valued unless key_out */
+	FmgrInfo   *key_out;		/* its type's output function, when that
+								 * depends on settings (EvsFixedText) */
 	struct ExprState *event_time;	/* NULL: created_at */
 	int			nmeasures;
 	EvsMeasure *measures;
@@ -419,6 +421,7 @@ extern int64 EvsIntervalUsecs(Interval *ivl, const char *what);
 extern char *EvsCollationName(Oid coll);
 extern Oid	EvsCollationOid(const char *name);
 extern void EvsRequireReadCommitted(const char *fn);
+extern char *EvsFixedText(FmgrInfo *out, Datum value);
 extern bool EvsTrySubxact(void (*fn) (void *), void *arg, Oid object, const char *what,
 						  StringInfo errors);
 extern bool EvsBudgetStart(Oid object, const char *what, StringInfo errors);

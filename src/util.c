@@ -46,6 +46,9 @@
 #include "catalog/pg_class.h"
 #include "utils/resowner.h"
 #include "utils/timeout.h"
+#include "pgtime.h"
+#include "utils/bytea.h"
+#include "utils/float.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "utils/syscache.h"
@@ -297,6 +300,52 @@ EvsRequirePrivilege(Oid relid, AclMode mode)
 
 	if (acl != ACLCHECK_OK)
 		aclcheck_error(acl, OBJECT_TABLE, get_rel_name(relid));
+}
+
+/*
+ * A value as text by its type's output function, under fixed settings
+ * (DateStyle ISO, TimeZone UTC, IntervalStyle postgres, extra_float_digits
+ * 1, bytea_output hex) whatever the session's: an aggregate's group keys
+ * (catalog.c evs_compile_expr).  The settings are the globals the output
+ * functions read, set and restored around the call, not through the GUC
+ * machinery (no catalog or GUC work per row).
+ */
+char *
+EvsFixedText(FmgrInfo *out, Datum value)
+{
+	static pg_tz *utc = NULL;
+	int			save_style = DateStyle;
+	int			save_order = DateOrder;
+	int			save_interval = IntervalStyle;
+	int			save_digits = extra_float_digits;
+	int			save_bytea = bytea_output;
+	pg_tz	   *save_tz = session_timezone;
+	char	   *volatile result = NULL;
+
+	if (utc == NULL)
+		utc = pg_tzset("UTC");
+	PG_TRY();
+	{
+		DateStyle = USE_ISO_DATES;
+		DateOrder = DATEORDER_YMD;
+		IntervalStyle = INTSTYLE_POSTGRES;
+		extra_float_digits = 1;
+		bytea_output = BYTEA_OUTPUT_HEX;
+		if (utc != NULL)
+			session_timezone = utc;
+		result = OutputFunctionCall(out, value);
+	}
+	PG_FINALLY();
+	{
+		DateStyle = save_style;
+		DateOrder = save_order;
+		IntervalStyle = save_interval;
+		extra_float_digits = save_digits;
+		bytea_output = save_bytea;
+		session_timezone = save_tz;
+	}
+	PG_END_TRY();
+	return result;
 }
 
 /*
