@@ -74,6 +74,7 @@
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "catalog/pg_authid_d.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
@@ -1188,9 +1189,13 @@ evstream_workers(PG_FUNCTION_ARGS)
 			nulls[2] = true;
 		else
 			values[2] = TimestampTzGetDatum(d.last_maintenance);
-		/* errors name topics: other databases' are for superusers only */
+		/*
+		 * Errors name every tenant's objects and carry their code's
+		 * messages: like other sessions' queries in pg_stat_activity, for
+		 * superusers and pg_read_all_stats only.
+		 */
 		if (d.last_error[0] == '\0' ||
-			(d.dboid != MyDatabaseId && !superuser()))
+			!has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS))
 			nulls[3] = true;
 		else
 			values[3] = CStringGetTextDatum(d.last_error);

@@ -221,6 +221,16 @@ $listen->quit;
 ok( $node->poll_query_until($db,
 		"SELECT bool_or(last_error LIKE '%mallory%' OR last_error LIKE '%m.out%' OR last_error LIKE '%refuses everything%') FROM evstream.workers"),
 	'evstream.workers.last_error names the failing one');
+# ... to the superuser: errors name every tenant's objects and carry their
+# code's messages, so other roles see NULL (as with others' queries in
+# pg_stat_activity), unless they have pg_read_all_stats
+is( $node->safe_psql($db,
+		'SET ROLE honest; SELECT count(*) FROM evstream.workers WHERE last_error IS NOT NULL'),
+	'0', 'honest does not see the error text of mallory\'s code');
+$node->safe_psql($db, 'CREATE ROLE monitor IN ROLE pg_read_all_stats');
+is( $node->safe_psql($db,
+		'SET ROLE monitor; SELECT count(*) FROM evstream.workers WHERE last_error IS NOT NULL'),
+	'1', 'a pg_read_all_stats member does');
 assert_not_escalated('failing output topic');
 
 done_testing();
