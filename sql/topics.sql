@@ -193,6 +193,14 @@ SELECT evstream.create_topic('t_bad', '1 day', retention => '0');
 \echo :LAST_ERROR_SQLSTATE
 SELECT evstream.create_topic('t_bad', '1 day', retention => '-1 hour');
 SELECT evstream.create_topic('t_bad', '1 day', retention => '1 day -25 hours');
+-- spans whose arithmetic would leave the timestamp range
+SELECT evstream.create_topic('t_bad', '1 day', retention => '100000000 days');
+\echo :LAST_ERROR_SQLSTATE
+SELECT evstream.create_topic('t_bad', '100000000 days');
+\echo :LAST_ERROR_SQLSTATE
+SELECT evstream.create_topic('t_bad', '365000 days', retention => '12000 months');
+SELECT evstream.run_maintenance() IS NULL AS maintained;
+SELECT evstream.drop_topic('t_bad');
 -- nothing was left behind by the failures
 SELECT count(*) FROM pg_class WHERE relname LIKE 't\_bad%' OR relname LIKE 'mmm%' OR relname LIKE 'èèè%';
 -- the smallest partition interval: 1 second

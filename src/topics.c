@@ -58,6 +58,21 @@
 /* bytes the partition suffix "_pYYYYMMDD_HH24MISS" adds */
 #define PARTITION_SUFFIX_LEN 17
 
+/*
+ * Partition intervals and retentions are at most 1000 years (a month
+ * counted as 30 days): maintenance computes now() - retention and
+ * now() + premake partition intervals, which must stay timestamps.
+ */
+#define EVS_MAX_SPAN_DAYS (1000 * 365)
+
+static bool
+evs_span_too_long(Interval *ivl)
+{
+	int64		days = (int64) ivl->month * 30 + ivl->day + ivl->time / USECS_PER_DAY;
+
+	return days > EVS_MAX_SPAN_DAYS;
+}
+
 /* A retention must be positive (NULL: keep forever) */
 static void
 evs_check_retention(Interval *ret)
@@ -67,6 +82,11 @@ evs_check_retention(Interval *ret)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("retention must be a positive interval"),
+				 errhint("Use NULL to keep events forever.")));
+	if (evs_span_too_long(ret))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("retention must be at most 1000 years"),
 				 errhint("Use NULL to keep events forever.")));
 }
 
@@ -206,6 +226,10 @@ EvsCreateTopic(const char *name, Interval *ivl, Interval *ret, bool notify, int 
 				 errmsg("shards must be between 1 and 256, not %d", shards)));
 
 	(void) EvsBucketUsecs(ivl, "partition_interval");
+	if (evs_span_too_long(ivl))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("partition_interval must be at most 1000 years")));
 
 	{
 		ErrorContextCallback cb;
