@@ -426,5 +426,6 @@ extern bool EvsTrySubxact(void (*fn) (void *), void *arg, Oid object, const char
 						  StringInfo errors);
 extern bool EvsBudgetStart(Oid object, const char *what, StringInfo errors);
 extern void EvsBudgetEnd(void);
+extern bool EvsBudgetOwnerSlow(Oid object);
 
 #endif							/* EVSTREAM_H */

@@ -360,12 +360,102 @@ EvsFixedText(FmgrInfo *out, Datum value)
  * evstream.workers instead of running it: the relaunched worker is not
  * caught by the same code at once, and every other tenant's work goes on.
  * Outside background workers (a user's own session) nothing is armed.
+ * The budget is an owner's per worker transaction (below).
  */
 static TimeoutId evs_kill_timeout = MAX_TIMEOUTS;
 static volatile sig_atomic_t evs_budget_killed = false;
 static Oid	evs_budget_object = InvalidOid;
 static char evs_budget_what[NAMEDATALEN * 2];
 static bool evs_budget_armed = false;
+
+/*
+ * The budget is per owner and worker transaction: what one role's objects
+ * (aggregates, topics) used of it in the current push or maintenance
+ * transaction is what the next of its objects has left, so a tenant with
+ * many slow objects holds the worker about one budget per transaction,
+ * not one per object.
+ */
+#define EVS_BUDGET_OWNERS 32
+static TimestampTz evs_budget_xact = 0;
+static int	evs_budget_nowners = 0;
+static Oid	evs_budget_owner_ids[EVS_BUDGET_OWNERS];
+static int64 evs_budget_used_ms[EVS_BUDGET_OWNERS];
+static int	evs_budget_current = -1;	/* index charged at EvsBudgetEnd */
+static TimestampTz evs_budget_started;
+
+/* owners whose work took a second or more in their last accounted pass */
+static int	evs_slow_nowners = 0;
+static Oid	evs_slow_owner_ids[EVS_BUDGET_OWNERS];
+
+static void
+evs_budget_new_pass(void)
+{
+	int			i;
+
+	evs_slow_nowners = 0;
+	for (i = 0; i < evs_budget_nowners; i++)
+		if (evs_budget_used_ms[i] >= 1000)
+			evs_slow_owner_ids[evs_slow_nowners++] = evs_budget_owner_ids[i];
+	evs_budget_nowners = 0;
+}
+
+static Oid
+evs_object_owner(Oid object)
+{
+	HeapTuple	tup;
+	Oid			owner;
+
+	if (!OidIsValid(object))
+		return InvalidOid;
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(object));
+	if (!HeapTupleIsValid(tup))
+		return InvalidOid;
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
+/*
+ * Was the owner of object slow in the worker's last passes (its work took
+ * a second or more)?  The merge runs such owners' aggregates after the
+ * others', so one tenant's slow code delays the others' by at most one
+ * pass.
+ */
+bool
+EvsBudgetOwnerSlow(Oid object)
+{
+	Oid			owner = evs_object_owner(object);
+	int			i;
+
+	for (i = 0; i < evs_slow_nowners; i++)
+		if (evs_slow_owner_ids[i] == owner && OidIsValid(owner))
+			return true;
+	return false;
+}
+
+/* The accounting slot of the owner of object (-1: not accounted) */
+static int
+evs_budget_slot(Oid object)
+{
+	Oid			owner = evs_object_owner(object);
+	int			i;
+
+	if (!OidIsValid(owner))
+		return -1;
+	if (evs_budget_xact != GetCurrentTransactionStartTimestamp())
+	{
+		evs_budget_new_pass();
+		evs_budget_xact = GetCurrentTransactionStartTimestamp();
+	}
+	for (i = 0; i < evs_budget_nowners; i++)
+		if (evs_budget_owner_ids[i] == owner)
+			return i;
+	if (evs_budget_nowners >= EVS_BUDGET_OWNERS)
+		return -1;
+	evs_budget_owner_ids[i] = owner;
+	evs_budget_used_ms[i] = 0;
+	return evs_budget_nowners++;
+}
 
 /* the grace timer's handler (signal context): what die() does */
 static void
@@ -429,6 +519,8 @@ EvsBudgetStart(Oid object, const char *what, StringInfo errors)
 	EvsDatabase *db;
 	TimestampTz until = 0;
 	int			i;
+	int			k;
+	int64		budget = EVS_TENANT_BUDGET_MS;
 
 	if (MyBackendType != B_BG_WORKER)
 		return true;
@@ -449,6 +541,18 @@ EvsBudgetStart(Oid object, const char *what, StringInfo errors)
 							 what, timestamptz_to_str(until));
 		return false;
 	}
+	k = evs_budget_slot(object);
+	if (k >= 0)
+	{
+		budget -= evs_budget_used_ms[k];
+		if (budget <= 0)
+		{
+			if (errors != NULL)
+				appendStringInfo(errors, "%s: skipped, its owner's work used its %d ms budget in this pass; ",
+								 what, EVS_TENANT_BUDGET_MS);
+			return false;
+		}
+	}
 	if (evs_kill_timeout == MAX_TIMEOUTS)
 	{
 		evs_kill_timeout = RegisterTimeout(USER_TIMEOUT, evs_budget_kill);
@@ -456,8 +560,10 @@ EvsBudgetStart(Oid object, const char *what, StringInfo errors)
 	}
 	evs_budget_object = object;
 	strlcpy(evs_budget_what, what, sizeof(evs_budget_what));
-	enable_timeout_after(STATEMENT_TIMEOUT, EVS_TENANT_BUDGET_MS);
-	enable_timeout_after(evs_kill_timeout, EVS_TENANT_BUDGET_MS + EVS_TENANT_GRACE_MS);
+	evs_budget_current = k;
+	evs_budget_started = GetCurrentTimestamp();
+	enable_timeout_after(STATEMENT_TIMEOUT, (int) budget);
+	enable_timeout_after(evs_kill_timeout, (int) budget + EVS_TENANT_GRACE_MS);
 	evs_budget_armed = true;
 	return true;
 }
@@ -471,6 +577,10 @@ EvsBudgetEnd(void)
 	disable_timeout(STATEMENT_TIMEOUT, false);
 	disable_timeout(evs_kill_timeout, false);
 	evs_budget_armed = false;
+	if (evs_budget_current >= 0 && evs_budget_current < evs_budget_nowners)
+		evs_budget_used_ms[evs_budget_current] +=
+			(GetCurrentTimestamp() - evs_budget_started) / 1000;
+	evs_budget_current = -1;
 }
 
 /*

@@ -14,6 +14,9 @@
 #     and its later events arrive at once (no second hold);
 #   - a trigger that sleeps but takes the cancel is only cancelled: the
 #     worker is not restarted for it (the budget, as before);
+#   - the budget is an owner's per worker pass, not per object: four of
+#     mallory's aggregates with 12-second output triggers hold an honest
+#     change event about 30 s, not 48;
 #   - the server never restarted (pg_postmaster_start_time unchanged).
 use strict;
 use warnings;
@@ -121,6 +124,38 @@ wait_for(q{SELECT last_error LIKE '%aggregate agg2: canceling statement due to s
 	'a trigger that takes the cancel fails with it', 60);
 is(sql('SELECT pid FROM evstream.workers'), $pid1, 'and the worker was not restarted for it');
 unlike(slurp_file($node->logfile, $log_offset), qr/after its time budget's cancel/, 'nothing was quarantined');
+
+# ---------------------------------------------------------------- 3. many slow objects
+# four of mallory's aggregates whose output triggers each take 12 s: the
+# budget is her objects' together in a pass (30 s), not 30 s each, so the
+# honest aggregate, merged after hers, waits about 30 s, not 48
+sql(q{
+SET ROLE mallory;
+DROP TRIGGER slow ON m.out2;
+SELECT evstream.drop_topic('m.t2', cascade => true);
+SELECT evstream.create_topic('m.t3');
+CREATE FUNCTION m.twelve() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN PERFORM pg_catalog.pg_sleep(12); RETURN NEW; END $$;
+});
+for my $i (1 .. 4)
+{
+	sql(qq{
+SET ROLE mallory;
+SELECT evstream.create_aggregate('m.slow$i', 'm.t3', output_topic => 'm.slow${i}_out');
+CREATE TRIGGER twelve BEFORE INSERT ON m.slow${i}_out FOR EACH ROW EXECUTE FUNCTION m.twelve();});
+}
+sql(q{SET ROLE honest; SELECT evstream.create_aggregate('h.late', 'h.t', output_topic => 'h.late_out');});
+wait_for(q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'evstream worker' AND wait_event = 'PgSleep'},
+	'the worker is idle', 60);
+my $t3 = time;
+sql(q{SET ROLE mallory; INSERT INTO m.t3 (key) VALUES ('k')});
+sql(q{SET ROLE honest; INSERT INTO h.t (key) VALUES ('behind mallory')});
+wait_for(q{SELECT count(*) = 1 FROM h.late_out WHERE key = 'behind mallory'},
+	'the honest change event behind mallory\'s four slow ones arrives', 90);
+my $waited = time - $t3;
+cmp_ok($waited, '<', 42, sprintf('after about one budget (%.1f s), not four slow triggers (48 s)', $waited));
+wait_for(q{SELECT last_error LIKE '%used its 30000 ms budget in this pass%' FROM evstream.workers},
+	'the skipped one says why', 30);
 
 is(sql('SELECT pg_postmaster_start_time()'), $started, 'the server never restarted');
 $node->stop;
