@@ -347,12 +347,19 @@ SELECT evstream.create_aggregate('nosuch.bad', 'clicks');
 SELECT evstream.create_aggregate('bad; drop table clicks', 'clicks');
 SELECT evstream.create_aggregate('', 'clicks');
 SELECT evstream.create_aggregate('""', 'clicks');
+-- a name PostgreSQL would cut short is refused, not truncated
+SELECT evstream.create_aggregate(repeat('a', 64), 'clicks');
+\echo :LAST_ERROR_SQLSTATE
+SELECT evstream.create_aggregate('public."' || repeat('b', 64) || '"', 'clicks');
+SELECT evstream.create_aggregate('clicks_x', 'clicks', output_topic => repeat('c', 70));
 -- nothing was left behind
 SELECT count(*) - :aggregates_before AS new_aggregates FROM evstream._aggregate;
 SELECT count(*) FROM pg_class WHERE relname LIKE 'bad%' OR relname LIKE 'nosuch%';
 SELECT count(*) FROM clicks;
--- names longer than 63 bytes are truncated, like any identifier
+-- names longer than 63 bytes are refused (as create_topic and
+-- create_transform do), not cut short to another name
 SELECT evstream.create_aggregate(repeat('b', 70), 'clicks');
+SELECT evstream.create_aggregate(repeat('b', 63), 'clicks');
 SELECT evstream.drop_aggregate(repeat('b', 63));
 -- quoted and schema-qualified names work
 CREATE SCHEMA stats;

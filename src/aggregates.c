@@ -1893,16 +1893,14 @@ evs_check_measures(Relation rel, const char *measures, EvsAggDef *d, char **expr
 static RangeVar *
 evs_new_relation_name(const char *what, const char *name, Oid *nspid)
 {
-	RangeVar   *rv = makeRangeVarFromNameList(evs_string_to_qualified_name_list(name));
+	RangeVar   *rv;
 
+	EvsCheckNameLength(name, what);
+	rv = makeRangeVarFromNameList(evs_string_to_qualified_name_list(name));
 	if (rv->relname[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_NAME),
 				 errmsg("%s must not be empty", what)));
-	if (strlen(rv->relname) > NAMEDATALEN - 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_NAME_TOO_LONG),
-				 errmsg("%s \"%s\" is too long", what, rv->relname)));
 	*nspid = RangeVarGetCreationNamespace(rv);
 	if (isAnyTempNamespace(*nspid))
 		ereport(ERROR,

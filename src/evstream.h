@@ -422,6 +422,7 @@ extern char *EvsCollationName(Oid coll);
 extern Oid	EvsCollationOid(const char *name);
 extern void EvsRequireReadCommitted(const char *fn);
 extern char *EvsFixedText(FmgrInfo *out, Datum value);
+extern void EvsCheckNameLength(const char *name, const char *what);
 extern bool EvsTrySubxact(void (*fn) (void *), void *arg, Oid object, const char *what,
 						  StringInfo errors);
 extern bool EvsBudgetStart(Oid object, const char *what, StringInfo errors);

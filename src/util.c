@@ -46,6 +46,7 @@
 #include "catalog/pg_class.h"
 #include "utils/resowner.h"
 #include "utils/timeout.h"
+#include "parser/scansup.h"
 #include "pgtime.h"
 #include "utils/bytea.h"
 #include "utils/float.h"
@@ -300,6 +301,54 @@ EvsRequirePrivilege(Oid relid, AclMode mode)
 
 	if (acl != ACLCHECK_OK)
 		aclcheck_error(acl, OBJECT_TABLE, get_rel_name(relid));
+}
+
+/*
+ * Refuse a (possibly qualified) name with a part longer than PostgreSQL
+ * keeps (NAMEDATALEN - 1 bytes): stringToQualifiedNameList would cut it
+ * short without a word, and the object would get another name than asked.
+ * Only lengths are checked here; the syntax is the parser's.
+ */
+void
+EvsCheckNameLength(const char *name, const char *what)
+{
+	const char *p = name;
+
+	while (*p)
+	{
+		int			len = 0;
+
+		while (scanner_isspace(*p))
+			p++;
+		if (*p == '"')
+		{
+			for (p++; *p; p++)
+			{
+				if (*p == '"')
+				{
+					if (p[1] != '"')
+					{
+						p++;
+						break;
+					}
+					p++;
+				}
+				len++;
+			}
+		}
+		else
+			for (; *p && *p != '.' && !scanner_isspace(*p); p++)
+				len++;
+		if (len > NAMEDATALEN - 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_NAME_TOO_LONG),
+					 errmsg("%s \"%s\" is too long", what, name),
+					 errdetail("Names are limited to %d bytes.", NAMEDATALEN - 1)));
+		while (*p && *p != '.')
+			p++;
+		if (*p == '.')
+			p++;
+	}
 }
 
 /*
