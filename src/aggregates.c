@@ -2014,6 +2014,7 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	const char *argnames[] = {"name", "topic", "group_by", "bucket", "output_topic", "notify",
 	"measures", "hop", "event_time", "grace", "emit", "window_retention"};
 
+	EvsRequireCurrentCatalog("create_aggregate");
 	EvsArgNotNull(fcinfo, 0, argnames[0]);
 	EvsArgNotNull(fcinfo, 1, argnames[1]);
 	EvsArgNotNull(fcinfo, 2, argnames[2]);

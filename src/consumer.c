@@ -1033,6 +1033,8 @@ evstream_set_group_options(PG_FUNCTION_ARGS)
 	Oid			dlt = InvalidOid;
 	EvsGroup	g;
 
+	EvsRequireCurrentCatalog("set_group_options");
+
 	if (!PG_ARGISNULL(2))
 	{
 		max_attempts = PG_GETARG_INT32(2);

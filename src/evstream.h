@@ -384,6 +384,7 @@ extern void EvsExtensionInit(void);
 extern bool EvsExtensionPresent(void);
 extern Oid	EvsCatalogRelid(EvsCatalogRel which);
 extern bool EvsCatalogIsCurrent(char **installed);
+extern void EvsRequireCurrentCatalog(const char *fn);
 
 /* util.c */
 typedef struct EvsUserState

@@ -141,6 +141,25 @@ EvsCatalogRelid(EvsCatalogRel which)
 }
 
 /*
+ * Refuse fn while the catalog is older than the library (between the
+ * installation of a new version and ALTER EXTENSION evstream UPDATE): the
+ * functions that create or configure objects write the new catalog's
+ * columns.  Producing keeps working meanwhile.
+ */
+void
+EvsRequireCurrentCatalog(const char *fn)
+{
+	char	   *installed = NULL;
+
+	if (!EvsCatalogIsCurrent(&installed))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("evstream.%s needs the evstream %s catalog, this database has %s",
+						fn, EVS_VERSION, installed ? installed : "none"),
+				 errhint("Run ALTER EXTENSION evstream UPDATE.")));
+}
+
+/*
  * Is the installed extension's version the library's (EVS_VERSION)?  After
  * a new library is installed and before ALTER EXTENSION evstream UPDATE,
  * the catalog is older than the code: the worker waits for the update.

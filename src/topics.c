@@ -167,6 +167,7 @@ evstream_create_topic(PG_FUNCTION_ARGS)
 {
 	Interval   *ret = NULL;
 
+	EvsRequireCurrentCatalog("create_topic");
 	EvsArgNotNull(fcinfo, 0, "topic");
 	EvsArgNotNull(fcinfo, 1, "partition_interval");
 	EvsArgNotNull(fcinfo, 3, "notify");

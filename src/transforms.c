@@ -273,6 +273,7 @@ evstream_create_transform(PG_FUNCTION_ARGS)
 	EvsGroup	g;
 	RangeVar   *rv;
 
+	EvsRequireCurrentCatalog("create_transform");
 	evs_transform_name(fcinfo, &name);
 	EvsArgNotNull(fcinfo, 1, "source");
 	EvsArgNotNull(fcinfo, 2, "query");

@@ -153,7 +153,13 @@ is(scalar(@window_errors), 0, 'before the update, the new library on the 0.1 cat
 	  or diag($warnings[0]);
 }
 is($node->safe_psql('upd', $snap{events}), $before{events}, 'and the events are untouched');
-my $log_pos = length($window);
+# functions that write the new catalog's columns say what to do
+{
+	my ($rc, $out, $err) = $node->psql('upd', q{SELECT evstream.create_topic('too_early')});
+	like($err, qr/evstream\.create_topic needs the evstream 0\.2 catalog, this database has 0\.1.*HINT:  Run ALTER EXTENSION evstream UPDATE/s,
+		'before the update, create_topic refuses with a hint to update');
+}
+my $log_pos = length(slurp_file($node->logfile));
 
 my ($ret, $stdout, $stderr) = $node->psql('upd', 'ALTER EXTENSION evstream UPDATE');
 is($ret, 0, 'ALTER EXTENSION evstream UPDATE succeeds') or diag($stderr);
