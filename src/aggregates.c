@@ -2584,6 +2584,12 @@ typedef struct MergeJob
 	TimestampTz horizon;
 } MergeJob;
 
+static Oid
+evs_merge_job_object(void *arg)
+{
+	return ((MergeJob *) arg)->def->view;
+}
+
 static void
 evs_merge_job(void *arg)
 {
@@ -2793,22 +2799,8 @@ EvsMergeDeltas(int32 only_agg, StringInfo errors, int flags)
 							 GUC_ACTION_SAVE, true, 0, false);
 	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
-	/* owners whose code was slow in the last passes go last (util.c) */
-	{
-		List	   *slow = NIL;
-		List	   *fast = NIL;
-
-		foreach(lc, jobs)
-		{
-			MergeJob   *j = lfirst(lc);
-
-			if (EvsBudgetOwnerSlow(j->def->view))
-				slow = lappend(slow, j);
-			else
-				fast = lappend(fast, j);
-		}
-		jobs = list_concat(fast, slow);
-	}
+	/* in the order the tenants' budgets ask for (util.c) */
+	jobs = EvsBudgetOrder(jobs, evs_merge_job_object);
 	foreach(lc, jobs)
 	{
 		MergeJob   *j = lfirst(lc);

@@ -428,6 +428,8 @@ extern bool EvsTrySubxact(void (*fn) (void *), void *arg, Oid object, const char
 						  StringInfo errors);
 extern bool EvsBudgetStart(Oid object, const char *what, StringInfo errors);
 extern void EvsBudgetEnd(void);
-extern bool EvsBudgetOwnerSlow(Oid object);
+extern int	EvsBudgetRank(Oid object);
+extern List *EvsBudgetOrder(List *jobs, Oid (*object_of) (void *job));
+extern bool EvsInWorker;
 
 #endif							/* EVSTREAM_H */

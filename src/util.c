@@ -408,8 +408,9 @@ EvsFixedText(FmgrInfo *out, Datum value)
  * time it happens again) its worker skips it with an error in
  * evstream.workers instead of running it: the relaunched worker is not
  * caught by the same code at once, and every other tenant's work goes on.
- * Outside background workers (a user's own session) nothing is armed.
- * The budget is an owner's per worker transaction (below).
+ * Outside evstream's workers (a user's session, another extension's
+ * background worker) nothing is armed.  The budget is an owner's per
+ * worker transaction (below).
  */
 static TimeoutId evs_kill_timeout = MAX_TIMEOUTS;
 static volatile sig_atomic_t evs_budget_killed = false;
@@ -436,6 +437,21 @@ static TimestampTz evs_budget_started;
 static int	evs_slow_nowners = 0;
 static Oid	evs_slow_owner_ids[EVS_BUDGET_OWNERS];
 
+/*
+ * Objects skipped for their owner's used budget in this pass, and those
+ * skipped in the last one (they go first in this pass, so that an owner
+ * whose work takes more than a budget per pass gets all of it done over
+ * several passes instead of the same objects being skipped every time).
+ */
+#define EVS_BUDGET_OWED 256
+static int	evs_skipped_n = 0;
+static Oid	evs_skipped[EVS_BUDGET_OWED];
+static int	evs_owed_n = 0;
+static Oid	evs_owed[EVS_BUDGET_OWED];
+
+/* Set by evstream's own workers: only they arm tenant budgets */
+bool		EvsInWorker = false;
+
 static void
 evs_budget_new_pass(void)
 {
@@ -446,6 +462,9 @@ evs_budget_new_pass(void)
 		if (evs_budget_used_ms[i] >= 1000)
 			evs_slow_owner_ids[evs_slow_nowners++] = evs_budget_owner_ids[i];
 	evs_budget_nowners = 0;
+	memcpy(evs_owed, evs_skipped, sizeof(Oid) * evs_skipped_n);
+	evs_owed_n = evs_skipped_n;
+	evs_skipped_n = 0;
 }
 
 static Oid
@@ -465,21 +484,48 @@ evs_object_owner(Oid object)
 }
 
 /*
- * Was the owner of object slow in the worker's last passes (its work took
- * a second or more)?  The merge runs such owners' aggregates after the
- * others', so one tenant's slow code delays the others' by at most one
- * pass.
+ * In which order should a pass run the work on object?  0: first, it was
+ * skipped for its owner's budget in the last pass; 2: last, its owner's
+ * work took a second or more in the last pass (so one tenant's slow code
+ * delays the others' by at most one pass); 1: the others.
  */
-bool
-EvsBudgetOwnerSlow(Oid object)
+int
+EvsBudgetRank(Oid object)
 {
-	Oid			owner = evs_object_owner(object);
+	Oid			owner;
 	int			i;
 
+	if (!EvsInWorker || !OidIsValid(object))
+		return 1;
+	if (evs_budget_xact != GetCurrentTransactionStartTimestamp())
+	{
+		evs_budget_new_pass();
+		evs_budget_xact = GetCurrentTransactionStartTimestamp();
+	}
+	for (i = 0; i < evs_owed_n; i++)
+		if (evs_owed[i] == object)
+			return 0;
+	owner = evs_object_owner(object);
 	for (i = 0; i < evs_slow_nowners; i++)
 		if (evs_slow_owner_ids[i] == owner && OidIsValid(owner))
-			return true;
-	return false;
+			return 2;
+	return 1;
+}
+
+/* Sort a List of jobs by EvsBudgetRank of each job's object (stable) */
+List *
+EvsBudgetOrder(List *jobs, Oid (*object_of) (void *job))
+{
+	List	   *ranked[3] = {NIL, NIL, NIL};
+	ListCell   *lc;
+
+	foreach(lc, jobs)
+	{
+		int			r = EvsBudgetRank(object_of(lfirst(lc)));
+
+		ranked[r] = lappend(ranked[r], lfirst(lc));
+	}
+	return list_concat(list_concat(ranked[0], ranked[1]), ranked[2]);
 }
 
 /* The accounting slot of the owner of object (-1: not accounted) */
@@ -571,7 +617,7 @@ EvsBudgetStart(Oid object, const char *what, StringInfo errors)
 	int			k;
 	int64		budget = EVS_TENANT_BUDGET_MS;
 
-	if (MyBackendType != B_BG_WORKER)
+	if (!EvsInWorker)
 		return true;
 	db = evs_shared ? EvsDatabaseEntry(MyDatabaseId, false) : NULL;
 	if (db != NULL)
@@ -596,6 +642,8 @@ EvsBudgetStart(Oid object, const char *what, StringInfo errors)
 		budget -= evs_budget_used_ms[k];
 		if (budget <= 0)
 		{
+			if (evs_skipped_n < EVS_BUDGET_OWED)
+				evs_skipped[evs_skipped_n++] = object;
 			if (errors != NULL)
 				appendStringInfo(errors, "%s: skipped, its owner's work used its %d ms budget in this pass; ",
 								 what, EVS_TENANT_BUDGET_MS);
@@ -636,8 +684,8 @@ EvsBudgetEnd(void)
  * Run fn(arg) in a subtransaction: on error roll it back (which also
  * undoes any user switch and GUC level fn made), append "what: message; "
  * to errors (a lock timeout only raises a NOTICE: it is retried at the
- * next pass) and return false.  One tenant's failure stays its own; in a
- * background worker its time is bounded too (the budget above), so a
+ * next pass) and return false.  One tenant's failure stays its own; in
+ * evstream's workers its time is bounded too (the budget above), so a
  * trigger that sleeps cannot stall every other tenant's push and upkeep.
  */
 bool

@@ -760,6 +760,12 @@ typedef struct TopicJob
 	bool		allow_drop;
 } TopicJob;
 
+static Oid
+evs_topic_job_object(void *arg)
+{
+	return ((TopicJob *) arg)->topic;
+}
+
 /* One topic's upkeep, as its owner (evstream._maintain_topic) */
 static void
 evs_maintain_topic(void *arg)
@@ -864,6 +870,8 @@ evs_maintain_database(int premake)
 	EvsRestoreUser(&su);
 	SPI_finish();
 
+	/* in the order the tenants' budgets ask for (util.c) */
+	jobs = EvsBudgetOrder(jobs, evs_topic_job_object);
 	foreach(lc, jobs)
 	{
 		TopicJob   *j = lfirst(lc);
@@ -996,6 +1004,7 @@ EvsWorkerMain(Datum arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	EvsInWorker = true;			/* tenants' work here has budgets (util.c) */
 
 	/*
 	 * The database's ALTER DATABASE SET search_path is its owner's to set:
