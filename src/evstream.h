@@ -98,7 +98,7 @@ typedef struct EvsDatabase
 	TimestampTz blocked_until;	/* DROP/ALTER DATABASE in progress: no worker
 								 * until then (or until it ends) */
 	TimestampTz last_maintenance;
-	char		last_error[256];
+	char		last_error[1024];	/* several tenants' failures fit */
 	int			transform_pids[EVS_MAX_TRANSFORM_WORKERS];	/* 0: free */
 	pg_atomic_uint32 transforms_gen;	/* bumped when transforms change */
 	/* topics with newly committed events, for push (worker.c) */
@@ -110,8 +110,8 @@ typedef struct EvsDatabase
 	/* work whose code ignored the budget's cancel (util.c), under lock */
 	struct
 	{
-		Oid			object;		/* InvalidOid: free */
-		char		what[NAMEDATALEN * 2];
+		Oid			owner;		/* whose work; InvalidOid: free */
+		char		what[NAMEDATALEN * 2];	/* the work that made it exit */
 		int			times;		/* how often it happened (doubles the wait) */
 		TimestampTz until;
 	}			quarantine[EVS_QUARANTINE_SLOTS];
@@ -426,7 +426,7 @@ extern char *EvsFixedText(FmgrInfo *out, Datum value);
 extern void EvsCheckNameLength(const char *name, const char *what);
 extern bool EvsTrySubxact(void (*fn) (void *), void *arg, Oid object, const char *what,
 						  StringInfo errors);
-extern bool EvsBudgetStart(Oid object, const char *what, StringInfo errors);
+extern bool EvsBudgetStart(Oid object, Oid owner, const char *what, StringInfo errors);
 extern void EvsBudgetEnd(void);
 extern int	EvsBudgetRank(Oid object);
 extern List *EvsBudgetOrder(List *jobs, Oid (*object_of) (void *job));

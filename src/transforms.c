@@ -486,18 +486,15 @@ evs_run_batch(EvsTransformJob *j)
 		elog(ERROR, "SPI_connect failed");
 	EvsBecomeOwner(j->owner, &st);
 	/*
-	 * A batch is bounded like any tenant's work in a worker (statement_timeout
-	 * is armed only by the client protocol, so arm the timer ourselves).
+	 * A batch is bounded like any tenant's work in a worker (util.c).
+	 * While its owner's work is quarantined the batch is not run, and that
+	 * is no failure of the transform's: it waits.
 	 */
+	if (!EvsBudgetStart(InvalidOid, j->owner, psprintf("transform %s", j->name), NULL))
 	{
-		StringInfoData skipped;
-		char	   *what = psprintf("transform %s", j->name);
-
-		initStringInfo(&skipped);
-		if (!EvsBudgetStart(InvalidOid, what, &skipped))
-			ereport(ERROR,
-					(errcode(ERRCODE_QUERY_CANCELED),
-					 errmsg("%s", skipped.data)));
+		EvsRestoreUser(&st);
+		SPI_finish();
+		return 0;
 	}
 	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "transform \"%s\": the batch statement failed", j->name);

@@ -403,18 +403,20 @@ EvsFixedText(FmgrInfo *out, Datum value)
  * work with an ERROR; code can catch that cancel (a PL/pgSQL handler for
  * query_canceled) and go on, so a second timer, EVS_TENANT_GRACE_MS later,
  * makes the process exit as pg_terminate_backend would (FATAL, which no
- * handler catches).  Before it exits, the work is recorded in the
+ * handler catches).  Before it exits, the work's owner is recorded in the
  * database's shared entry, and for EVS_QUARANTINE_MIN_S (doubling each
- * time it happens again) its worker skips it with an error in
- * evstream.workers instead of running it: the relaunched worker is not
- * caught by the same code at once, and every other tenant's work goes on.
+ * time it happens again) the workers skip all of that owner's work with
+ * an error in evstream.workers instead of running it: the relaunched
+ * worker is not caught by the same code, or by the owner's other objects,
+ * at once, and every other tenant's work goes on (the pass the exit cut
+ * short is redone: what it had merged was rolled back, not lost).
  * Outside evstream's workers (a user's session, another extension's
  * background worker) nothing is armed.  The budget is an owner's per
  * worker transaction (below).
  */
 static TimeoutId evs_kill_timeout = MAX_TIMEOUTS;
 static volatile sig_atomic_t evs_budget_killed = false;
-static Oid	evs_budget_object = InvalidOid;
+static Oid	evs_budget_owner = InvalidOid;
 static char evs_budget_what[NAMEDATALEN * 2];
 static bool evs_budget_armed = false;
 
@@ -571,7 +573,7 @@ evs_budget_at_exit(int code, Datum arg)
 	int			use = -1;
 	TimestampTz now = GetCurrentTimestamp();
 
-	if (!evs_budget_killed || evs_shared == NULL)
+	if (!evs_budget_killed || evs_shared == NULL || !OidIsValid(evs_budget_owner))
 		return;
 	db = EvsDatabaseEntry(MyDatabaseId, false);
 	if (db == NULL)
@@ -579,8 +581,7 @@ evs_budget_at_exit(int code, Datum arg)
 	LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
 	for (i = 0; i < EVS_QUARANTINE_SLOTS; i++)
 	{
-		if (db->quarantine[i].object == evs_budget_object &&
-			strcmp(db->quarantine[i].what, evs_budget_what) == 0)
+		if (db->quarantine[i].owner == evs_budget_owner)
 		{
 			use = i;
 			break;
@@ -588,28 +589,31 @@ evs_budget_at_exit(int code, Datum arg)
 		if (use < 0 || db->quarantine[i].until < db->quarantine[use].until)
 			use = i;			/* a free slot has until 0: the oldest */
 	}
-	if (db->quarantine[use].object != evs_budget_object ||
-		strcmp(db->quarantine[use].what, evs_budget_what) != 0)
+	if (db->quarantine[use].owner != evs_budget_owner)
 		db->quarantine[use].times = 0;
-	db->quarantine[use].object = evs_budget_object;
+	db->quarantine[use].owner = evs_budget_owner;
 	strlcpy(db->quarantine[use].what, evs_budget_what, sizeof(db->quarantine[use].what));
 	db->quarantine[use].times = Min(db->quarantine[use].times + 1, 8);
 	db->quarantine[use].until = TimestampTzPlusMilliseconds(now, (int64) EVS_QUARANTINE_MIN_S * 1000 *
 															(1 << (db->quarantine[use].times - 1)));
 	LWLockRelease(evs_shared->lock);
 	ereport(LOG,
-			(errmsg("evstream: %s went on %d ms after its time budget's cancel; the worker exits and skips it until %s",
+			(errmsg("evstream: %s went on %d ms after its time budget's cancel; the worker exits and skips the work of role \"%s\" until %s",
 					evs_budget_what, EVS_TENANT_GRACE_MS,
+					GetUserNameFromId(evs_budget_owner, true),
 					timestamptz_to_str(db->quarantine[use].until))));
 }
 
 /*
- * Arm the budget for one piece of tenant work (object, what identify it).
- * Returns false, with "what: skipped ...; " appended to errors, while the
- * work is quarantined.  A no-op returning true outside background workers.
+ * Arm the budget for one piece of tenant work: on relation object (an
+ * aggregate's view, a topic), or for owner (a transform), what names it.
+ * Returns false, with "what: skipped ...; " appended to errors, while its
+ * owner's work is quarantined (the quarantine is the owner's, whatever its
+ * objects are named or renamed to, and it outlives the worker process it
+ * made exit).  A no-op returning true outside evstream's workers.
  */
 bool
-EvsBudgetStart(Oid object, const char *what, StringInfo errors)
+EvsBudgetStart(Oid object, Oid owner, const char *what, StringInfo errors)
 {
 	EvsDatabase *db;
 	TimestampTz until = 0;
@@ -619,20 +623,21 @@ EvsBudgetStart(Oid object, const char *what, StringInfo errors)
 
 	if (!EvsInWorker)
 		return true;
+	if (!OidIsValid(owner))
+		owner = evs_object_owner(object);
 	db = evs_shared ? EvsDatabaseEntry(MyDatabaseId, false) : NULL;
-	if (db != NULL)
+	if (db != NULL && OidIsValid(owner))
 	{
 		LWLockAcquire(evs_shared->lock, LW_SHARED);
 		for (i = 0; i < EVS_QUARANTINE_SLOTS; i++)
-			if (db->quarantine[i].object == object &&
-				strcmp(db->quarantine[i].what, what) == 0)
+			if (db->quarantine[i].owner == owner)
 				until = db->quarantine[i].until;
 		LWLockRelease(evs_shared->lock);
 	}
 	if (until > GetCurrentTimestamp())
 	{
 		if (errors != NULL)
-			appendStringInfo(errors, "%s: skipped until %s, its code ran on past its time budget's cancel; ",
+			appendStringInfo(errors, "%s: skipped until %s, code of its owner ran on past its time budget's cancel; ",
 							 what, timestamptz_to_str(until));
 		return false;
 	}
@@ -655,7 +660,7 @@ EvsBudgetStart(Oid object, const char *what, StringInfo errors)
 		evs_kill_timeout = RegisterTimeout(USER_TIMEOUT, evs_budget_kill);
 		before_shmem_exit(evs_budget_at_exit, (Datum) 0);
 	}
-	evs_budget_object = object;
+	evs_budget_owner = owner;
 	strlcpy(evs_budget_what, what, sizeof(evs_budget_what));
 	evs_budget_current = k;
 	evs_budget_started = GetCurrentTimestamp();
@@ -696,7 +701,7 @@ EvsTrySubxact(void (*fn) (void *), void *arg, Oid object, const char *what,
 	ResourceOwner owner = CurrentResourceOwner;
 	volatile bool ok = true;
 
-	if (!EvsBudgetStart(object, what, errors))
+	if (!EvsBudgetStart(object, InvalidOid, what, errors))
 		return false;
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);

@@ -8,7 +8,9 @@
 #     exits within the grace period after the budget (FATAL, which no
 #     handler catches), the launcher starts a new one, and that one skips
 #     mallory's aggregate (evstream.workers.last_error says until when)
-#     instead of being caught by the same trigger again;
+#     instead of being caught by the same trigger again, and keeps
+#     skipping it (and any work of hers) when she renames it: the
+#     quarantine is the owner's;
 #   - an honest role's aggregate, whose change event was committed while
 #     the worker was held, gets it into its output topic after the restart,
 #     and its later events arrive at once (no second hold);
@@ -91,10 +93,11 @@ cmp_ok($took, '>=', 30, sprintf('not before the budget (%.1f s)', $took));
 cmp_ok($took, '<', 60, 'but soon after budget + grace');
 my $log = slurp_file($node->logfile, $log_offset);
 like($log, qr/mallory: caught the cancel, going on/, 'the trigger did catch the cancel');
-like($log, qr/evstream: aggregate agg went on 5000 ms after its time budget's cancel; the worker exits and skips it until/,
+like($log, qr/evstream: aggregate agg went on 5000 ms after its time budget's cancel; the worker exits and skips the work of role "mallory" until/,
 	'the worker says why it exits');
 wait_for(q{SELECT count(*) = 1 FROM evstream.workers WHERE pid IS NOT NULL}, 'a new worker runs');
-isnt(sql('SELECT pid FROM evstream.workers'), $pid0, 'it is a new process');
+my $pid_new = sql('SELECT pid FROM evstream.workers');
+isnt($pid_new, $pid0, 'it is a new process');
 wait_for(q{SELECT last_error LIKE '%aggregate agg: skipped until %' FROM evstream.workers},
 	'the new worker skips mallory\'s aggregate and says so');
 
@@ -107,10 +110,22 @@ is(sql(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'evstream wo
 	'0', 'nothing holds the worker');
 is(sql(q{SELECT count(*) FROM m.out}), '0', 'mallory got nothing out of it');
 
+# the quarantine is mallory's, not the object's name: renamed, it is still
+# skipped (and so is any other work of hers), nothing holds the worker again
+sql(q{SET ROLE mallory; ALTER VIEW m.agg RENAME TO agg_renamed; INSERT INTO m.t (key) VALUES ('again')});
+wait_for(q{SELECT last_error LIKE '%aggregate agg_renamed: skipped until %' FROM evstream.workers},
+	'a renamed aggregate of hers is skipped too');
+my $t2 = time;
+sql(q{SET ROLE honest; INSERT INTO h.t (key) VALUES ('after rename')});
+wait_for(q{SELECT count(*) = 1 FROM h.out WHERE key = 'after rename'}, 'and honest events arrive', 10);
+cmp_ok(time - $t2, '<', 5, 'within seconds');
+is(sql('SELECT pid FROM evstream.workers'), $pid_new, 'the worker did not have to exit again');
+
 # ---------------------------------------------------------------- 2. a cancel taken
 sql(q{
-SET ROLE mallory;
-DROP TRIGGER hold ON m.out;
+CREATE ROLE trudy LOGIN;
+GRANT USAGE, CREATE ON SCHEMA m TO trudy;
+SET ROLE trudy;
 SELECT evstream.create_topic('m.t2');
 SELECT evstream.create_aggregate('m.agg2', 'm.t2', output_topic => 'm.out2');
 CREATE FUNCTION m.slow() RETURNS trigger LANGUAGE plpgsql AS
@@ -119,20 +134,26 @@ CREATE TRIGGER slow BEFORE INSERT ON m.out2 FOR EACH ROW EXECUTE FUNCTION m.slow
 });
 my $pid1 = sql('SELECT pid FROM evstream.workers');
 $log_offset = -s $node->logfile;
-sql(q{SET ROLE mallory; INSERT INTO m.t2 (key) VALUES ('k')});
+sql(q{SET ROLE trudy; INSERT INTO m.t2 (key) VALUES ('k')});
 wait_for(q{SELECT last_error LIKE '%aggregate agg2: canceling statement due to statement timeout%' FROM evstream.workers},
 	'a trigger that takes the cancel fails with it', 60);
 is(sql('SELECT pid FROM evstream.workers'), $pid1, 'and the worker was not restarted for it');
 unlike(slurp_file($node->logfile, $log_offset), qr/after its time budget's cancel/, 'nothing was quarantined');
 
 # ---------------------------------------------------------------- 3. many slow objects
-# four of mallory's aggregates whose output triggers each take 12 s: the
+# four of victor's aggregates whose output triggers each take 12 s: the
 # budget is her objects' together in a pass (30 s), not 30 s each, so the
 # honest aggregate, merged after hers, waits about 30 s, not 48
+# (as a third role: trudy's work was slow in the last passes, so hers now
+# goes after the others', which is not what this part measures)
 sql(q{
-SET ROLE mallory;
+SET ROLE trudy;
 DROP TRIGGER slow ON m.out2;
 SELECT evstream.drop_topic('m.t2', cascade => true);
+RESET ROLE;
+CREATE ROLE victor LOGIN;
+GRANT USAGE, CREATE ON SCHEMA m TO victor;
+SET ROLE victor;
 SELECT evstream.create_topic('m.t3');
 CREATE FUNCTION m.twelve() RETURNS trigger LANGUAGE plpgsql AS
     $$ BEGIN PERFORM pg_catalog.pg_sleep(12); RETURN NEW; END $$;
@@ -140,7 +161,7 @@ CREATE FUNCTION m.twelve() RETURNS trigger LANGUAGE plpgsql AS
 for my $i (1 .. 4)
 {
 	sql(qq{
-SET ROLE mallory;
+SET ROLE victor;
 SELECT evstream.create_aggregate('m.slow$i', 'm.t3', output_topic => 'm.slow${i}_out');
 CREATE TRIGGER twelve BEFORE INSERT ON m.slow${i}_out FOR EACH ROW EXECUTE FUNCTION m.twelve();});
 }
@@ -148,14 +169,14 @@ sql(q{SET ROLE honest; SELECT evstream.create_aggregate('h.late', 'h.t', output_
 wait_for(q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'evstream worker' AND wait_event = 'PgSleep'},
 	'the worker is idle', 60);
 my $t3 = time;
-sql(q{SET ROLE mallory; INSERT INTO m.t3 (key) VALUES ('k')});
+sql(q{SET ROLE victor; INSERT INTO m.t3 (key) VALUES ('k')});
 sql(q{SET ROLE honest; INSERT INTO h.t (key) VALUES ('behind mallory')});
 wait_for(q{SELECT count(*) = 1 FROM h.late_out WHERE key = 'behind mallory'},
-	'the honest change event behind mallory\'s four slow ones arrives', 90);
+	'the honest change event behind victor\'s four slow ones arrives', 90);
 my $waited = time - $t3;
 cmp_ok($waited, '<', 42, sprintf('after about one budget (%.1f s), not four slow triggers (48 s)', $waited));
 wait_for(q{SELECT last_error LIKE '%used its 30000 ms budget in this pass%' FROM evstream.workers},
-	'the skipped one says why', 30);
+	'the skipped one says why', 60);
 
 is(sql('SELECT pg_postmaster_start_time()'), $started, 'the server never restarted');
 $node->stop;
