@@ -704,6 +704,23 @@ ROLLBACK;
 SELECT public.sqlstate_of($$SELECT * FROM evstream.consume('tb.work', 'g', 10)$$) AS dead_letter_as_tenant_b;
 RESET ROLE;
 SELECT count(*) AS bob_in_inbox FROM ta.inbox WHERE key = 'bob';
+-- ... and only the group's owner chooses where its dead letters go: the
+-- topic's owner may move tenant_b's group on her topic, but not make it
+-- insert into a third topic as tenant_b
+SET ROLE tenant_a;
+SELECT evstream.create_topic('ta.feed');
+GRANT SELECT ON ta.feed TO tenant_b;
+RESET ROLE;
+SET ROLE tenant_b;
+SELECT evstream.commit('ta.feed', 'bg', 0);
+RESET ROLE;
+SET ROLE tenant_a;
+SELECT public.sqlstate_of($$SELECT evstream.set_group_options('ta.feed', 'bg', max_attempts => 1,
+    dead_letter_topic => 'tb.work')$$) AS topic_owner_picks_dead_letters;
+SELECT public.sqlstate_of($$SELECT evstream.set_group_options('ta.feed', 'bg', max_attempts => 3)$$)
+    AS topic_owner_sets_attempts;
+RESET ROLE;
+SELECT evstream.drop_topic('ta.feed');
 SELECT evstream.drop_topic('tb.work');
 SELECT evstream.drop_topic('ta.inbox');
 

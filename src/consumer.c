@@ -1050,6 +1050,17 @@ evstream_set_group_options(PG_FUNCTION_ARGS)
 		char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(3));
 		RangeVar   *rv = makeRangeVarFromNameList(evs_string_to_qualified_name_list(name));
 
+		/*
+		 * Dead letters are inserted as the group's owner: only that role
+		 * (a member of it) chooses where they go, not the topic's owner,
+		 * who could otherwise write into a third topic with its rights.
+		 */
+		if (!has_privs_of_role(GetUserId(), g.owner))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("only role \"%s\", the owner of group \"%s\", may choose its dead-letter topic",
+							GetUserNameFromId(g.owner, true), group),
+					 errdetail("Dead-letter events are inserted as the group's owner.")));
 		dlt = RangeVarGetRelid(rv, NoLock, true);
 		if (!OidIsValid(dlt))
 			dlt = EvsCreateTopic(name, NULL, NULL, true, 1);
