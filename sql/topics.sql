@@ -164,7 +164,12 @@ SELECT evstream.create_topic('app.' || repeat('o', 47));
 -- ... also when a topic is renamed (its partitions' names follow)
 ALTER TABLE nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn RENAME TO mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm;
 \echo :LAST_ERROR_SQLSTATE
+ALTER INDEX nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn RENAME TO mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm;
+\echo :LAST_ERROR_SQLSTATE
 ALTER TABLE nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn RENAME TO short_n;
+-- its id sequence goes with it, not on its own
+DROP SEQUENCE nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn_id_seq;
+\echo :LAST_ERROR_SQLSTATE
 ALTER TABLE short_n RENAME TO nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn;
 SELECT evstream.drop_topic(repeat('n', 46));
 SELECT evstream.drop_topic(quote_ident(repeat('é', 23)));

@@ -413,17 +413,39 @@ evs_check_utility(Node *stmt)
 		RenameStmt *rs = (RenameStmt *) stmt;
 		Oid			relid;
 
-		if ((rs->renameType != OBJECT_COLUMN && rs->renameType != OBJECT_TABLE) ||
-			rs->relation == NULL)
+		bool		relation_rename = rs->renameType == OBJECT_TABLE ||
+			rs->renameType == OBJECT_INDEX || rs->renameType == OBJECT_VIEW ||
+			rs->renameType == OBJECT_MATVIEW || rs->renameType == OBJECT_SEQUENCE ||
+			rs->renameType == OBJECT_FOREIGN_TABLE;
+
+		if ((rs->renameType != OBJECT_COLUMN && !relation_rename) || rs->relation == NULL)
 			return;
 		relid = RangeVarGetRelid(rs->relation, NoLock, true);
 		if (!OidIsValid(relid))
 			return;
 		if (rs->renameType == OBJECT_COLUMN && OidIsValid(EvsTopicOf(relid)))
 			evs_refuse_shape(relid, "rename the columns");
-		/* a topic's new name must leave room for its partitions' names */
-		if (rs->renameType == OBJECT_TABLE && EvsLookupTopic(relid)->topic == relid)
+
+		/*
+		 * A topic's new name must leave room for its partitions' names
+		 * (ALTER INDEX ... RENAME renames a table too).
+		 */
+		if (relation_rename && EvsLookupTopic(relid)->topic == relid)
 			EvsCheckTopicNameLength(rs->newname);
+	}
+	else if (IsA(stmt, DropStmt) && ((DropStmt *) stmt)->removeType == OBJECT_SEQUENCE)
+	{
+		ListCell   *lc;
+		Oid			topic;
+
+		/* a topic's ids come from its sequence: it goes with the topic */
+		foreach(lc, ((DropStmt *) stmt)->objects)
+		{
+			Oid			seq = RangeVarGetRelid(makeRangeVarFromNameList(lfirst(lc)), NoLock, true);
+
+			if (OidIsValid(seq) && EvsIsTopicSequence(seq, &topic))
+				evs_refuse_shape(topic, "drop the id sequence");
+		}
 	}
 	else if (IsA(stmt, DropStmt) && ((DropStmt *) stmt)->removeType == OBJECT_TABLE)
 	{
