@@ -495,6 +495,13 @@ SELECT count(*) AS groups, sum(count) AS events,
        bool_and(group_key ~ '^\d{4}-\d\d-\d\d \d\d:00:00\+00$') AS iso_utc
   FROM styles_hour;
 SELECT * FROM styles_third;
+-- a conversion to text inside the expression would be the producer's:
+-- refused (the final one is the fixed one)
+SELECT evstream.create_aggregate('styles_bad', 'styles',
+    group_by => $$((payload->>'f')::float8)::text COLLATE "C"$$);
+\echo :LAST_ERROR_SQLSTATE
+SELECT evstream.create_aggregate('styles_bad', 'styles', group_by => $$decode(key, 'escape')::text || '!'$$);
+SELECT evstream.create_aggregate('styles_ok', 'styles', group_by => $$'k' || id::text$$);
 SELECT evstream.drop_topic('styles', cascade => true);
 
 ------------------------------------------------------------------ clean up

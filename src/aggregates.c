@@ -1696,14 +1696,68 @@ evs_check_one_expr(Relation rel, const char *text, const char *what, const char 
 	return expr;
 }
 
-/* group_by: checked, text-valued, deparsed */
+/*
+ * Does a type's text depend on session settings (DateStyle, TimeZone,
+ * IntervalStyle, extra_float_digits, bytea_output, lc_monetary)?  Rows,
+ * and types not built in, are assumed to.
+ */
+static bool
+evs_text_needs_settings(Oid type)
+{
+	Oid			elem;
+
+	type = getBaseType(type);
+	elem = get_element_type(type);
+	if (OidIsValid(elem))
+		return evs_text_needs_settings(elem);
+	if (type_is_range(type))
+		return evs_text_needs_settings(get_range_subtype(type));
+	switch (TypeCategory(type))
+	{
+		case TYPCATEGORY_DATETIME:
+		case TYPCATEGORY_TIMESPAN:
+		case TYPCATEGORY_COMPOSITE:
+			return true;
+		default:
+			break;
+	}
+	return type == FLOAT4OID || type == FLOAT8OID || type == BYTEAOID ||
+		type == CASHOID || type == RECORDOID || get_typtype(type) == TYPTYPE_COMPOSITE ||
+		(type >= FirstNormalObjectId && get_typtype(type) != TYPTYPE_ENUM);
+}
+
+static bool
+evs_inner_settings_text(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, CoerceViaIO) &&
+		evs_text_needs_settings(exprType((Node *) ((CoerceViaIO *) node)->arg)))
+		return true;
+	return expression_tree_walker(node, evs_inner_settings_text, context);
+}
+
+/*
+ * group_by: checked, text-valued, deparsed.  Its final conversion to text
+ * runs under fixed settings (catalog.c evs_compile_expr); one inside the
+ * expression would run under each producer's, so it is refused.
+ */
 static char *
 evs_check_group_by(Relation rel, const char *group_by)
 {
 	Node	   *expr = evs_check_one_expr(rel, group_by, "group_by",
 										  "Use an expression over id, key, payload and created_at, for example payload->>'word'.",
 										  false);
+	Node	   *inner = expr;
 
+	if (IsA(inner, CoerceViaIO) && ((CoerceViaIO *) inner)->resulttype == TEXTOID)
+		inner = (Node *) ((CoerceViaIO *) inner)->arg;
+	if (evs_inner_settings_text(inner, NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("group_by \"%s\" converts a value to text inside the expression", group_by),
+				 errdetail("That text depends on the producing session's DateStyle, TimeZone, extra_float_digits or bytea_output, so one value would make several groups."),
+				 errhint("Convert to text only at the end (the group is the expression's value as text, converted the same way in every session).")));
 	return evs_deparse(rel, evs_coerce(expr, TEXTOID, "group_by"));
 }
 
