@@ -469,20 +469,25 @@ evs_budget_new_pass(void)
 	evs_skipped_n = 0;
 }
 
+/* The owner of a relation, InvalidOid when there is none (dropped) */
 static Oid
 evs_object_owner(Oid object)
 {
-	HeapTuple	tup;
-	Oid			owner;
+	if (!OidIsValid(object) ||
+		!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(object)))
+		return InvalidOid;
+	return EvsRelOwner(object);
+}
 
-	if (!OidIsValid(object))
-		return InvalidOid;
-	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(object));
-	if (!HeapTupleIsValid(tup))
-		return InvalidOid;
-	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-	ReleaseSysCache(tup);
-	return owner;
+/* A new worker transaction is a new pass: roll the accounting over */
+static void
+evs_budget_pass_check(void)
+{
+	if (evs_budget_xact != GetCurrentTransactionStartTimestamp())
+	{
+		evs_budget_new_pass();
+		evs_budget_xact = GetCurrentTransactionStartTimestamp();
+	}
 }
 
 /*
@@ -499,11 +504,7 @@ EvsBudgetRank(Oid object)
 
 	if (!EvsInWorker || !OidIsValid(object))
 		return 1;
-	if (evs_budget_xact != GetCurrentTransactionStartTimestamp())
-	{
-		evs_budget_new_pass();
-		evs_budget_xact = GetCurrentTransactionStartTimestamp();
-	}
+	evs_budget_pass_check();
 	for (i = 0; i < evs_owed_n; i++)
 		if (evs_owed[i] == object)
 			return 0;
@@ -539,11 +540,7 @@ evs_budget_slot(Oid object)
 
 	if (!OidIsValid(owner))
 		return -1;
-	if (evs_budget_xact != GetCurrentTransactionStartTimestamp())
-	{
-		evs_budget_new_pass();
-		evs_budget_xact = GetCurrentTransactionStartTimestamp();
-	}
+	evs_budget_pass_check();
 	for (i = 0; i < evs_budget_nowners; i++)
 		if (evs_budget_owner_ids[i] == owner)
 			return i;

@@ -42,14 +42,9 @@ sub sql { return $node->safe_psql($db, $_[0]); }
 sub wait_for
 {
 	my ($query, $what, $timeout) = @_;
-	my $t0 = time;
 	$timeout //= 90;
-	while (time - $t0 < $timeout)
-	{
-		return ok(1, $what) if sql($query) eq 't';
-		select(undef, undef, undef, 0.1);
-	}
-	return ok(0, "$what (timed out after $timeout s)");
+	return ok(wait_until(sub { sql($query) eq 't' }, $timeout), $what)
+	  || diag("timed out after $timeout s");
 }
 
 sql(q{
