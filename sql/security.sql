@@ -724,6 +724,17 @@ SELECT evstream.drop_topic('ta.feed');
 SELECT evstream.drop_topic('tb.work');
 SELECT evstream.drop_topic('ta.inbox');
 
+------------------------------------------------------------------ DROP/ALTER EXTENSION by others
+-- refused as PostgreSQL refuses them (42501), before evstream's own check
+-- of DROP EXTENSION would list the topics' names (the owner's only) or
+-- take the extension's lock, which holds the workers up
+SET ROLE attacker;
+SELECT public.sqlstate_of('DROP EXTENSION evstream') AS drop_extension,
+       public.sqlstate_of('DROP EXTENSION evstream CASCADE') AS drop_cascade,
+       public.sqlstate_of('ALTER EXTENSION evstream UPDATE') AS update_extension;
+RESET ROLE;
+SELECT count(*) AS topics_still_there FROM evstream.topics WHERE topic::text LIKE 'ta.%';
+
 ------------------------------------------------------------------ clean-up
 RESET ROLE;
 RESET search_path;

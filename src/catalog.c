@@ -446,6 +446,30 @@ EvsRequireTopic(Oid relid, const char *fn)
 	return t;
 }
 
+/* Every topic whose relation still exists, in the catalog's (oid) order */
+List *
+EvsAllTopics(void)
+{
+	Relation	rel = table_open(EvsCatalogRelid(EVS_REL_TOPIC), AccessShareLock);
+	SysScanDesc scan;
+	HeapTuple	tup;
+	List	   *topics = NIL;
+
+	scan = systable_beginscan(rel, EvsCatalogRelid(EVS_REL_TOPIC_PKEY), true,
+							  NULL, 0, NULL);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		bool		isnull;
+		Oid			topic = DatumGetObjectId(heap_getattr(tup, 1, RelationGetDescr(rel), &isnull));
+
+		if (!isnull && SearchSysCacheExists1(RELOID, ObjectIdGetDatum(topic)))
+			topics = lappend_oid(topics, topic);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return topics;
+}
+
 /* The topic a relation belongs to (itself or its parent), or InvalidOid */
 Oid
 EvsTopicOf(Oid relid)

@@ -359,6 +359,7 @@ extern void EvsCatalogAtEnd(void);
 extern EvsTopic *EvsLookupTopic(Oid relid);
 extern EvsTopic *EvsRequireTopic(Oid relid, const char *fn);
 extern Oid	EvsTopicOf(Oid relid);
+extern List *EvsAllTopics(void);
 extern List *EvsTopicAggregates(EvsTopic *t);
 extern void EvsAggregateWindows(struct HeapTupleData *tup, TupleDesc desc, MemoryContext cxt,
 								EvsWindows *w);
@@ -382,6 +383,8 @@ typedef enum EvsCatalogRel
 
 extern void EvsExtensionInit(void);
 extern bool EvsExtensionPresent(void);
+extern bool EvsWorkerLockExtension(void);
+extern bool EvsLockExtensionExclusive(void);
 extern Oid	EvsCatalogRelid(EvsCatalogRel which);
 extern bool EvsCatalogIsCurrent(char **installed);
 extern void EvsRequireCurrentCatalog(const char *fn);

@@ -40,6 +40,7 @@
 #include "catalog/pg_namespace_d.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
@@ -127,6 +128,55 @@ EvsExtensionPresent(void)
 	if (ext_state == EXT_UNKNOWN)
 		ext_state = evs_ext_lookup();
 	return ext_state == EXT_PRESENT;
+}
+
+/*
+ * The lock order between evstream's workers and DROP (or ALTER) EXTENSION
+ * evstream.  DROP EXTENSION locks the extension AccessExclusive before it
+ * locks any of its members or dependents (core's RemoveObjects does, and
+ * guards.c takes it before dropping the topics of a CASCADE and before an
+ * UPDATE runs its script).  Every worker transaction that touches
+ * evstream's objects calls this first, before any lock of its own that
+ * the DDL could want, and waits for the extension AccessShare.  So either
+ * the worker has it, and the DDL waits for the worker's transaction to
+ * end while it holds nothing the worker wants; or the DDL has it or queues
+ * for it first, and the worker waits while holding nothing the DDL wants.
+ * No cycle either way, and no pass is skipped: a failed DROP (the owner's
+ * without CASCADE, or anyone's refused one) lets the worker go on at once.
+ * (A lock_timeout on the worker's waits alone did not do: the DDL's
+ * deadlock check can fire while the worker's bounded wait is still young,
+ * and the DDL got the deadlock error.)
+ *
+ * True when the extension is still here (the caller then holds its lock to
+ * the end of the transaction); false when it is gone.
+ */
+bool
+EvsWorkerLockExtension(void)
+{
+	Oid			ext;
+
+	if (!EvsExtensionPresent())
+		return false;
+	ext = ext_oid;
+	LockDatabaseObject(ExtensionRelationId, ext, 0, AccessShareLock);
+	/* (taking it read the invalidations: a DROP may have just committed) */
+	return EvsExtensionPresent() && ext_oid == ext;
+}
+
+/*
+ * For DDL on the extension by its owner: its AccessExclusive lock, first
+ * (see EvsWorkerLockExtension); false, and nothing locked, for others:
+ * PostgreSQL refuses them, and their lock would only hold the workers up.
+ */
+bool
+EvsLockExtensionExclusive(void)
+{
+	Oid			ext = get_extension_oid("evstream", true);
+
+	if (!OidIsValid(ext) || !evs_extension_ownercheck(ext, GetUserId()))
+		return false;
+	LockDatabaseObject(ExtensionRelationId, ext, 0, AccessExclusiveLock);
+	return true;
 }
 
 /* Relid of one of evstream's catalog tables; the extension must be here */

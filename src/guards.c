@@ -654,12 +654,55 @@ evs_fix_partition_create(CreateStmt *cs, bool readOnlyTree, PlannedStmt **pstmt)
 }
 
 /*
- * DROP EXTENSION evstream CASCADE: drop every topic first.  Topics depend
- * on the extension (create_topic records it), but a restored database
- * does not have that dependency, and its parents would stay behind.
+ * DROP EXTENSION evstream without CASCADE fails while topics exist (they
+ * depend on it): fail here, before PostgreSQL locks anything.  It would
+ * lock the extension's members (the delta table, ...) before their
+ * dependents (the topics), the reverse of a producer's order, and the drop
+ * or a producer then sometimes died of a deadlock instead.  For the owner
+ * (the caller checked): others get PostgreSQL's "must be owner".  The error is
+ * PostgreSQL's; its detail names the topics (PostgreSQL's would also name
+ * other dependents of the extension's members, such as a user's views).
  */
 static void
-evs_drop_extension_cascade(DropStmt *stmt)
+evs_refuse_drop_with_topics(void)
+{
+	List	   *topics = EvsAllTopics();
+	StringInfoData detail;
+	ListCell   *lc;
+	int			n = 0;
+
+	if (topics == NIL)
+		return;
+	initStringInfo(&detail);
+	foreach(lc, topics)
+	{
+		ObjectAddress topic;
+
+		if (++n > 100)
+		{
+			appendStringInfo(&detail, "\nand %d other objects", list_length(topics) - 100);
+			break;
+		}
+		ObjectAddressSet(topic, RelationRelationId, lfirst_oid(lc));
+		appendStringInfo(&detail, "%s%s depends on extension evstream",
+						 n > 1 ? "\n" : "", getObjectDescription(&topic, false));
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+			 errmsg("cannot drop extension evstream because other objects depend on it"),
+			 errdetail_internal("%s", detail.data),
+			 errhint("Use DROP ... CASCADE to drop the dependent objects too.")));
+}
+
+/*
+ * DROP EXTENSION evstream: the extension's lock first, so the workers
+ * wait instead of deadlocking with the drop (extension.c).  With CASCADE,
+ * drop every topic first: topics depend on the extension (create_topic
+ * records it), but a restored database does not have that dependency, and
+ * its parents would stay behind.
+ */
+static void
+evs_drop_extension(DropStmt *stmt)
 {
 	ListCell   *lc;
 
@@ -667,9 +710,15 @@ evs_drop_extension_cascade(DropStmt *stmt)
 	{
 		Node	   *obj = lfirst(lc);
 
+		/* (others than the owner: PostgreSQL refuses them) */
 		if (IsA(obj, String) && strcmp(strVal(obj), "evstream") == 0 &&
-			OidIsValid(get_extension_oid("evstream", true)))
+			EvsLockExtensionExclusive())
 		{
+			if (stmt->behavior != DROP_CASCADE)
+			{
+				evs_refuse_drop_with_topics();
+				continue;
+			}
 			/* (dropping one topic's aggregates may drop their output topics) */
 			EvsSpiExec("DO $$DECLARE t pg_catalog.regclass; BEGIN "
 					   "FOR t IN SELECT x.topic FROM evstream._topic x LOOP "
@@ -796,9 +845,11 @@ evs_process_utility(PlannedStmt *pstmt, const char *queryString,
 			}
 		}
 		else if (IsA(stmt, DropStmt) &&
-				 ((DropStmt *) stmt)->removeType == OBJECT_EXTENSION &&
-				 ((DropStmt *) stmt)->behavior == DROP_CASCADE)
-			evs_drop_extension_cascade((DropStmt *) stmt);
+				 ((DropStmt *) stmt)->removeType == OBJECT_EXTENSION)
+			evs_drop_extension((DropStmt *) stmt);
+		else if (IsA(stmt, AlterExtensionStmt) &&
+				 strcmp(((AlterExtensionStmt *) stmt)->extname, "evstream") == 0)
+			(void) EvsLockExtensionExclusive(); /* workers wait: extension.c */
 		else if (IsA(stmt, CreateStmt))
 		{
 			if (evs_fix_partition_create((CreateStmt *) stmt, readOnlyTree, &pstmt))

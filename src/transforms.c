@@ -562,6 +562,11 @@ evs_record_outcome(EvsTransformJob *j, const char *error)
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	if (!EvsWorkerLockExtension())	/* first (extension.c); else it is gone */
+	{
+		CommitTransactionCommand();
+		return;
+	}
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (error)
 		EvsSpiExec("UPDATE evstream._transform x SET failures = x.failures OPERATOR(pg_catalog.+) 1, "
@@ -602,8 +607,9 @@ evs_transform_step(EvsTransformJob *j)
 	{
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
+		runnable = EvsWorkerLockExtension();	/* first: extension.c */
 		PushActiveSnapshot(GetTransactionSnapshot());
-		runnable = evs_job_runnable(j);
+		runnable = runnable && evs_job_runnable(j);
 		was_failing = j->failing;
 		if (runnable && was_failing && mode != ExclusiveLock)
 			runnable = false;	/* failing: retried alone, next pass */
@@ -749,6 +755,8 @@ EvsTransformWorkerMain(Datum arg)
 				proc_exit(0);
 			SetCurrentStatementStartTimestamp();
 			StartTransactionCommand();
+			if (!EvsWorkerLockExtension())	/* first: extension.c */
+				proc_exit(0);
 			PushActiveSnapshot(GetTransactionSnapshot());
 			next = evs_load_jobs(fresh);
 			PopActiveSnapshot();

@@ -649,10 +649,11 @@ evs_notify_topic(SentEntry *e, TimestampTz now)
 
 /*
  * Lock waits of the worker's transaction end after 200 ms (a busy object
- * is retried at the next pass): well within deadlock_timeout, so a DDL
- * statement that waits for the worker while the worker waits for it (DROP
- * EXTENSION checking its members during a merge, seen on PG 17) gets the
- * lock instead of a deadlock error.
+ * is retried at the next pass): a user's DDL on a topic or aggregate that
+ * the worker waits for is not held up behind the worker for long.  (DROP
+ * and ALTER EXTENSION are ordered with the worker by the extension's lock
+ * instead, see evs_worker_begin: a bound alone still let the DDL's own
+ * deadlock check fire first.)
  */
 static void
 evs_bound_lock_waits(void)
@@ -663,18 +664,43 @@ evs_bound_lock_waits(void)
 
 /*
  * Fold deltas into counts (aggregates.c: notifies the changed groups and
- * publishes output-topic changes, each aggregate on its own).
+ * publishes output-topic changes, each aggregate on its own), with lock
+ * waits bounded; returns the groups changed.
  */
-static void
-evs_merge_and_notify(void)
+static int
+evs_merge_step(int flags)
 {
 	StringInfoData errors;
+	int			changed;
 
 	evs_bound_lock_waits();
 	initStringInfo(&errors);
-	last_merge_changed = EvsMergeDeltas(0, &errors, 0);
+	changed = EvsMergeDeltas(0, &errors, flags);
 	if (errors.len > 0)
 		evs_worker_error(errors.data);
+	pfree(errors.data);
+	return changed;
+}
+
+/*
+ * Begin one of the worker's transactions: true when the extension is still
+ * here, its lock taken before any other (extension.c: DROP or ALTER
+ * EXTENSION and the worker never wait for each other in a cycle); else
+ * the transaction is ended again and the step has nothing to do.
+ */
+static bool
+evs_worker_begin(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (!EvsWorkerLockExtension())
+	{
+		CommitTransactionCommand();
+		return false;
+	}
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+	return true;
 }
 
 /* Send pending notifications in one short transaction */
@@ -704,11 +730,9 @@ evs_worker_push(void)
 	if (npending_local == 0 && !overflow && !deltas)
 		return;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	if (!evs_worker_begin("evstream: push"))
+		return;
 	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "evstream: push");
 
 	if (overflow &&
 		SPI_execute("SELECT t.topic::pg_catalog.oid FROM evstream._topic t WHERE t.notify", true, 0) == SPI_OK_SELECT)
@@ -732,7 +756,7 @@ evs_worker_push(void)
 				evs_notify_topic(e, now);
 	}
 	if (deltas)
-		evs_merge_and_notify();
+		last_merge_changed = evs_merge_step(0);
 
 	SPI_finish();
 	PopActiveSnapshot();
@@ -895,10 +919,8 @@ evs_worker_maintain(void)
 {
 	char	   *errors;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "evstream: maintenance");
+	if (!evs_worker_begin("evstream: maintenance"))
+		return;
 	errors = evs_maintain_database(evs_premake);
 	if (errors != NULL)
 		errors = MemoryContextStrdup(TopMemoryContext, errors);
@@ -925,10 +947,8 @@ evs_worker_maintain(void)
 static void
 evs_worker_prune(void)
 {
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "evstream: pruning group positions");
+	if (!evs_worker_begin("evstream: pruning group positions"))
+		return;
 	EvsPrunePositions();
 	EvsTransformWorkersCheck(worker_db);
 	PopActiveSnapshot();
@@ -940,23 +960,14 @@ evs_worker_prune(void)
  * Windows close with time: emit the final results of aggregates with
  * emit 'final' also when no new deltas arrive (once a second, after the
  * prune).  Its own transaction, with lock waits bounded as maintenance's
- * are: DROP EXTENSION or DROP of an aggregate waits for it briefly at
- * most, never deadlocks with it.
+ * are: a DROP of an aggregate waits for it briefly at most.
  */
 static void
 evs_worker_finals(void)
 {
-	StringInfoData errors;
-
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "evstream: final results of closed windows");
-	evs_bound_lock_waits();
-	initStringInfo(&errors);
-	(void) EvsMergeDeltas(0, &errors, EVS_MERGE_FINAL_ONLY);
-	if (errors.len > 0)
-		evs_worker_error(errors.data);
+	if (!evs_worker_begin("evstream: final results of closed windows"))
+		return;
+	(void) evs_merge_step(EVS_MERGE_FINAL_ONLY);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
