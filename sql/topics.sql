@@ -338,6 +338,57 @@ SELECT count(*) FROM pg_class WHERE relname = 'dropped_agg_out';  -- it made tha
 SELECT evstream.create_topic('dropped_with_agg');
 SELECT evstream.create_aggregate('dropped_agg', 'dropped_with_agg');  -- the name is free
 SELECT evstream.drop_topic('dropped_with_agg', cascade => true);
+-- DROP SCHEMA ... CASCADE of a topic's schema drops its aggregates too,
+-- also one whose view is in another schema (its view reads the topic
+-- through evstream's catalog, so PostgreSQL does not see the dependency)
+CREATE SCHEMA drop_src;
+SELECT evstream.create_topic('drop_src.feed');
+SELECT evstream.create_aggregate('public.drop_src_counts', 'drop_src.feed');
+INSERT INTO drop_src.feed (key) VALUES ('a');
+SET client_min_messages = warning;
+DROP SCHEMA drop_src CASCADE;
+RESET client_min_messages;
+SELECT count(*) AS views_left FROM pg_class WHERE relname = 'drop_src_counts';
+SELECT count(*) AS aggregates_left FROM evstream.aggregates WHERE name::text = 'drop_src_counts';
+CREATE VIEW public.drop_src_counts AS SELECT 1 AS x;  -- the name is free
+DROP VIEW public.drop_src_counts;
+-- DROP OWNED BY a topic's owner: refused while another role's aggregate
+-- reads the topic (her own aggregates would go with her); with CASCADE
+-- all go, wherever their views are
+CREATE ROLE regress_evs_drop_owner;
+CREATE ROLE regress_evs_drop_other IN ROLE regress_evs_drop_owner;
+CREATE SCHEMA drop_owned AUTHORIZATION regress_evs_drop_owner;
+CREATE SCHEMA drop_other AUTHORIZATION regress_evs_drop_other;
+SET ROLE regress_evs_drop_owner;
+SELECT evstream.create_topic('drop_owned.feed');
+SELECT evstream.create_aggregate('drop_owned.own_counts', 'drop_owned.feed');
+SET ROLE regress_evs_drop_other;
+SELECT evstream.create_aggregate('drop_other.other_counts', 'drop_owned.feed');
+RESET ROLE;
+\set VERBOSITY terse
+DROP OWNED BY regress_evs_drop_owner;
+\set VERBOSITY default
+SELECT count(*) AS still_there FROM pg_class
+ WHERE oid IN ('drop_owned.feed'::regclass, 'drop_owned.own_counts'::regclass, 'drop_other.other_counts'::regclass);
+DROP OWNED BY regress_evs_drop_owner, regress_evs_drop_other;  -- both roles' aggregates go with it
+SELECT count(*) AS schemas_left FROM pg_namespace WHERE nspname IN ('drop_owned', 'drop_other');
+SELECT count(*) AS aggregates_forgotten FROM evstream._aggregate a
+ WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = a.aggregate::oid);
+CREATE SCHEMA drop_owned AUTHORIZATION regress_evs_drop_owner;
+CREATE SCHEMA drop_other AUTHORIZATION regress_evs_drop_other;
+SET ROLE regress_evs_drop_owner;
+SELECT evstream.create_topic('drop_owned.feed');
+SET ROLE regress_evs_drop_other;
+SELECT evstream.create_aggregate('drop_other.other_counts', 'drop_owned.feed');
+RESET ROLE;
+SET client_min_messages = warning;
+DROP OWNED BY regress_evs_drop_owner CASCADE;
+RESET client_min_messages;
+SELECT count(*) AS views_left FROM pg_class WHERE relname = 'other_counts';
+SELECT count(*) AS aggregates_forgotten FROM evstream._aggregate a
+ WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = a.aggregate::oid);
+DROP OWNED BY regress_evs_drop_other;
+DROP ROLE regress_evs_drop_owner, regress_evs_drop_other;
 -- a name is free again after drop_topic, and ids start over in the new topic
 SELECT evstream.create_topic('dropme');
 INSERT INTO dropme (key) VALUES ('again') RETURNING id, key;

@@ -41,12 +41,15 @@
 	object_ownercheck(DatabaseRelationId, (dboid), (role))
 #define evs_extension_ownercheck(extoid, role) \
 	object_ownercheck(ExtensionRelationId, (extoid), (role))
+#define evs_namespace_ownercheck(nspid, role) \
+	object_ownercheck(NamespaceRelationId, (nspid), (role))
 #define evs_namespace_aclcheck(nspid, role, mode) \
 	object_aclcheck(NamespaceRelationId, (nspid), (role), (mode))
 #else
 #define evs_class_ownercheck(relid, role) pg_class_ownercheck((relid), (role))
 #define evs_database_ownercheck(dboid, role) pg_database_ownercheck((dboid), (role))
 #define evs_extension_ownercheck(extoid, role) pg_extension_ownercheck((extoid), (role))
+#define evs_namespace_ownercheck(nspid, role) pg_namespace_ownercheck((nspid), (role))
 #define evs_namespace_aclcheck(nspid, role, mode) \
 	pg_namespace_aclcheck((nspid), (role), (mode))
 #endif

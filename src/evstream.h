@@ -145,7 +145,7 @@ extern int64 evs_copy_max_id;	/* highest id such a COPY stored */
 
 /* topics.c */
 extern void EvsCheckTopicNameLength(const char *name);
-extern void EvsTopicDropAggregates(Oid relid, bool cascade);
+extern void EvsTopicDropAggregates(Oid relid, bool cascade, List *going_too);
 extern Oid	EvsCreateTopic(const char *name, Interval *ivl, Interval *ret, bool notify, int shards);
 extern int	EvsShardOf(const char *key, int len, int64 id, int shards);
 

@@ -376,6 +376,27 @@ evs_check_grant(GrantStmt *gs)
 	}
 }
 
+
+/*
+ * The aggregates of the topics in schema nsp, or of those owned by one of
+ * roles, before a DROP SCHEMA or DROP OWNED drops the topics (see
+ * EvsTopicDropAggregates).
+ */
+static void
+evs_drop_topics_aggregates(Oid nsp, List *roles, bool cascade)
+{
+	ListCell   *lc;
+
+	foreach(lc, EvsAllTopics())
+	{
+		Oid			topic = lfirst_oid(lc);
+
+		if (OidIsValid(nsp) ? get_rel_namespace(topic) == nsp :
+			list_member_oid(roles, EvsRelOwner(topic)))
+			EvsTopicDropAggregates(topic, cascade, roles);
+	}
+}
+
 /* Refuse utility commands that would break a topic */
 static void
 evs_check_utility(Node *stmt)
@@ -464,8 +485,51 @@ evs_check_utility(Node *stmt)
 
 			if (OidIsValid(relid) && EvsLookupTopic(relid)->topic == relid &&
 				evs_class_ownercheck(relid, GetUserId()))
-				EvsTopicDropAggregates(relid, ds->behavior == DROP_CASCADE);
+				EvsTopicDropAggregates(relid, ds->behavior == DROP_CASCADE, NIL);
 		}
+	}
+	else if (IsA(stmt, DropStmt) && ((DropStmt *) stmt)->removeType == OBJECT_SCHEMA &&
+			 ((DropStmt *) stmt)->behavior == DROP_CASCADE)
+	{
+		ListCell   *lc;
+
+		/*
+		 * DROP SCHEMA ... CASCADE drops its topics: their aggregates go
+		 * with them, as with DROP TABLE ... CASCADE (an aggregate's view
+		 * may be in another schema).  Without CASCADE a schema with a
+		 * topic is refused by PostgreSQL; the schema's owner only (others
+		 * get PostgreSQL's error).
+		 */
+		foreach(lc, ((DropStmt *) stmt)->objects)
+		{
+			Oid			nsp = get_namespace_oid(strVal(lfirst(lc)), true);
+
+			if (OidIsValid(nsp) && evs_namespace_ownercheck(nsp, GetUserId()))
+				evs_drop_topics_aggregates(nsp, NIL, true);
+		}
+	}
+	else if (IsA(stmt, DropOwnedStmt))
+	{
+		DropOwnedStmt *dos = (DropOwnedStmt *) stmt;
+		List	   *roles = NIL;
+		ListCell   *lc;
+
+		/*
+		 * DROP OWNED BY drops the roles' topics: with CASCADE their
+		 * aggregates go too; without, it is refused while another role's
+		 * aggregate reads or writes one (the roles' own aggregates go with
+		 * the DROP OWNED itself).  For roles whose objects the caller may
+		 * drop (else PostgreSQL refuses the statement).
+		 */
+		foreach(lc, dos->roles)
+		{
+			Oid			role = get_rolespec_oid(lfirst(lc), true);
+
+			if (!OidIsValid(role) || !has_privs_of_role(GetUserId(), role))
+				return;
+			roles = lappend_oid(roles, role);
+		}
+		evs_drop_topics_aggregates(InvalidOid, roles, dos->behavior == DROP_CASCADE);
 	}
 	else if (IsA(stmt, GrantStmt))
 		evs_check_grant((GrantStmt *) stmt);

@@ -333,10 +333,13 @@ EvsCreateTopic(const char *name, Interval *ivl, Interval *ret, bool notify, int 
 /*
  * The aggregates reading a topic or writing to it: without cascade, refuse
  * to drop the topic while there are any; with cascade, drop them
- * (drop_topic, and a plain DROP TABLE of the topic: guards.c).
+ * (drop_topic, and a plain DROP TABLE, DROP SCHEMA or DROP OWNED that
+ * drops the topic: guards.c).  The aggregates of the roles in going_too
+ * (a DROP OWNED BY them drops their views itself) are neither refused nor
+ * dropped here.
  */
 void
-EvsTopicDropAggregates(Oid relid, bool cascade)
+EvsTopicDropAggregates(Oid relid, bool cascade, List *going_too)
 {
 	Oid			types[1] = {OIDOID};
 	Datum		values[1];
@@ -367,6 +370,9 @@ EvsTopicDropAggregates(Oid relid, bool cascade)
 		Oid			agg = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
 		bool		reads = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
 
+		if (going_too != NIL && get_rel_name(agg) != NULL &&
+			list_member_oid(going_too, EvsRelOwner(agg)))
+			continue;
 		if (!cascade)
 			ereport(ERROR,
 					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
@@ -410,7 +416,7 @@ evstream_drop_topic(PG_FUNCTION_ARGS)
 	(void) EvsRequireTopic(relid, "drop_topic");
 	EvsRequireOwner(relid);
 
-	EvsTopicDropAggregates(relid, cascade);
+	EvsTopicDropAggregates(relid, cascade, NIL);
 
 	/* the event trigger forgets the topic and its groups */
 	EvsSpiExec(psprintf("DROP TABLE %s", EvsQualifiedName(relid)), 0, NULL, NULL, 0);
