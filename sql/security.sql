@@ -724,6 +724,37 @@ SELECT evstream.drop_topic('ta.feed');
 SELECT evstream.drop_topic('tb.work');
 SELECT evstream.drop_topic('ta.inbox');
 
+------------------------------------------------------------------ an aggregate writing into another's topic
+-- may not keep its owner from dropping it: her drop_topic(cascade) and
+-- DROP TABLE ... CASCADE drop the attacker's aggregate, as PostgreSQL's
+-- CASCADE drops other roles' dependent views (the attacker needs INSERT
+-- on the topic and CREATE on its schema, e.g. a shared one)
+CREATE SCHEMA shared;
+GRANT CREATE, USAGE ON SCHEMA shared TO attacker, tenant_a;
+SET ROLE tenant_a;
+SELECT evstream.create_topic('shared.sink');
+GRANT INSERT ON shared.sink TO attacker;
+SET ROLE attacker;
+SELECT evstream.create_topic('atk.src');
+SELECT evstream.create_aggregate('atk.into_sink', 'atk.src', output_topic => 'shared.sink');
+SET ROLE tenant_a;
+SELECT public.sqlstate_of($$SELECT evstream.drop_topic('shared.sink')$$) AS plain_drop_refused;
+SELECT public.sqlstate_of($$SELECT evstream.drop_aggregate('atk.into_sink')$$) AS not_hers_to_drop;
+SELECT evstream.drop_topic('shared.sink', cascade => true);
+RESET ROLE;
+SELECT count(*) AS attacker_aggregate_left FROM pg_class WHERE oid = to_regclass('atk.into_sink');
+SET ROLE tenant_a;
+SELECT evstream.create_topic('shared.sink');
+GRANT INSERT ON shared.sink TO attacker;
+SET ROLE attacker;
+SELECT evstream.create_aggregate('atk.into_sink', 'atk.src', output_topic => 'shared.sink');
+SET ROLE tenant_a;
+DROP TABLE shared.sink CASCADE;
+RESET ROLE;
+SELECT count(*) AS attacker_aggregate_left FROM pg_class WHERE oid = to_regclass('atk.into_sink');
+SELECT evstream.drop_topic('atk.src');
+DROP SCHEMA shared;
+
 ------------------------------------------------------------------ DROP/ALTER EXTENSION by others
 -- refused as PostgreSQL refuses them (42501), before evstream's own check
 -- of DROP EXTENSION would list the topics' names (the owner's only) or

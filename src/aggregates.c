@@ -2275,15 +2275,25 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	PG_RETURN_OID(view);
 }
 
-/* Drop an aggregate's view (the event trigger forgets the rest) */
+/*
+ * Drop an aggregate's view (the event trigger forgets the rest), and the
+ * output topic it made.  By its owner (drop_aggregate); or cascaded from
+ * a drop of the topic it reads or writes to, as PostgreSQL's CASCADE drops
+ * dependents whoever owns them and wherever they are (else a role allowed
+ * to write into another's topic could keep her from ever dropping it):
+ * then as the bootstrap superuser, like the rest of a cascade, and with
+ * the output topic's own aggregates.  No tenant code runs in a DROP VIEW
+ * or a drop of a topic (no row triggers fire, nothing is evaluated).
+ */
 void
-EvsDropAggregate(Oid view)
+EvsDropAggregate(Oid view, bool cascaded)
 {
 	Oid			types[1] = {OIDOID};
 	Datum		values[1] = {ObjectIdGetDatum(view)};
 	bool		isnull;
 	int64		topic;
 	int64		output;
+	EvsUserState st;
 
 	topic = EvsSpiInt64("SELECT a.topic::pg_catalog.oid FROM evstream._aggregate a "
 						"WHERE a.aggregate OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
@@ -2293,21 +2303,26 @@ EvsDropAggregate(Oid view)
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("relation \"%s\" is not an evstream aggregate", get_rel_name(view)),
 				 errhint("Create aggregates with evstream.create_aggregate().")));
-	EvsRequireOwner(view);
+	if (!cascaded)
+		EvsRequireOwner(view);
 	output = EvsSpiInt64("SELECT a.output_topic::pg_catalog.oid FROM evstream._aggregate a "
 						 "WHERE a.aggregate OPERATOR(pg_catalog.=) $1::pg_catalog.regclass AND a.output_created",
 						 1, types, values, &isnull);
 
+	if (cascaded)
+		EvsBecomeSuperuser(&st);
 	EvsSpiExec(psprintf("DROP VIEW %s", EvsQualifiedName(view)), 0, NULL, NULL, 0);
 	CacheInvalidateRelcacheByRelid((Oid) topic);
 	if (!isnull && get_rel_name((Oid) output) != NULL)
 	{
-		Oid			otypes[1] = {OIDOID};
-		Datum		ovalues[1] = {ObjectIdGetDatum((Oid) output)};
+		Oid			otypes[2] = {OIDOID, BOOLOID};
+		Datum		ovalues[2] = {ObjectIdGetDatum((Oid) output), BoolGetDatum(cascaded)};
 
 		CommandCounterIncrement();
-		EvsSpiExec("SELECT evstream.drop_topic($1::pg_catalog.regclass)", 1, otypes, ovalues, SPI_OK_SELECT);
+		EvsSpiExec("SELECT evstream.drop_topic($1::pg_catalog.regclass, $2)", 2, otypes, ovalues, SPI_OK_SELECT);
 	}
+	if (cascaded)
+		EvsRestoreUser(&st);
 }
 
 PG_FUNCTION_INFO_V1(evstream_drop_aggregate);
@@ -2317,7 +2332,7 @@ Datum
 evstream_drop_aggregate(PG_FUNCTION_ARGS)
 {
 	EvsArgNotNull(fcinfo, 0, "name");
-	EvsDropAggregate(PG_GETARG_OID(0));
+	EvsDropAggregate(PG_GETARG_OID(0), false);
 	PG_RETURN_VOID();
 }
 

@@ -156,7 +156,7 @@ extern void EvsFlushDeltas(void);
 extern void EvsCountsPreCommit(void);
 extern void EvsCountsAtEnd(void);
 extern void EvsCountsAtSubXactEnd(bool commit);
-extern void EvsDropAggregate(Oid view);
+extern void EvsDropAggregate(Oid view, bool cascaded);
 #define EVS_MERGE_RETENTION		0x01	/* also apply window_retention */
 #define EVS_MERGE_FINAL_ONLY	0x02	/* only aggregates with emit 'final' */
 extern int	EvsMergeDeltas(int32 only_agg, StringInfo errors, int flags);

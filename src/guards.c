@@ -477,14 +477,16 @@ evs_check_utility(Node *stmt)
 		 * A plain DROP TABLE of a topic is drop_topic: refused while
 		 * aggregates read it or write to it, and with CASCADE it drops
 		 * them (their views do not depend on the topic in pg_depend).  A
-		 * role that may not drop the table gets PostgreSQL's error.
+		 * role that may not drop the table (its owner or the schema's may)
+		 * gets PostgreSQL's error.
 		 */
 		foreach(lc, ds->objects)
 		{
 			Oid			relid = RangeVarGetRelid(makeRangeVarFromNameList(lfirst(lc)), NoLock, true);
 
 			if (OidIsValid(relid) && EvsLookupTopic(relid)->topic == relid &&
-				evs_class_ownercheck(relid, GetUserId()))
+				(evs_class_ownercheck(relid, GetUserId()) ||
+				 evs_namespace_ownercheck(get_rel_namespace(relid), GetUserId())))
 				EvsTopicDropAggregates(relid, ds->behavior == DROP_CASCADE, NIL);
 		}
 	}

@@ -394,7 +394,7 @@ EvsTopicDropAggregates(Oid relid, bool cascade, List *going_too)
 		Oid			agg = lfirst_oid(lc);
 
 		if (OidIsValid(agg) && get_rel_name(agg) != NULL)
-			EvsDropAggregate(agg);
+			EvsDropAggregate(agg, true);
 	}
 }
 
