@@ -376,7 +376,6 @@ evs_check_grant(GrantStmt *gs)
 	}
 }
 
-
 /*
  * The aggregates of the topics in schema nsp, or of those owned by one of
  * roles, before a DROP SCHEMA or DROP OWNED drops the topics (see
