@@ -737,21 +737,23 @@ GRANT INSERT ON shared.sink TO attacker;
 SET ROLE attacker;
 SELECT evstream.create_topic('atk.src');
 SELECT evstream.create_aggregate('atk.into_sink', 'atk.src', output_topic => 'shared.sink');
+CREATE VIEW atk.pin AS SELECT * FROM atk.into_sink;  -- nor can a view on it pin it
 SET ROLE tenant_a;
 SELECT public.sqlstate_of($$SELECT evstream.drop_topic('shared.sink')$$) AS plain_drop_refused;
 SELECT public.sqlstate_of($$SELECT evstream.drop_aggregate('atk.into_sink')$$) AS not_hers_to_drop;
 SELECT evstream.drop_topic('shared.sink', cascade => true);
 RESET ROLE;
-SELECT count(*) AS attacker_aggregate_left FROM pg_class WHERE oid = to_regclass('atk.into_sink');
+SELECT count(*) AS attacker_relations_left FROM pg_class WHERE oid IN (to_regclass('atk.into_sink'), to_regclass('atk.pin'));
 SET ROLE tenant_a;
 SELECT evstream.create_topic('shared.sink');
 GRANT INSERT ON shared.sink TO attacker;
 SET ROLE attacker;
 SELECT evstream.create_aggregate('atk.into_sink', 'atk.src', output_topic => 'shared.sink');
+CREATE VIEW atk.pin AS SELECT * FROM atk.into_sink;
 SET ROLE tenant_a;
 DROP TABLE shared.sink CASCADE;
 RESET ROLE;
-SELECT count(*) AS attacker_aggregate_left FROM pg_class WHERE oid = to_regclass('atk.into_sink');
+SELECT count(*) AS attacker_relations_left FROM pg_class WHERE oid IN (to_regclass('atk.into_sink'), to_regclass('atk.pin'));
 SELECT evstream.drop_topic('atk.src');
 DROP SCHEMA shared;
 

@@ -2281,9 +2281,11 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
  * a drop of the topic it reads or writes to, as PostgreSQL's CASCADE drops
  * dependents whoever owns them and wherever they are (else a role allowed
  * to write into another's topic could keep her from ever dropping it):
- * then as the bootstrap superuser, like the rest of a cascade, and with
- * the output topic's own aggregates.  No tenant code runs in a DROP VIEW
- * or a drop of a topic (no row triggers fire, nothing is evaluated).
+ * then as the bootstrap superuser, like the rest of a cascade, with what
+ * depends on the view (another role's view on it cannot pin it either),
+ * and with the output topic and its own aggregates.  No tenant code runs
+ * in a DROP VIEW or a drop of a topic (no row triggers fire, nothing is
+ * evaluated).
  */
 void
 EvsDropAggregate(Oid view, bool cascaded)
@@ -2311,7 +2313,8 @@ EvsDropAggregate(Oid view, bool cascaded)
 
 	if (cascaded)
 		EvsBecomeSuperuser(&st);
-	EvsSpiExec(psprintf("DROP VIEW %s", EvsQualifiedName(view)), 0, NULL, NULL, 0);
+	EvsSpiExec(psprintf("DROP VIEW %s%s", EvsQualifiedName(view), cascaded ? " CASCADE" : ""),
+			   0, NULL, NULL, 0);
 	CacheInvalidateRelcacheByRelid((Oid) topic);
 	if (!isnull && get_rel_name((Oid) output) != NULL)
 	{

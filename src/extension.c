@@ -132,21 +132,30 @@ EvsExtensionPresent(void)
 
 /*
  * The lock order between evstream's workers and DROP (or ALTER) EXTENSION
- * evstream.  DROP EXTENSION locks the extension AccessExclusive before it
- * locks any of its members or dependents (core's RemoveObjects does, and
- * guards.c takes it before dropping the topics of a CASCADE and before an
- * UPDATE runs its script).  Every worker transaction that touches
- * evstream's objects calls this first, before any lock of its own that
- * the DDL could want, and waits for the extension AccessShare.  So either
- * the worker has it, and the DDL waits for the worker's transaction to
- * end while it holds nothing the worker wants; or the DDL has it or queues
- * for it first, and the worker waits while holding nothing the DDL wants.
- * No cycle either way, and no pass is skipped: a failed DROP (the owner's
- * without CASCADE, or anyone's refused one) lets the worker go on at once.
- * (A lock_timeout on the worker's waits alone did not do: the DDL's
- * deadlock check can fire while the worker's bounded wait is still young,
- * and the DDL got the deadlock error.)
+ * evstream.  Our ProcessUtility hook takes the extension's own lock (the
+ * tag below) AccessExclusive for the extension's owner's DROP EXTENSION,
+ * ALTER EXTENSION and DROP OWNED, before PostgreSQL locks any member or
+ * dependent (guards.c).  Every worker transaction that touches evstream's
+ * objects calls EvsWorkerLockExtension first, before any lock of its own
+ * that the DDL could want, and waits for the same tag AccessShare.  So
+ * either the worker has it, and the DDL waits for the worker's transaction
+ * to end while it holds nothing the worker wants; or the DDL has it or
+ * queues for it first, and the worker waits while holding nothing the DDL
+ * wants.  No cycle either way, and no pass is skipped.  (A lock_timeout on
+ * the worker's waits alone did not do: the DDL's deadlock check can fire
+ * while the worker's bounded wait is still young, and the DDL got the
+ * deadlock error.)
  *
+ * The tag is the extension's object with sub-id EVS_EXTENSION_LOCK_SUBID,
+ * which PostgreSQL never locks: its own lock on the extension (sub-id 0)
+ * can be taken, and held, by any role through ALTER FUNCTION ... DEPENDS
+ * ON EXTENSION on a function of its own, and workers waiting for that
+ * would let anyone stop every database's worker.  This one is taken only
+ * here, and exclusively only for the extension's owner.
+ */
+#define EVS_EXTENSION_LOCK_SUBID 1
+
+/*
  * True when the extension is still here (the caller then holds its lock to
  * the end of the transaction); false when it is gone.
  */
@@ -158,15 +167,16 @@ EvsWorkerLockExtension(void)
 	if (!EvsExtensionPresent())
 		return false;
 	ext = ext_oid;
-	LockDatabaseObject(ExtensionRelationId, ext, 0, AccessShareLock);
+	LockDatabaseObject(ExtensionRelationId, ext, EVS_EXTENSION_LOCK_SUBID, AccessShareLock);
 	/* (taking it read the invalidations: a DROP may have just committed) */
 	return EvsExtensionPresent() && ext_oid == ext;
 }
 
 /*
- * For DDL on the extension by its owner: its AccessExclusive lock, first
- * (see EvsWorkerLockExtension); false, and nothing locked, for others:
- * PostgreSQL refuses them, and their lock would only hold the workers up.
+ * For DDL on the extension by its owner: the lock, AccessExclusive, first
+ * (see above); false, and nothing locked, for others: PostgreSQL refuses
+ * their DROP or ALTER EXTENSION, and their lock would only hold the
+ * workers up.
  */
 bool
 EvsLockExtensionExclusive(void)
@@ -175,7 +185,7 @@ EvsLockExtensionExclusive(void)
 
 	if (!OidIsValid(ext) || !evs_extension_ownercheck(ext, GetUserId()))
 		return false;
-	LockDatabaseObject(ExtensionRelationId, ext, 0, AccessExclusiveLock);
+	LockDatabaseObject(ExtensionRelationId, ext, EVS_EXTENSION_LOCK_SUBID, AccessExclusiveLock);
 	return true;
 }
 

@@ -390,6 +390,9 @@ evs_drop_topics_aggregates(Oid nsp, List *roles, bool cascade)
 	{
 		Oid			topic = lfirst_oid(lc);
 
+		/* (an earlier one's cascade may have dropped it) */
+		if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(topic)))
+			continue;
 		if (OidIsValid(nsp) ? get_rel_namespace(topic) == nsp :
 			list_member_oid(roles, EvsRelOwner(topic)))
 			EvsTopicDropAggregates(topic, cascade, roles);
@@ -530,6 +533,8 @@ evs_check_utility(Node *stmt)
 				return;
 			roles = lappend_oid(roles, role);
 		}
+		/* (it may drop the extension itself: workers wait, extension.c) */
+		(void) EvsLockExtensionExclusive();
 		evs_drop_topics_aggregates(InvalidOid, roles, dos->behavior == DROP_CASCADE);
 	}
 	else if (IsA(stmt, GrantStmt))

@@ -418,8 +418,13 @@ evstream_drop_topic(PG_FUNCTION_ARGS)
 
 	EvsTopicDropAggregates(relid, cascade, NIL);
 
-	/* the event trigger forgets the topic and its groups */
-	EvsSpiExec(psprintf("DROP TABLE %s", EvsQualifiedName(relid)), 0, NULL, NULL, 0);
+	/*
+	 * The event trigger forgets the topic and its groups.  With cascade,
+	 * what else depends on the topic goes too, as with DROP TABLE ...
+	 * CASCADE (e.g. another role's view on it).
+	 */
+	EvsSpiExec(psprintf("DROP TABLE %s%s", EvsQualifiedName(relid), cascade ? " CASCADE" : ""),
+			   0, NULL, NULL, 0);
 	PG_RETURN_VOID();
 }
 

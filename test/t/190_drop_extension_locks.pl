@@ -72,4 +72,23 @@ ok( $node->poll_query_until('postgres',
 		"SELECT count FROM cnt3 WHERE group_key = 'after'", '1'),
 	'the worker merges again after the drops');
 
+# The lock the workers wait for is evstream's own: PostgreSQL's lock on the
+# extension, which any role can take and keep with ALTER FUNCTION ...
+# DEPENDS ON EXTENSION on a function of its own, does not hold them up.
+$node->safe_psql('postgres', 'CREATE ROLE mallory LOGIN');
+my $holder = $node->background_psql('postgres', extra_params => [ '-U', 'mallory' ]);
+$holder->query_safe(q{CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'});
+$holder->query_safe(q{BEGIN; ALTER FUNCTION pg_temp.f() DEPENDS ON EXTENSION evstream});
+is( $node->safe_psql('postgres', q{
+SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+ WHERE l.locktype = 'object' AND l.classid = 'pg_extension'::regclass
+   AND l.mode = 'AccessExclusiveLock' AND l.granted AND a.usename = 'mallory'}),
+	'1', "a role holds PostgreSQL's AccessExclusiveLock on the extension");
+$node->safe_psql('postgres', "INSERT INTO src3 (key) VALUES ('while held')");
+ok( $node->poll_query_until('postgres',
+		"SELECT count(*) > 0 FROM out3 WHERE key = 'while held'"),
+	'the worker still merges: the change event reaches the output topic');
+$holder->query_safe('ROLLBACK');
+$holder->quit;
+
 done_testing();
