@@ -83,20 +83,29 @@ int			evs_max_transform_workers = 2;
 #define EVS_LOCK_TRANSFORM	0x4554
 
 /*
- * The lock of a transform's name.  A batch holds it (ShareLock, session
- * level, only tried) from before it checks the catalog row until its
- * outcome is recorded; a batch of a failing transform holds it alone
- * (ExclusiveLock), so failures are retried one at a time and each is
- * counted before the next starts; drop_transform waits for it
- * (ExclusiveLock) so that no batch of a dropped transform runs after the
- * drop commits (a batch would re-create its group and output again).
+ * The lock of a transform.  A batch holds it (ShareLock, session level,
+ * only tried) from before it checks the catalog row until its outcome is
+ * recorded; a batch of a failing transform holds it alone (ExclusiveLock),
+ * so failures are retried one at a time and each is counted before the
+ * next starts; drop_transform waits for it (ExclusiveLock) so that no
+ * batch of a dropped transform runs after the drop commits (a batch would
+ * re-create its group and output again).
+ *
+ * Its key is the hash of the name and the row's creation time: a hash of
+ * the name alone let another role pick a name with the same 32-bit hash
+ * (seconds of search) and hold a victim's transform up by holding her own
+ * transform's lock (an open drop_transform).  Two transforms share a key
+ * only if they were also created at the same microsecond (the same
+ * transaction: the same role's), and no role chooses another's.
  */
 static void
-evs_transform_tag(LOCKTAG *tag, const char *name)
+evs_transform_tag(LOCKTAG *tag, const char *name, TimestampTz created)
 {
+	uint64		c = (uint64) created;
+
 	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
 						 DatumGetUInt32(hash_any((const unsigned char *) name, strlen(name))),
-						 0, EVS_LOCK_TRANSFORM);
+						 (uint32) (c ^ (c >> 32)), EVS_LOCK_TRANSFORM);
 }
 
 /* --------------------------------------------------------------- SQL */
@@ -109,9 +118,12 @@ evs_transform_name(FunctionCallInfo fcinfo, char **name)
 	EvsCheckName("transform name", *name);
 }
 
-/* The transform's (owner, source); false when there is none of that name */
+/*
+ * The transform's (owner, source, created); false when there is none of
+ * that name
+ */
 static bool
-evs_transform_row(const char *name, Oid *owner, Oid *source)
+evs_transform_row(const char *name, Oid *owner, Oid *source, TimestampTz *created)
 {
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1] = {CStringGetTextDatum(name)};
@@ -121,7 +133,7 @@ evs_transform_row(const char *name, Oid *owner, Oid *source)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	EvsBecomeSuperuser(&su);
-	if (SPI_execute_with_args("SELECT x.owner::pg_catalog.oid, x.source::pg_catalog.oid "
+	if (SPI_execute_with_args("SELECT x.owner::pg_catalog.oid, x.source::pg_catalog.oid, x.created "
 							  "FROM evstream._transform x WHERE x.name OPERATOR(pg_catalog.=) $1",
 							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read transform \"%s\"", name);
@@ -132,6 +144,8 @@ evs_transform_row(const char *name, Oid *owner, Oid *source)
 		found = true;
 		*owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		*source = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		if (created)
+			*created = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 	}
 	EvsRestoreUser(&su);
 	SPI_finish();
@@ -140,11 +154,11 @@ evs_transform_row(const char *name, Oid *owner, Oid *source)
 
 /* The named transform must exist and belong to the caller */
 static Oid
-evs_require_transform_owner(const char *name, Oid *source)
+evs_require_transform_owner(const char *name, Oid *source, TimestampTz *created)
 {
 	Oid			owner = InvalidOid;
 
-	if (!evs_transform_row(name, &owner, source))
+	if (!evs_transform_row(name, &owner, source, created))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("transform \"%s\" does not exist", name)));
@@ -290,7 +304,7 @@ evstream_create_transform(PG_FUNCTION_ARGS)
 	(void) EvsRequireTopic(source, "create_transform");
 	EvsRequirePrivilege(source, ACL_SELECT);
 	EvsRequireReadCommitted("create_transform");
-	if (evs_transform_row(name, &o1, &o2))
+	if (evs_transform_row(name, &o1, &o2, NULL))
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("transform \"%s\" already exists", name)));
@@ -350,18 +364,19 @@ evstream_drop_transform(PG_FUNCTION_ARGS)
 {
 	char	   *name;
 	Oid			source = InvalidOid;
+	TimestampTz created = 0;
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
 	EvsUserState su;
 	EvsGroup	g;
 
 	evs_transform_name(fcinfo, &name);
-	(void) evs_require_transform_owner(name, &source);
+	(void) evs_require_transform_owner(name, &source, &created);
 	/* no batch of it in flight, none after we commit */
 	{
 		LOCKTAG		tag;
 
-		evs_transform_tag(&tag, name);
+		evs_transform_tag(&tag, name, created);
 		(void) LockAcquire(&tag, ExclusiveLock, false, false);
 	}
 	values[0] = CStringGetTextDatum(name);
@@ -392,7 +407,7 @@ evstream_resume_transform(PG_FUNCTION_ARGS)
 	EvsUserState su;
 
 	evs_transform_name(fcinfo, &name);
-	(void) evs_require_transform_owner(name, &source);
+	(void) evs_require_transform_owner(name, &source, NULL);
 	values[0] = CStringGetTextDatum(name);
 	EvsBecomeSuperuser(&su);
 	EvsSpiExec("UPDATE evstream._transform x SET paused = false, failures = 0, retry_at = NULL "
@@ -600,7 +615,7 @@ evs_transform_step(EvsTransformJob *j)
 	LOCKTAG		tag;
 	volatile LOCKMODE mode = j->failing ? ExclusiveLock : ShareLock;
 
-	evs_transform_tag(&tag, j->name);
+	evs_transform_tag(&tag, j->name, j->created);
 	if (LockAcquire(&tag, mode, true, true) == LOCKACQUIRE_NOT_AVAIL)
 		return 0;
 	PG_TRY();

@@ -436,6 +436,26 @@ cmp_ok($elapsed, '<', 5, sprintf('within seconds (%.1f s)', $elapsed));
 is(sql(q{SELECT count(*) FROM pg_stat_activity WHERE datname = 'tdb'}), '0', 'no process of tdb is left');
 is(sql(q{SELECT count(*) FROM pg_database WHERE datname = 'tdb'}), '0', 'tdb is gone');
 
+# ---------------------------------------------------------------- 7. a name with the victim's hash
+# hashtext('mx_xxml1oa') = hashtext('alice_tx'): a transform's lock was
+# keyed by the hash of its name alone, so holding one's own transform's
+# lock (an open drop_transform) held up the victim's.  Now the key has the
+# creation time too.
+sql(q{
+SELECT evstream.create_topic('hv');
+SELECT evstream.create_transform('alice_tx', 'hv', $$SELECT key, payload FROM events$$, 'hv_out');
+SELECT evstream.create_topic('hm');
+SELECT evstream.create_transform('mx_xxml1oa', 'hm', $$SELECT key, payload FROM events$$, 'hm_out');
+});
+is(sql(q{SELECT hashtext('mx_xxml1oa') = hashtext('alice_tx')}), 't', 'the two names share a 32-bit hash');
+my $holder = $node->background_psql('postgres');
+$holder->query_safe(q{BEGIN; SELECT evstream.drop_transform('mx_xxml1oa')});
+sql(q{INSERT INTO hv (key) VALUES ('while the other is held')});
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM hv_out}),
+	"the victim's transform runs while the other's lock is held");
+$holder->query_safe('ROLLBACK');
+$holder->quit;
+
 note sprintf('runtime %.1f s', time - $t0);
 $node->stop;
 done_testing();
