@@ -755,6 +755,26 @@ DROP TABLE shared.sink CASCADE;
 RESET ROLE;
 SELECT count(*) AS attacker_relations_left FROM pg_class WHERE oid IN (to_regclass('atk.into_sink'), to_regclass('atk.pin'));
 SELECT evstream.drop_topic('atk.src');
+-- an output topic its aggregate made and then handed to another role is
+-- hers: neither a cascade nor drop_aggregate of that aggregate drops it
+SET ROLE attacker;
+SELECT evstream.create_topic('atk.hand_src');
+SELECT evstream.create_aggregate('atk.hand_agg1', 'atk.hand_src', output_topic => 'shared.handover');
+SELECT evstream.create_aggregate('atk.hand_agg2', 'atk.hand_src', output_topic => 'shared.handover2');
+INSERT INTO atk.hand_src (key) VALUES ('x');
+RESET ROLE;
+SELECT evstream._merge_deltas();
+ALTER TABLE shared.handover OWNER TO tenant_a;
+ALTER TABLE shared.handover2 OWNER TO tenant_a;
+SET ROLE attacker;
+SELECT evstream.drop_aggregate('atk.hand_agg2');
+SELECT evstream.drop_topic('atk.hand_src', cascade => true);
+RESET ROLE;
+SELECT c.relname, c.relowner::regrole, (SELECT count(*) FROM evstream._topic t WHERE t.topic = c.oid) AS is_topic
+  FROM pg_class c WHERE c.oid IN (to_regclass('shared.handover'), to_regclass('shared.handover2')) ORDER BY 1;
+SELECT count(*) AS events_kept FROM shared.handover;
+SELECT evstream.drop_topic('shared.handover');
+SELECT evstream.drop_topic('shared.handover2');
 DROP SCHEMA shared;
 
 ------------------------------------------------------------------ DROP/ALTER EXTENSION by others

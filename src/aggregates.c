@@ -2283,7 +2283,8 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
  * to write into another's topic could keep her from ever dropping it):
  * then as the bootstrap superuser, like the rest of a cascade, with what
  * depends on the view (another role's view on it cannot pin it either),
- * and with the output topic and its own aggregates.  No tenant code runs
+ * and with the output topic it made (while its owner may still drop it)
+ * and that topic's own aggregates.  No tenant code runs
  * in a DROP VIEW or a drop of a topic (no row triggers fire, nothing is
  * evaluated).
  */
@@ -2311,12 +2312,22 @@ EvsDropAggregate(Oid view, bool cascaded)
 						 "WHERE a.aggregate OPERATOR(pg_catalog.=) $1::pg_catalog.regclass AND a.output_created",
 						 1, types, values, &isnull);
 
+	/*
+	 * The output topic it made goes with it only while the aggregate's
+	 * owner (the caller, without cascade) may still drop it: one handed to
+	 * another role (ALTER TABLE ... OWNER TO) is hers now, and stays.
+	 */
+	if (!isnull && (get_rel_name((Oid) output) == NULL ||
+					!has_privs_of_role(cascaded ? EvsRelOwner(view) : GetUserId(),
+									   EvsRelOwner((Oid) output))))
+		isnull = true;
+
 	if (cascaded)
 		EvsBecomeSuperuser(&st);
 	EvsSpiExec(psprintf("DROP VIEW %s%s", EvsQualifiedName(view), cascaded ? " CASCADE" : ""),
 			   0, NULL, NULL, 0);
 	CacheInvalidateRelcacheByRelid((Oid) topic);
-	if (!isnull && get_rel_name((Oid) output) != NULL)
+	if (!isnull && get_rel_name((Oid) output) != NULL)	/* (the view's cascade may drop it) */
 	{
 		Oid			otypes[2] = {OIDOID, BOOLOID};
 		Datum		ovalues[2] = {ObjectIdGetDatum((Oid) output), BoolGetDatum(cascaded)};
