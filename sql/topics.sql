@@ -391,6 +391,17 @@ SELECT count(*) AS aggregates_forgotten FROM evstream._aggregate a
  WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = a.aggregate::oid);
 DROP OWNED BY regress_evs_drop_other;
 DROP ROLE regress_evs_drop_owner, regress_evs_drop_other;
+-- ALTER TABLE topic OWNER TO: its partitions follow (PostgreSQL does not
+-- pass a new owner on to partitions, and the old owner could truncate or
+-- drop the events of the topic she handed over)
+CREATE ROLE regress_evs_new_owner;
+SELECT evstream.create_topic('owner_moves');
+ALTER TABLE owner_moves OWNER TO regress_evs_new_owner;
+SELECT count(*) > 1 AS has_partitions,
+       count(*) FILTER (WHERE c.relowner <> 'regress_evs_new_owner'::regrole) AS old_owner_keeps
+  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'owner_moves'::regclass;
+SELECT evstream.drop_topic('owner_moves');
+DROP ROLE regress_evs_new_owner;
 -- a name is free again after drop_topic, and ids start over in the new topic
 SELECT evstream.create_topic('dropme');
 INSERT INTO dropme (key) VALUES ('again') RETURNING id, key;

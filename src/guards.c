@@ -61,6 +61,8 @@
 #include "nodes/nodeFuncs.h"
 #include "utils/fmgroids.h"
 #include "utils/syscache.h"
+#include "commands/tablecmds.h"
+#include "catalog/pg_inherits.h"
 #include "commands/sequence.h"
 #include "commands/defrem.h"
 #include "commands/extension.h"
@@ -724,6 +726,54 @@ evs_fix_partition_create(CreateStmt *cs, bool readOnlyTree, PlannedStmt **pstmt)
 }
 
 /*
+ * ALTER TABLE topic OWNER TO r: the topic whose owner the statement
+ * changes (InvalidOid for any other statement).  PostgreSQL does not pass
+ * a new owner on to partitions; the old owner would keep them, and with
+ * them the power to truncate or drop the events of a topic she handed
+ * over.
+ */
+static Oid
+evs_owner_change_topic(Node *stmt)
+{
+	AlterTableStmt *at;
+	ListCell   *lc;
+	Oid			relid;
+
+	if (!IsA(stmt, AlterTableStmt))
+		return InvalidOid;
+	at = (AlterTableStmt *) stmt;
+	foreach(lc, at->cmds)
+	{
+		if (lfirst_node(AlterTableCmd, lc)->subtype != AT_ChangeOwner)
+			continue;
+		relid = RangeVarGetRelid(at->relation, NoLock, true);
+		if (OidIsValid(relid) && EvsLookupTopic(relid)->topic == relid)
+			return relid;
+	}
+	return InvalidOid;
+}
+
+/*
+ * After ALTER TABLE topic OWNER TO: its partitions (with their indexes)
+ * get the topic's new owner too, as the statement's own recursion would
+ * give them (its permission checks were the topic's).
+ */
+static void
+evs_partitions_follow_owner(Oid topic)
+{
+	Oid			owner = EvsRelOwner(topic);
+	ListCell   *lc;
+
+	foreach(lc, find_all_inheritors(topic, AccessExclusiveLock, NULL))
+	{
+		Oid			part = lfirst_oid(lc);
+
+		if (part != topic && EvsRelOwner(part) != owner)
+			ATExecChangeOwner(part, owner, true, AccessExclusiveLock);
+	}
+}
+
+/*
  * DROP EXTENSION evstream without CASCADE fails while topics exist (they
  * depend on it): fail here, before PostgreSQL locks anything.  It would
  * lock the extension's members (the delta table, ...) before their
@@ -889,6 +939,7 @@ evs_process_utility(PlannedStmt *pstmt, const char *queryString,
 {
 	Node	   *stmt = pstmt->utilityStmt;
 	Oid			dboid = InvalidOid;
+	Oid			owner_topic = InvalidOid;
 
 	if (evs_shared != NULL && IsTransactionState())
 		dboid = evs_database_needed(stmt);
@@ -926,11 +977,20 @@ evs_process_utility(PlannedStmt *pstmt, const char *queryString,
 				readOnlyTree = false;
 		}
 		else
+		{
 			evs_check_utility(stmt);
+			owner_topic = evs_owner_change_topic(stmt);
+		}
 	}
 
 	evs_next_utility(pstmt, queryString, readOnlyTree, context,
 					 params, queryEnv, dest, qc);
+
+	if (OidIsValid(owner_topic))
+	{
+		CommandCounterIncrement();
+		evs_partitions_follow_owner(owner_topic);
+	}
 }
 
 void
