@@ -685,8 +685,8 @@ EvsBudgetEnd(void)
 /*
  * Run fn(arg) in a subtransaction: on error roll it back (which also
  * undoes any user switch and GUC level fn made), append "what: message; "
- * to errors (a lock timeout only raises a NOTICE: it is retried at the
- * next pass) and return false.  One tenant's failure stays its own; in
+ * to errors (a lock timeout or a deadlock the worker gave way in only
+ * raises a NOTICE: it is retried at the next pass) and return false.  One tenant's failure stays its own; in
  * evstream's workers its time is bounded too (the budget above), so a
  * trigger that sleeps cannot stall every other tenant's push and upkeep.
  */
@@ -721,7 +721,8 @@ EvsTrySubxact(void (*fn) (void *), void *arg, Oid object, const char *what,
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
-		if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
+		if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+			edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED)
 			ereport(NOTICE,
 					(errmsg("evstream: %s is busy, retrying at the next pass", what)));
 		else if (errors != NULL)

@@ -650,15 +650,22 @@ evs_notify_topic(SentEntry *e, TimestampTz now)
 /*
  * Lock waits of the worker's transaction end after 200 ms (a busy object
  * is retried at the next pass): a user's DDL on a topic or aggregate that
- * the worker waits for is not held up behind the worker for long.  (DROP
- * and ALTER EXTENSION are ordered with the worker by the extension's lock
- * instead, see evs_worker_begin: a bound alone still let the DDL's own
- * deadlock check fire first.)
+ * the worker waits for is not held up behind the worker for long.  And the
+ * worker checks for a deadlock after 10 ms of waiting, not the server's
+ * deadlock_timeout (1 s by default): in a cycle with a user's DDL the
+ * worker is the one that finds it and gives way (its subtransaction is
+ * retried at the next pass, EvsTrySubxact), unless the DDL's own check
+ * comes within those 10 ms.  With the lock_timeout bound alone, the DDL
+ * found the cycle first whenever the worker's wait began in the last
+ * 200 ms before the DDL's check.  (DROP and ALTER EXTENSION are ordered
+ * with the worker by evstream's extension lock instead, evs_worker_begin.)
  */
 static void
 evs_bound_lock_waits(void)
 {
 	(void) set_config_option("lock_timeout", "200ms", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+	(void) set_config_option("deadlock_timeout", "10ms", PGC_SUSET, PGC_S_SESSION,
 							 GUC_ACTION_LOCAL, true, 0, false);
 }
 

@@ -72,6 +72,37 @@ ok( $node->poll_query_until('postgres',
 		"SELECT count FROM cnt3 WHERE group_key = 'after'", '1'),
 	'the worker merges again after the drops');
 
+# A user's drop_topic of a topic whose aggregate the worker is merging:
+# the worker checks for deadlocks after 10 ms (evs_bound_lock_waits), so
+# in a cycle it is the one that gives way, not the user's DDL (whose
+# check here comes after 100 ms; before, any worker wait that began
+# within the DDL's first 100 ms of waiting ended in the DDL's deadlock).
+my ($drops, $drop_errors) = (0, '');
+my $feed = start_pgbench($node,
+	script => "INSERT INTO src1 (key, payload) SELECT 'k' || (random() * 20)::int, jsonb_build_object('n', g) FROM generate_series(1, 20) g;\n",
+	clients => 2, rate => 100, time => 12);
+$until = time() + 10;
+while (time() < $until)
+{
+	my ($rc, $out, $err) = $node->psql('postgres', q{
+SET deadlock_timeout = '100ms';
+SELECT evstream.create_topic('churn');
+SELECT evstream.create_aggregate('churn_cnt', 'churn', output_topic => 'churn_out',
+    measures => $$sum((payload->>'n')::int) AS total$$);
+INSERT INTO churn (key, payload) SELECT 'k' || (g % 30), jsonb_build_object('n', g) FROM generate_series(1, 3000) g;
+SELECT pg_sleep(0.05);
+SELECT evstream.drop_topic('churn', cascade => true);});
+	$drops++;
+	$drop_errors .= "rc $rc: $err\n" if $rc != 0 || $err =~ /ERROR/;
+	$node->safe_psql('postgres', q{SELECT evstream.drop_topic(t, cascade => true) FROM unnest(ARRAY['churn', 'churn_out']) t
+ WHERE to_regclass(t) IS NOT NULL AND EXISTS (SELECT FROM evstream._topic x WHERE x.topic = to_regclass(t))})
+	  if $rc != 0;
+}
+($prc) = finish_pgbench($feed);
+note "drop_topic rounds: $drops";
+cmp_ok($drops, '>', 10, 'drop_topic ran again and again while the worker merged');
+is($drop_errors, '', 'none failed (no deadlock with the worker)');
+
 # The lock the workers wait for is evstream's own: PostgreSQL's lock on the
 # extension, which any role can take and keep with ALTER FUNCTION ...
 # DEPENDS ON EXTENSION on a function of its own, does not hold them up.
