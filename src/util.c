@@ -686,9 +686,10 @@ EvsBudgetEnd(void)
  * Run fn(arg) in a subtransaction: on error roll it back (which also
  * undoes any user switch and GUC level fn made), append "what: message; "
  * to errors (a lock timeout or a deadlock the worker gave way in only
- * raises a NOTICE: it is retried at the next pass) and return false.  One tenant's failure stays its own; in
- * evstream's workers its time is bounded too (the budget above), so a
- * trigger that sleeps cannot stall every other tenant's push and upkeep.
+ * raises a NOTICE: it is retried at the next pass) and return false.  One
+ * tenant's failure stays its own; in evstream's workers its time is
+ * bounded too (the budget above), so a trigger that sleeps cannot stall
+ * every other tenant's push and upkeep.
  */
 bool
 EvsTrySubxact(void (*fn) (void *), void *arg, Oid object, const char *what,
