@@ -418,6 +418,7 @@ extern int	EvsExecPlan(EvsPlan *p, Datum *values, const char *nulls,
 extern char *EvsQualifiedName(Oid relid);
 extern void EvsCheckName(const char *what, const char *value);
 extern Oid	EvsRelOwner(Oid relid);
+extern Oid	EvsRelOwnerIfAny(Oid relid);
 extern void EvsRequireOwner(Oid relid);
 extern void EvsRequirePrivilege(Oid relid, AclMode mode);
 extern int64 EvsBucketUsecs(Interval *ivl, const char *what);

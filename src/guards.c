@@ -391,12 +391,13 @@ evs_drop_topics_aggregates(Oid nsp, List *roles, bool cascade)
 	foreach(lc, EvsAllTopics())
 	{
 		Oid			topic = lfirst_oid(lc);
+		Oid			owner = EvsRelOwnerIfAny(topic);
 
 		/* (an earlier one's cascade may have dropped it) */
-		if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(topic)))
+		if (!OidIsValid(owner))
 			continue;
 		if (OidIsValid(nsp) ? get_rel_namespace(topic) == nsp :
-			list_member_oid(roles, EvsRelOwner(topic)))
+			list_member_oid(roles, owner))
 			EvsTopicDropAggregates(topic, cascade, roles);
 	}
 }

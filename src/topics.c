@@ -370,8 +370,7 @@ EvsTopicDropAggregates(Oid relid, bool cascade, List *going_too)
 		Oid			agg = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
 		bool		reads = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
 
-		if (going_too != NIL && get_rel_name(agg) != NULL &&
-			list_member_oid(going_too, EvsRelOwner(agg)))
+		if (going_too != NIL && list_member_oid(going_too, EvsRelOwnerIfAny(agg)))
 			continue;
 		if (!cascade)
 			ereport(ERROR,

@@ -470,8 +470,8 @@ evs_budget_new_pass(void)
 }
 
 /* The owner of a relation, InvalidOid when there is none (dropped) */
-static Oid
-evs_object_owner(Oid object)
+Oid
+EvsRelOwnerIfAny(Oid object)
 {
 	if (!OidIsValid(object) ||
 		!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(object)))
@@ -508,7 +508,7 @@ EvsBudgetRank(Oid object)
 	for (i = 0; i < evs_owed_n; i++)
 		if (evs_owed[i] == object)
 			return 0;
-	owner = evs_object_owner(object);
+	owner = EvsRelOwnerIfAny(object);
 	for (i = 0; i < evs_slow_nowners; i++)
 		if (evs_slow_owner_ids[i] == owner && OidIsValid(owner))
 			return 2;
@@ -535,7 +535,7 @@ EvsBudgetOrder(List *jobs, Oid (*object_of) (void *job))
 static int
 evs_budget_slot(Oid object)
 {
-	Oid			owner = evs_object_owner(object);
+	Oid			owner = EvsRelOwnerIfAny(object);
 	int			i;
 
 	if (!OidIsValid(owner))
@@ -621,7 +621,7 @@ EvsBudgetStart(Oid object, Oid owner, const char *what, StringInfo errors)
 	if (!EvsInWorker)
 		return true;
 	if (!OidIsValid(owner))
-		owner = evs_object_owner(object);
+		owner = EvsRelOwnerIfAny(object);
 	db = evs_shared ? EvsDatabaseEntry(MyDatabaseId, false) : NULL;
 	if (db != NULL && OidIsValid(owner))
 	{
