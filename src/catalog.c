@@ -37,6 +37,8 @@
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/table.h"
+#include "access/stratnum.h"
+#include "catalog/pg_collation_d.h"
 #include "catalog/pg_proc_d.h"
 #include "utils/fmgroids.h"
 #include "utils/syscache.h"
@@ -65,6 +67,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/typcache.h"
 #include "utils/array.h"
@@ -468,6 +471,34 @@ EvsAllTopics(void)
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
 	return topics;
+}
+
+/*
+ * Is there a row of consumer group (topic, name), committed or still being
+ * inserted by an open transaction?  Read with a dirty snapshot, so that
+ * another transaction's uncommitted creation counts (groups.c uses this to
+ * tell a creator of the same group from one whose name's hash collides).
+ */
+bool
+EvsGroupRowPending(Oid topic, const char *name)
+{
+	Relation	rel = table_open(EvsCatalogRelid(EVS_REL_GROUP), AccessShareLock);
+	SnapshotData dirty;
+	ScanKeyData key[2];
+	SysScanDesc scan;
+	bool		found;
+
+	InitDirtySnapshot(dirty);
+	ScanKeyInit(&key[0], 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(topic));
+	/* the key column's collation: the database default, as the index's */
+	ScanKeyEntryInitialize(&key[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
+						   DEFAULT_COLLATION_OID, F_TEXTEQ, CStringGetTextDatum(name));
+	scan = systable_beginscan(rel, EvsCatalogRelid(EVS_REL_GROUP_PKEY), true,
+							  &dirty, 2, key);
+	found = HeapTupleIsValid(systable_getnext(scan));
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return found;
 }
 
 /* The topic a relation belongs to (itself or its parent), or InvalidOid */

@@ -360,6 +360,7 @@ extern EvsTopic *EvsLookupTopic(Oid relid);
 extern EvsTopic *EvsRequireTopic(Oid relid, const char *fn);
 extern Oid	EvsTopicOf(Oid relid);
 extern List *EvsAllTopics(void);
+extern bool EvsGroupRowPending(Oid topic, const char *name);
 extern List *EvsTopicAggregates(EvsTopic *t);
 extern void EvsAggregateWindows(struct HeapTupleData *tup, TupleDesc desc, MemoryContext cxt,
 								EvsWindows *w);
@@ -375,11 +376,12 @@ typedef enum EvsCatalogRel
 	EVS_REL_TOPIC,
 	EVS_REL_TOPIC_PKEY,
 	EVS_REL_GROUP,
+	EVS_REL_GROUP_PKEY,
 	EVS_REL_AGGREGATE,
 	EVS_REL_COUNT,
 	EVS_REL_DELTA
 } EvsCatalogRel;
-#define EVS_NUM_CATALOG_RELS 6
+#define EVS_NUM_CATALOG_RELS 7
 
 extern void EvsExtensionInit(void);
 extern bool EvsExtensionPresent(void);

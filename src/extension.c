@@ -59,7 +59,7 @@ static Oid	ext_oid = InvalidOid;
 static Oid	ext_relids[EVS_NUM_CATALOG_RELS];
 
 static const char *const ext_relnames[EVS_NUM_CATALOG_RELS] = {
-	"_topic", "_topic_pkey", "_group", "_aggregate", "_count", "_delta"
+	"_topic", "_topic_pkey", "_group", "_group_pkey", "_aggregate", "_count", "_delta"
 };
 
 static void

@@ -219,8 +219,9 @@ evs_check_group_owner(EvsGroup *g)
  * The group, to move or claim it: the caller must be allowed to (checked
  * before anything is written).  A missing group is created, owned by the
  * caller, when `create`; creators of one group serialize on a lock of its
- * name, which `nowait` only tries: then false means "another open
- * transaction is creating it" (consume and member poll do not wait).
+ * name's hash, which `nowait` only tries: then false means "another open
+ * transaction is creating it" (consume and member poll do not wait); a
+ * holder creating a group of a colliding name holds nobody back.
  * Returns false also when the group does not exist and !create.
  */
 bool
@@ -242,12 +243,30 @@ EvsGroupOpen(Oid topic, const char *name, bool create, bool nowait, EvsGroup *g)
 		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, topic,
 							 DatumGetUInt32(hash_any((const unsigned char *) name, strlen(name))),
 							 EVS_LOCK_GROUP_CREATE);
-		if (LockAcquire(&tag, ExclusiveLock, false, nowait) == LOCKACQUIRE_NOT_AVAIL)
+
+		/*
+		 * The lock is keyed by a 32-bit hash of the name, so its holder may
+		 * be creating another group whose name collides (anyone allowed to
+		 * consume the topic can find such a name, and hold the lock in an
+		 * open transaction).  A creator of this group has its row in
+		 * (inserted right after it took the lock; a dirty read sees it
+		 * uncommitted): only then is it ours to wait for, or, with nowait,
+		 * to give way to.  Otherwise we create without the lock; should a
+		 * real creator come between the look and the insert, the unique
+		 * key makes the second insert wait for the first's transaction, as
+		 * PostgreSQL's own inserts of one key do.
+		 */
+		if (LockAcquire(&tag, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL &&
+			EvsGroupRowPending(topic, name))
 		{
-			evs_su_end(&su);
-			return false;
+			if (nowait)
+			{
+				evs_su_end(&su);
+				return false;
+			}
+			(void) LockAcquire(&tag, ExclusiveLock, false, false);
 		}
-		/* the creator we may have waited for has ended: look again */
+		/* a creator we may have waited for has ended: look again */
 		found = evs_group_row(topic, name, g);
 		if (!found)
 		{
