@@ -345,7 +345,14 @@ CREATE FUNCTION evstream._free_name(nsp name, wanted text)
     SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v text := wanted;
+    v_cut text := wanted;
 BEGIN
+    -- the fallback keeps at most 57 bytes of the name (whole characters),
+    -- so that with its suffix it fits NAMEDATALEN: PostgreSQL would cut a
+    -- longer name back to the taken one
+    WHILE pg_catalog.octet_length(v_cut) OPERATOR(pg_catalog.>) 57 LOOP
+        v_cut := pg_catalog.left(v_cut, -1);
+    END LOOP;
     -- a table needs its name free as a relation and as a (row) type
     WHILE EXISTS (SELECT FROM pg_catalog.pg_class c
                     JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
@@ -353,7 +360,7 @@ BEGIN
        OR EXISTS (SELECT FROM pg_catalog.pg_type y
                     JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) y.typnamespace
                    WHERE n.nspname OPERATOR(pg_catalog.=) nsp AND y.typname OPERATOR(pg_catalog.=) v) LOOP
-        v := pg_catalog.left(wanted, 57) OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||)
+        v := v_cut OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||)
              pg_catalog.substr(pg_catalog.md5(pg_catalog.random()::text), 1, 5);
     END LOOP;
     RETURN v;

@@ -658,6 +658,8 @@ CREATE SCHEMA shared;
 GRANT CREATE, USAGE ON SCHEMA shared TO attacker, tenant_a;
 SET ROLE tenant_a;
 SELECT evstream.create_topic('shared.vs', partition_interval => '1 hour');
+-- a name of 46 bytes but 23 characters: the fallback name is cut by bytes
+SELECT evstream.create_topic('shared.' || repeat('ö', 23), partition_interval => '1 hour');
 RESET ROLE;
 :attack
 DO $$
@@ -672,12 +674,17 @@ BEGIN
     FOR i IN 8 .. 10 LOOP
         EXECUTE pg_catalog.format('CREATE TYPE shared.%I AS ENUM (''x'')',
             'vs_p' || pg_catalog.to_char((h + i * interval '1 hour') AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MISS'));
+        EXECUTE pg_catalog.format('CREATE TYPE shared.%I AS ENUM (''x'')',
+            pg_catalog.repeat('ö', 23) || '_p' ||
+            pg_catalog.to_char((h + i * interval '1 hour') AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MISS'));
     END LOOP;
 END $$;
 :check
 SELECT pg_catalog.strpos(coalesce(evstream.run_maintenance(10), ''), 'topic vs:') AS vs_maintenance_error;
 SELECT count(*) >= 10 AS premade_despite_squatting
   FROM evstream._partitions('shared.vs') WHERE NOT is_default AND hi > now();
+SELECT count(*) >= 10 AS multibyte_premade_despite_squatting
+  FROM evstream._partitions(('shared.' || quote_ident(repeat('ö', 23)))::regclass) WHERE NOT is_default AND hi > now();
 SELECT evstream.drop_topic('shared.vs');
 DROP SCHEMA shared CASCADE;
 

@@ -136,6 +136,69 @@ RESET ROLE;
 SET ROLE regress_tf_user;
 SELECT evstream.drop_transform('t3');
 RESET ROLE;
+-- a transform's group is its owner's own: when the source's owner dropped
+-- it and another role made a group of that name (in one transaction here,
+-- so that no batch re-creates it in between), the batches fail and the
+-- transform pauses, rather than move that role's group
+GRANT SELECT ON sentences TO regress_tf_other;
+SELECT evstream.create_transform('own', 'sentences', 'SELECT key, payload FROM events', 'tf.own_out');
+SELECT wait_for($$SELECT lag_events = 0 FROM evstream.transforms WHERE name = 'own'$$);
+BEGIN;
+SELECT evstream.drop_group('sentences', 'own');
+SET LOCAL ROLE regress_tf_other;
+SELECT count(*) FROM evstream.consume('sentences', 'own', 1);
+COMMIT;
+INSERT INTO sentences (key, payload) VALUES ('s9', '{"text": "after the takeover"}');
+SELECT wait_for($$SELECT paused FROM evstream.transforms WHERE name = 'own'$$, 60);
+SELECT last_error FROM evstream.transforms WHERE name = 'own';
+SELECT owner, committed_id = (SELECT min(id) FROM sentences) AS untouched
+  FROM evstream.consumer_groups WHERE topic = 'sentences'::regclass AND consumer_group = 'own';
+SELECT evstream.drop_transform('own');
+SELECT evstream.drop_group('sentences', 'own');
+-- REASSIGN OWNED and DROP OWNED take a role's transforms and groups along
+CREATE ROLE regress_tf_gone;
+GRANT SELECT ON sentences TO regress_tf_gone;
+GRANT USAGE, CREATE ON SCHEMA tf TO regress_tf_gone;
+SET ROLE regress_tf_gone;
+SELECT evstream.create_transform('gone_tx', 'sentences', 'SELECT key, payload FROM events', 'tf.gone_out');
+SELECT count(*) FROM evstream.consume('sentences', 'gone_group', 1);
+RESET ROLE;
+REASSIGN OWNED BY regress_tf_gone TO regress_tf_other;
+SELECT name, owner FROM evstream._transform WHERE name = 'gone_tx';
+SELECT consumer_group, owner FROM evstream.consumer_groups
+ WHERE topic = 'sentences'::regclass AND consumer_group IN ('gone_tx', 'gone_group') ORDER BY 1;
+DROP OWNED BY regress_tf_other;
+SELECT count(*) AS transforms_left FROM evstream._transform WHERE name = 'gone_tx';
+SELECT count(*) AS groups_left FROM evstream._group WHERE consumer_group IN ('gone_tx', 'gone_group');
+DROP OWNED BY regress_tf_gone;
+DROP ROLE regress_tf_gone;
+-- a transform whose owner was dropped (nothing PostgreSQL tracks held the
+-- role: it read and wrote through PUBLIC grants) pauses, and the owner of
+-- its source may drop it
+CREATE ROLE regress_tf_orphan;
+SET ROLE regress_tf_user;
+SELECT evstream.create_topic('tf.osrc');
+SELECT evstream.create_topic('tf.odst');
+GRANT USAGE ON SCHEMA tf TO PUBLIC;
+GRANT SELECT ON tf.osrc TO PUBLIC;
+GRANT INSERT ON tf.odst TO PUBLIC;
+RESET ROLE;
+SET ROLE regress_tf_orphan;
+SELECT evstream.create_transform('orphan_tx', 'tf.osrc', 'SELECT key, payload FROM events', 'tf.odst');
+RESET ROLE;
+DROP ROLE regress_tf_orphan;
+INSERT INTO tf.osrc (key, payload) VALUES ('o1', '{}');
+SELECT wait_for($$SELECT paused FROM evstream.transforms WHERE name = 'orphan_tx'$$, 60);
+SELECT last_error FROM evstream.transforms WHERE name = 'orphan_tx';
+SELECT count(*) AS outputs FROM tf.odst;
+SET ROLE regress_tf_other;
+SELECT evstream.drop_transform('orphan_tx');
+\echo :LAST_ERROR_SQLSTATE
+SET ROLE regress_tf_user;
+SELECT evstream.drop_transform('orphan_tx');
+RESET ROLE;
+SELECT count(*) AS orphan_groups FROM evstream._group WHERE consumer_group = 'orphan_tx';
+REVOKE SELECT ON sentences FROM regress_tf_other;
 DROP SCHEMA tf CASCADE;
 REVOKE SELECT ON sentences FROM regress_tf_user;
 DROP ROLE regress_tf_user, regress_tf_other;

@@ -187,6 +187,8 @@ typedef struct EvsShardState
 
 extern bool EvsGroupLookup(Oid topic, const char *name, EvsGroup *g);
 extern bool EvsGroupOpen(Oid topic, const char *name, bool create, bool nowait, EvsGroup *g);
+extern void EvsDropOwnedGroups(Oid role);
+extern void EvsReassignGroups(Oid role, Oid newrole);
 extern bool EvsTryLockShard(EvsGroup *g, int shard);
 extern void EvsLockShard(EvsGroup *g, int shard);
 extern void EvsUnlockShard(EvsGroup *g, int shard);
@@ -208,6 +210,8 @@ extern int	evs_transform_max_attempts;
 extern int	evs_max_transform_workers;
 extern PGDLLEXPORT void EvsTransformWorkerMain(Datum arg);
 extern void EvsTransformWorkersCheck(EvsDatabase *db);
+extern void EvsDropOwnedTransforms(Oid role);
+extern void EvsReassignTransforms(Oid role, Oid newrole);
 
 /* waits.c */
 extern Size EvsWaitsShmemSize(void);

@@ -68,6 +68,16 @@ static EvsPlan plan_group_create = {
 	"VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
 	3, {REGCLASSOID, TEXTOID, REGROLEOID}
 };
+static EvsPlan plan_owned_by = {
+	"SELECT g.topic::pg_catalog.oid, g.consumer_group FROM evstream._group g "
+	"WHERE g.owner::pg_catalog.oid OPERATOR(pg_catalog.=) $1 LIMIT 1",
+	1, {OIDOID}
+};
+static EvsPlan plan_reassign = {
+	"UPDATE evstream._group g SET owner = $2::pg_catalog.regrole "
+	"WHERE g.owner::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
+	2, {OIDOID, OIDOID}
+};
 static EvsPlan plan_states = {
 	"SELECT s.shard, p.version, p.committed_id, l.member, l.expires_at "
 	"FROM pg_catalog.generate_series($2, $3) s(shard) "
@@ -491,6 +501,56 @@ EvsDropGroup(EvsGroup *g)
 	evs_exec(&plan_drop, values, NULL, SPI_OK_DELETE);
 	evs_su_end(&su);
 	EvsForgetAttempts(g->id);
+}
+
+/*
+ * DROP OWNED BY (guards.c, for roles the caller may act for): the role's
+ * groups in this database go, each once no transaction holds its shards.
+ */
+void
+EvsDropOwnedGroups(Oid role)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	for (;;)
+	{
+		Datum		values[1] = {ObjectIdGetDatum(role)};
+		EvsSu		su;
+		Oid			topic = InvalidOid;
+		char	   *name = NULL;
+		EvsGroup	g;
+
+		CHECK_FOR_INTERRUPTS();
+		evs_su_begin(&su);
+		evs_exec(&plan_owned_by, values, NULL, SPI_OK_SELECT);
+		if (SPI_processed > 0)
+		{
+			bool		isnull;
+
+			topic = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+			name = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+		}
+		evs_su_end(&su);
+		if (name == NULL)
+			break;
+		if (EvsGroupLookup(topic, name, &g))
+		{
+			EvsLockAllShards(&g, false);
+			EvsDropGroup(&g);
+		}
+	}
+}
+
+/* REASSIGN OWNED BY (guards.c): the role's groups become newrole's */
+void
+EvsReassignGroups(Oid role, Oid newrole)
+{
+	Datum		values[2] = {ObjectIdGetDatum(role), ObjectIdGetDatum(newrole)};
+	EvsSu		su;
+
+	evs_su_begin(&su);
+	evs_exec(&plan_reassign, values, NULL, SPI_OK_UPDATE);
+	evs_su_end(&su);
 }
 
 /*

@@ -539,6 +539,46 @@ evs_check_utility(Node *stmt)
 		/* (it may drop the extension itself: workers wait, extension.c) */
 		(void) EvsLockExtensionExclusive();
 		evs_drop_topics_aggregates(InvalidOid, roles, dos->behavior == DROP_CASCADE);
+
+		/*
+		 * The roles' transforms and consumer groups in this database go
+		 * too: PostgreSQL knows nothing of them (no pg_shdepend entries),
+		 * and left behind they would name a role that may be dropped next.
+		 */
+		foreach(lc, roles)
+		{
+			EvsDropOwnedTransforms(lfirst_oid(lc));
+			EvsDropOwnedGroups(lfirst_oid(lc));
+		}
+	}
+	else if (IsA(stmt, ReassignOwnedStmt))
+	{
+		ReassignOwnedStmt *ros = (ReassignOwnedStmt *) stmt;
+		Oid			newrole = get_rolespec_oid(ros->newrole, true);
+		List	   *roles = NIL;
+		ListCell   *lc;
+
+		/*
+		 * REASSIGN OWNED BY gives the roles' transforms and consumer groups
+		 * in this database to the new owner, as PostgreSQL does their
+		 * objects; only for a caller PostgreSQL lets do it (it checks
+		 * again, and its refusal rolls this back).
+		 */
+		if (!OidIsValid(newrole) || !has_privs_of_role(GetUserId(), newrole))
+			return;
+		foreach(lc, ros->roles)
+		{
+			Oid			role = get_rolespec_oid(lfirst(lc), true);
+
+			if (!OidIsValid(role) || !has_privs_of_role(GetUserId(), role))
+				return;
+			roles = lappend_oid(roles, role);
+		}
+		foreach(lc, roles)
+		{
+			EvsReassignTransforms(lfirst_oid(lc), newrole);
+			EvsReassignGroups(lfirst_oid(lc), newrole);
+		}
 	}
 	else if (IsA(stmt, GrantStmt))
 		evs_check_grant((GrantStmt *) stmt);

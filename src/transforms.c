@@ -69,6 +69,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
 #include "utils/memutils.h"
 #include "utils/plancache.h"
 #include "utils/snapmgr.h"
@@ -162,7 +163,13 @@ evs_require_transform_owner(const char *name, Oid *source, TimestampTz *created)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("transform \"%s\" does not exist", name)));
-	if (!has_privs_of_role(GetUserId(), owner))
+	/*
+	 * A transform whose owner was dropped (DROP ROLE in another database,
+	 * where DROP OWNED could not see it) is left to its source's owner.
+	 */
+	if (!has_privs_of_role(GetUserId(), owner) &&
+		!(!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(owner)) &&
+		  evs_class_ownercheck(*source, GetUserId())))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("must be owner of transform \"%s\"", name),
@@ -268,6 +275,17 @@ evs_transform_cycle(Oid source, Oid output)
 	return n > 0;
 }
 
+/* The transform's group name is another group's */
+static void
+evs_group_taken(Oid source, const char *name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DUPLICATE_OBJECT),
+			 errmsg("topic \"%s\" already has a consumer group \"%s\"", get_rel_name(source), name),
+			 errdetail("A transform consumes its source with a group named after it."),
+			 errhint("Choose another transform name, or drop the group with evstream.drop_group.")));
+}
+
 PG_FUNCTION_INFO_V1(evstream_create_transform);
 
 /*
@@ -309,11 +327,7 @@ evstream_create_transform(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("transform \"%s\" already exists", name)));
 	if (EvsGroupLookup(source, name, &g))
-		ereport(ERROR,
-				(errcode(ERRCODE_DUPLICATE_OBJECT),
-				 errmsg("topic \"%s\" already has a consumer group \"%s\"", get_rel_name(source), name),
-				 errdetail("A transform consumes its source with a group named after it."),
-				 errhint("Choose another transform name, or drop the group with evstream.drop_group.")));
+		evs_group_taken(source, name);
 	evs_check_query_shape(query);
 	evs_check_query(source, query);
 
@@ -351,27 +365,23 @@ evstream_create_transform(PG_FUNCTION_ARGS)
 				   6, types, values, SPI_OK_INSERT);
 		EvsRestoreUser(&su);
 	}
+	/* another role may have created it since we looked, and committed */
 	(void) EvsGroupOpen(source, name, true, false, &g);
+	if (g.owner != GetUserId())
+		evs_group_taken(source, name);
 	EvsTransformsChangedAtCommit();
 	PG_RETURN_VOID();
 }
 
-PG_FUNCTION_INFO_V1(evstream_drop_transform);
-
-/* evstream.drop_transform(name): the transform and its group */
-Datum
-evstream_drop_transform(PG_FUNCTION_ARGS)
+/* Drop a transform's row and its group (its owner's only) */
+static void
+evs_drop_transform(const char *name, Oid owner, Oid source, TimestampTz created)
 {
-	char	   *name;
-	Oid			source = InvalidOid;
-	TimestampTz created = 0;
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
 	EvsUserState su;
 	EvsGroup	g;
 
-	evs_transform_name(fcinfo, &name);
-	(void) evs_require_transform_owner(name, &source, &created);
 	/* no batch of it in flight, none after we commit */
 	{
 		LOCKTAG		tag;
@@ -385,12 +395,88 @@ evstream_drop_transform(PG_FUNCTION_ARGS)
 			   1, types, values, SPI_OK_DELETE);
 	EvsRestoreUser(&su);
 	EvsTransformsChangedAtCommit();
-	/* its group: waits for a batch in flight (it holds a shard) */
-	if (EvsGroupLookup(source, name, &g))
+	/* its group (not another's of the name): waits for a batch in flight */
+	if (EvsGroupLookup(source, name, &g) && g.owner == owner)
 	{
 		EvsLockAllShards(&g, false);
 		EvsDropGroup(&g);
 	}
+}
+
+/*
+ * DROP OWNED BY (guards.c, for roles the caller may act for): the role's
+ * transforms in this database go, with their groups.
+ */
+void
+EvsDropOwnedTransforms(Oid role)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	for (;;)
+	{
+		Oid			types[1] = {OIDOID};
+		Datum		values[1] = {ObjectIdGetDatum(role)};
+		EvsUserState su;
+		char	   *name = NULL;
+		Oid			source = InvalidOid;
+		TimestampTz created = 0;
+
+		CHECK_FOR_INTERRUPTS();
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		EvsBecomeSuperuser(&su);
+		if (SPI_execute_with_args("SELECT x.name, x.source::pg_catalog.oid, x.created FROM evstream._transform x "
+								  "WHERE x.owner::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
+								  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read evstream._transform");
+		if (SPI_processed > 0)
+		{
+			bool		isnull;
+			HeapTuple	tup = SPI_tuptable->vals[0];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+
+			name = MemoryContextStrdup(cxt, SPI_getvalue(tup, desc, 1));
+			source = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+			created = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
+		}
+		EvsRestoreUser(&su);
+		SPI_finish();
+		if (name == NULL)
+			break;
+		evs_drop_transform(name, role, source, created);
+	}
+}
+
+/* REASSIGN OWNED BY (guards.c): the role's transforms become newrole's */
+void
+EvsReassignTransforms(Oid role, Oid newrole)
+{
+	Oid			types[2] = {OIDOID, OIDOID};
+	Datum		values[2] = {ObjectIdGetDatum(role), ObjectIdGetDatum(newrole)};
+	EvsUserState su;
+
+	EvsBecomeSuperuser(&su);
+	EvsSpiExec("UPDATE evstream._transform x SET owner = $2::pg_catalog.regrole "
+			   "WHERE x.owner::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
+			   2, types, values, SPI_OK_UPDATE);
+	EvsRestoreUser(&su);
+	EvsTransformsChangedAtCommit();
+}
+
+PG_FUNCTION_INFO_V1(evstream_drop_transform);
+
+/* evstream.drop_transform(name): the transform and its group */
+Datum
+evstream_drop_transform(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	Oid			source = InvalidOid;
+	TimestampTz created = 0;
+	Oid			owner;
+
+	evs_transform_name(fcinfo, &name);
+	owner = evs_require_transform_owner(name, &source, &created);
+	evs_drop_transform(name, owner, source, created);
 	PG_RETURN_VOID();
 }
 
@@ -510,6 +596,31 @@ evs_run_batch(EvsTransformJob *j)
 		EvsRestoreUser(&st);
 		SPI_finish();
 		return 0;
+	}
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(j->owner)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the owner of transform \"%s\" was dropped", j->name),
+				 errhint("The owner of its source topic can drop it.")));
+	/*
+	 * The group the batch moves must be the transform owner's own: should
+	 * it have been dropped and another role made one of the name (which
+	 * the topic's owner could then use), the batch fails rather than
+	 * consume and move another's group.  Another open transaction
+	 * creating it: no batch this time.
+	 */
+	{
+		EvsGroup	g;
+
+		if (!EvsGroupOpen(j->source, j->name, true, true, &g))
+		{
+			EvsBudgetEnd();
+			EvsRestoreUser(&st);
+			SPI_finish();
+			return 0;
+		}
+		if (g.owner != j->owner)
+			evs_group_taken(j->source, j->name);
 	}
 	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "transform \"%s\": the batch statement failed", j->name);
