@@ -796,8 +796,15 @@ EvsTopicAggregates(EvsTopic *t)
 	scan = systable_beginscan(rel, InvalidOid, false, NULL, 1, &key);
 	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
-		EvsAggTexts *tx = palloc(sizeof(EvsAggTexts));
-		EvsAggregate *a = evs_read_aggregate(tup, RelationGetDescr(rel), cxt, tx);
+		EvsAggTexts *tx;
+		EvsAggregate *a;
+
+		/* an older catalog's rows have another layout (extension.c) */
+		if (aggs == NIL)
+			EvsRequireCurrentCatalogFor(psprintf("producing to topic \"%s\", which has aggregates,",
+												 get_rel_name(topic)));
+		tx = palloc(sizeof(EvsAggTexts));
+		a = evs_read_aggregate(tup, RelationGetDescr(rel), cxt, tx);
 
 		/* the texts, until compiled below (not in the cache's context) */
 		a->expr = (ExprState *) tx;

@@ -100,6 +100,7 @@ evs_consumer_args(FunctionCallInfo fcinfo, const char *fn, char **group)
 	*group = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	EvsCheckName("consumer_group", *group);
 	(void) EvsRequireTopic(topic, fn);
+	EvsRequireCurrentCatalog(fn);
 	EvsRequirePrivilege(topic, ACL_SELECT);
 	return topic;
 }

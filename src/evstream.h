@@ -394,6 +394,7 @@ extern bool EvsLockExtensionExclusive(void);
 extern Oid	EvsCatalogRelid(EvsCatalogRel which);
 extern bool EvsCatalogIsCurrent(char **installed);
 extern void EvsRequireCurrentCatalog(const char *fn);
+extern void EvsRequireCurrentCatalogFor(const char *what);
 
 /* util.c */
 typedef struct EvsUserState

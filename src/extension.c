@@ -55,6 +55,8 @@ typedef enum
 } ExtState;
 
 static ExtState ext_state = EXT_UNKNOWN;
+static int	ext_current = -1;	/* catalog is the library's version: 1/0,
+								 * -1: not known (reset with ext_state) */
 static Oid	ext_oid = InvalidOid;
 static Oid	ext_relids[EVS_NUM_CATALOG_RELS];
 
@@ -66,13 +68,20 @@ static void
 evs_ext_syscache_cb(Datum arg, int cacheid, uint32 hashvalue)
 {
 	ext_state = EXT_UNKNOWN;
+	ext_current = -1;
 }
 
 static void
 evs_ext_relcache_cb(Datum arg, Oid relid)
 {
-	if (!OidIsValid(relid) || relid == ext_relids[EVS_REL_TOPIC])
-		ext_state = EXT_UNKNOWN;
+	/* (ALTER EXTENSION evstream UPDATE alters some of these) */
+	for (int i = 0; i < EVS_NUM_CATALOG_RELS; i++)
+		if (!OidIsValid(relid) || relid == ext_relids[i])
+		{
+			ext_state = EXT_UNKNOWN;
+			ext_current = -1;
+			break;
+		}
 }
 
 void
@@ -123,6 +132,7 @@ EvsExtensionPresent(void)
 		 * half made (or half updated), so look without caching what we see.
 		 */
 		ext_state = EXT_UNKNOWN;
+		ext_current = -1;
 		return evs_ext_lookup() == EXT_PRESENT && CurrentExtensionObject != ext_oid;
 	}
 	if (ext_state == EXT_UNKNOWN)
@@ -204,18 +214,32 @@ EvsCatalogRelid(EvsCatalogRel which)
  * Refuse fn while the catalog is older than the library (between the
  * installation of a new version and ALTER EXTENSION evstream UPDATE): the
  * functions that create or configure objects write the new catalog's
- * columns.  Producing keeps working meanwhile.
+ * columns, the consumers' functions read them, and producing to a topic
+ * that has aggregates would count into the old catalog's layout.
+ * Producing to other topics keeps working meanwhile.  Cheap: the answer is
+ * cached until our catalog's relations or the schema change.
  */
 void
 EvsRequireCurrentCatalog(const char *fn)
 {
+	EvsRequireCurrentCatalogFor(psprintf("evstream.%s", fn));
+}
+
+/* The same, for work described by what ("INSERT into topic ...") */
+void
+EvsRequireCurrentCatalogFor(const char *what)
+{
 	char	   *installed = NULL;
 
+	if (ext_current < 0 || ext_state != EXT_PRESENT)
+		ext_current = EvsCatalogIsCurrent(NULL) ? 1 : 0;
+	if (ext_current == 1)
+		return;
 	if (!EvsCatalogIsCurrent(&installed))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("evstream.%s needs the evstream %s catalog, this database has %s",
-						fn, EVS_VERSION, installed ? installed : "none"),
+				 errmsg("%s needs the evstream %s catalog, this database has %s",
+						what, EVS_VERSION, installed ? installed : "none"),
 				 errhint("Run ALTER EXTENSION evstream UPDATE.")));
 }
 

@@ -362,6 +362,8 @@ evstream_next_id(PG_FUNCTION_ARGS)
 
 		if (acl != ACLCHECK_OK)
 			aclcheck_error(acl, OBJECT_TABLE, get_rel_name(topic));
+		/* refused before an id is taken, on an older catalog (catalog.c) */
+		(void) EvsTopicAggregates(t);
 		evs_publish(topic, t->seqrelid, t->notify, PG_INT64_MAX,
 					evs_recent_take(topic, t->seqrelid));
 	}

@@ -158,6 +158,18 @@ is($node->safe_psql('upd', $snap{events}), $before{events}, 'and the events are 
 	my ($rc, $out, $err) = $node->psql('upd', q{SELECT evstream.create_topic('too_early')});
 	like($err, qr/evstream\.create_topic needs the evstream 0\.2 catalog, this database has 0\.1.*HINT:  Run ALTER EXTENSION evstream UPDATE/s,
 		'before the update, create_topic refuses with a hint to update');
+	# producing to a topic with aggregates would count into the 0.1
+	# catalog's layout (it crashed the server): refused, as is consuming
+	($rc, $out, $err) = $node->psql('upd', q{SET ROLE alice; INSERT INTO ev (key) VALUES ('too_early')});
+	like($err, qr/producing to topic "ev", which has aggregates, needs the evstream 0\.2 catalog, this database has 0\.1.*HINT:  Run ALTER EXTENSION evstream UPDATE/s,
+		'before the update, an INSERT into a topic with aggregates is refused with the hint');
+	($rc, $out, $err) = $node->psql('upd', "SET ROLE alice;\nCOPY ev (key) FROM STDIN;\ntoo_early\n\\.\n");
+	like($err, qr/producing to topic "ev", which has aggregates, needs the evstream 0\.2 catalog/,
+		'and so is a COPY');
+	($rc, $out, $err) = $node->psql('upd', q{SET ROLE alice; SELECT * FROM evstream.consume('ev', 'too_early')});
+	like($err, qr/evstream\.consume needs the evstream 0\.2 catalog, this database has 0\.1/,
+		'consume refuses with the hint');
+	is($node->safe_psql('upd', 'SELECT 1'), '1', 'the server is up');
 }
 my $log_pos = length(slurp_file($node->logfile));
 
