@@ -15,24 +15,15 @@
  *	  transaction is still open.  The protocol:
  *
  *	  Writer, on its transaction's first id from topic T:
- *		W1. L := a value the sequence has already handed out, or 0: the
- *			last id this backend took from T, when it took one within the
- *			last second (evs_recent_take: no shared read at all), else the
- *			last value of T's sequence, read from its page under the
- *			buffer lock.  Either way every id handed out from now on is
- *			> L, because a topic's sequence only moves forward (guards.c
- *			refuses setval backwards, ALTER SEQUENCE and TRUNCATE ...
- *			RESTART IDENTITY on it);
+ *		W1. L := last value of T's sequence, read from the sequence page
+ *			under its buffer lock (the current value, not an older lower
+ *			bound such as the backend's last id: a lagging L would make
+ *			readers see the stable id go back, below ids consumers were
+ *			already given, which commit() then refuses);
  *		W2. store min_id[i] := L + 1, write barrier, store relid[i] := T,
  *			write barrier, store nused := i + 1 in the backend's shared slot,
  *			full barrier;
- *		W3. take ids with nextval (each > L, hence >= min_id[i]); right
- *			after the first, X, store min_id[i] := X (every id of ours is
- *			>= X, so the entry stays a lower bound of them, and holds back
- *			no other transaction's ids below X once that store is done:
- *			an L from the backend's last take lags the sequence, and
- *			readers in between see a lower stable id for that moment, never
- *			a higher one).
+ *		W3. take ids with nextval (each > L, hence >= min_id[i]).
  *	  At COMMIT/ABORT (after ProcArrayEndTransaction: the rows are already
  *	  visible to new snapshots, or will never be) the slot is cleared.
  *
@@ -48,8 +39,7 @@
  *	  W's nextval for X came before R1 in the sequence's buffer-lock order.
  *	  W published its slot (W2) before that nextval, and the buffer lock
  *	  release/acquire chain orders W2 before R2, so R2 saw relid = T and
- *	  min_id <= X (L + 1 or W's first id, each <= X; min_id is written
- *	  before relid, relid before nused;
+ *	  min_id <= X (min_id is written before relid, relid before nused;
  *	  a reader that read an older nused read it before W2 completed, hence
  *	  before W's nextval, so X > H — not our case).  Then stable <= X - 1,
  *	  a contradiction.  A slot being cleared or reused concurrently can only
@@ -98,7 +88,6 @@
 #include "utils/fmgrprotos.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
-#include "utils/timestamp.h"
 
 #include "evstream.h"
 
@@ -107,73 +96,12 @@ static Oid	xact_topics[EVS_MAX_XACT_TOPICS];
 static bool xact_notify[EVS_MAX_XACT_TOPICS];
 static Oid	xact_seq[EVS_MAX_XACT_TOPICS];
 static int64 xact_supplied_max[EVS_MAX_XACT_TOPICS];	/* replication */
-static int64 xact_last_id[EVS_MAX_XACT_TOPICS]; /* last nextval, 0: none */
 static int	xact_ntopics = 0;
 static bool xact_deltas = false;	/* this transaction wrote aggregate deltas */
 static bool xact_register_db = false; /* CREATE EXTENSION committing */
 static bool xact_transforms = false;	/* transforms created/resumed/dropped */
 
 static EvsDatabase *my_db = NULL;
-
-/*
- * The last id this backend took from recently produced topics, and when
- * (statement start): step W1's L without reading the sequence's page.
- */
-#define EVS_RECENT_TAKES 8
-#define EVS_RECENT_TAKE_USECS 1000000	/* older than this: read the page */
-typedef struct EvsRecentTake
-{
-	Oid			topic;
-	Oid			seqrelid;
-	int64		id;
-	TimestampTz at;
-} EvsRecentTake;
-static EvsRecentTake recent_takes[EVS_RECENT_TAKES];
-
-/* The last id this backend took from the topic within the last second, or 0 */
-static int64
-evs_recent_take(Oid topic, Oid seqrelid)
-{
-	TimestampTz now = GetCurrentStatementStartTimestamp();
-
-	for (int i = 0; i < EVS_RECENT_TAKES; i++)
-	{
-		EvsRecentTake *r = &recent_takes[i];
-
-		if (r->topic == topic && r->seqrelid == seqrelid && r->id > 0 &&
-			now >= r->at && now - r->at <= EVS_RECENT_TAKE_USECS)
-			return r->id;
-	}
-	return 0;
-}
-
-/* At transaction end: remember the last id taken from each topic */
-static void
-evs_remember_takes(void)
-{
-	TimestampTz now = GetCurrentStatementStartTimestamp();
-
-	for (int i = 0; i < xact_ntopics; i++)
-	{
-		EvsRecentTake *r = NULL;
-
-		if (xact_last_id[i] <= 0)
-			continue;
-		for (int j = 0; j < EVS_RECENT_TAKES && r == NULL; j++)
-			if (recent_takes[j].topic == xact_topics[i])
-				r = &recent_takes[j];
-		for (int j = 0; j < EVS_RECENT_TAKES && r == NULL; j++)
-			if (!OidIsValid(recent_takes[j].topic) ||
-				now - recent_takes[j].at > EVS_RECENT_TAKE_USECS)
-				r = &recent_takes[j];
-		if (r == NULL)
-			r = &recent_takes[(xact_topics[i] + i) % EVS_RECENT_TAKES];
-		r->topic = xact_topics[i];
-		r->seqrelid = xact_seq[i];
-		r->id = xact_last_id[i];
-		r->at = now;
-	}
-}
 
 /*
  * The last value handed out by a sequence (0 if none), read from its page
@@ -295,11 +223,10 @@ evs_already_marked(EvsDatabase *db, bool deltas)
 
 /*
  * Publish the slot for a topic (steps W1-W2).  cap bounds the lower bound
- * from above, for ids that are supplied rather than taken (replication);
- * taken is an id the sequence handed out already (0: read its page).
+ * from above, for ids that are supplied rather than taken (replication).
  */
 static void
-evs_publish(Oid topic, Oid seqrelid, bool notify, int64 cap, int64 taken)
+evs_publish(Oid topic, Oid seqrelid, bool notify, int64 cap)
 {
 	EvsBackendSlot *slot = &evs_shared->slots[EVS_MY_PROCNO];
 	int			i = xact_ntopics;
@@ -313,13 +240,10 @@ evs_publish(Oid topic, Oid seqrelid, bool notify, int64 cap, int64 taken)
 				 errhint("Split the transaction.")));
 
 	/*
-	 * Reading the page: with the lock nextval() takes next, kept (its lock
-	 * request is then a local re-grant, nothing is released and taken
-	 * again per row).
+	 * The lock nextval() takes next, kept: its lock request is then a
+	 * local re-grant, and nothing is released and taken again per row.
 	 */
-	if (taken <= 0)
-		taken = evs_sequence_last_value(seqrelid, RowExclusiveLock, true);
-	low = Min(taken + 1, cap);
+	low = Min(evs_sequence_last_value(seqrelid, RowExclusiveLock, true) + 1, cap);
 	if (low < 1)
 		low = 1;
 	if (pg_atomic_read_u32(&slot->dboid) != MyDatabaseId)
@@ -334,7 +258,6 @@ evs_publish(Oid topic, Oid seqrelid, bool notify, int64 cap, int64 taken)
 	xact_notify[i] = notify;
 	xact_seq[i] = seqrelid;
 	xact_supplied_max[i] = 0;
-	xact_last_id[i] = 0;
 	xact_ntopics = i + 1;
 }
 
@@ -353,7 +276,7 @@ evstream_next_id(PG_FUNCTION_ARGS)
 	/* fast path: every row after the transaction's first for this topic */
 	for (i = xact_ntopics - 1; i >= 0; i--)
 		if (xact_topics[i] == topic)
-			PG_RETURN_INT64(xact_last_id[i] = nextval_internal(xact_seq[i], false));
+			PG_RETURN_INT64(nextval_internal(xact_seq[i], false));
 
 	t = EvsRequireTopic(topic, "_next_id");
 	{
@@ -364,20 +287,9 @@ evstream_next_id(PG_FUNCTION_ARGS)
 			aclcheck_error(acl, OBJECT_TABLE, get_rel_name(topic));
 		/* refused before an id is taken, on an older catalog (catalog.c) */
 		(void) EvsTopicAggregates(t);
-		evs_publish(topic, t->seqrelid, t->notify, PG_INT64_MAX,
-					evs_recent_take(topic, t->seqrelid));
+		evs_publish(topic, t->seqrelid, t->notify, PG_INT64_MAX);
 	}
-	{
-		int64		id = nextval_internal(t->seqrelid, false);
-		EvsBackendSlot *slot = &evs_shared->slots[EVS_MY_PROCNO];
-
-		/* step W3: the entry follows our first id (a single atomic store) */
-		i = xact_ntopics - 1;
-		if ((uint64) id > pg_atomic_read_u64(&slot->min_id[i]))
-			pg_atomic_write_u64(&slot->min_id[i], (uint64) id);
-		xact_last_id[i] = id;
-		PG_RETURN_INT64(id);
-	}
+	PG_RETURN_INT64(nextval_internal(t->seqrelid, false));
 }
 
 /*
@@ -419,7 +331,7 @@ EvsNoteSuppliedIds(Relation rel, TupleTableSlot **slots, int nslots)
 			break;
 	if (k < 0)
 	{
-		evs_publish(t->topic, t->seqrelid, t->notify, lo, 0);
+		evs_publish(t->topic, t->seqrelid, t->notify, lo);
 		k = xact_ntopics - 1;
 	}
 	xact_supplied_max[k] = Max(xact_supplied_max[k], hi);
@@ -671,7 +583,6 @@ EvsOffsetsAtEnd(bool committed, bool aborted)
 	if (xact_ntopics > 0)
 	{
 		evs_clear_slot();
-		evs_remember_takes();
 		if (committed || aborted)
 			for (int i = 0; i < xact_ntopics; i++)
 				EvsWakeWaiters(xact_topics[i]);
