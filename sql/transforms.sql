@@ -74,6 +74,18 @@ SELECT evstream.create_transform('t2', 'sentences', 'SELECT key, payload FROM ev
 -- a cycle through another transform
 SELECT evstream.create_transform('t2', 'loud', 'SELECT key, payload FROM events', 'sentences');
 \echo :LAST_ERROR_SQLSTATE
+-- cycles through an aggregate's output topic: a transform feeding the
+-- aggregate's topic, and an aggregate feeding a transform's source, or
+-- another aggregate's topic; nothing is created
+SELECT evstream.create_aggregate('loop_counts', 'loud', output_topic => 'loop_changes');
+SELECT evstream.create_transform('t2', 'loop_changes', 'SELECT key, payload FROM events', 'sentences');
+\echo :LAST_ERROR_SQLSTATE
+SELECT evstream.create_aggregate('loop_back', 'loop_changes', output_topic => 'sentences');
+\echo :LAST_ERROR_SQLSTATE
+SELECT evstream.create_aggregate('loop_back', 'loop_changes', output_topic => 'loud');
+\echo :LAST_ERROR_SQLSTATE
+SELECT to_regclass('loop_back') AS view, (SELECT count(*) FROM evstream._transform WHERE name = 't2') AS transforms;
+SELECT evstream.drop_aggregate('loop_counts');
 CREATE TABLE plain (x int);
 SELECT evstream.create_transform('t2', 'sentences', 'SELECT key, payload FROM events', 'plain');
 \echo :LAST_ERROR_SQLSTATE

@@ -2176,6 +2176,11 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("output_topic must differ from the aggregate's topic \"%s\"", get_rel_name(topic))));
+		if (EvsTopicFeeds(output, topic))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("aggregate \"%s\" would feed its own topic \"%s\"", name, get_rel_name(topic)),
+					 errdetail("Its output topic leads through transforms or aggregates to its topic.")));
 	}
 
 	/* producers wait while we register and backfill: nothing is missed */
@@ -2791,25 +2796,25 @@ evs_read_def(HeapTuple tup, TupleDesc desc, bool measures)
 	bool		isnull;
 	Datum		v;
 
-	d->id = DatumGetInt32(heap_getattr(tup, EVS_AGG_ID, desc, &isnull));
-	d->view = DatumGetObjectId(heap_getattr(tup, EVS_AGG_VIEW, desc, &isnull));
+	d->id = DatumGetInt32(EvsGetAttr(tup, EVS_AGG_ID, desc, &isnull));
+	d->view = DatumGetObjectId(EvsGetAttr(tup, EVS_AGG_VIEW, desc, &isnull));
 	EvsAggregateWindows(tup, desc, CurrentMemoryContext, &d->w);
 	if (d->w.bucket)
 	{
-		v = heap_getattr(tup, EVS_AGG_RETENTION, desc, &isnull);
+		v = EvsGetAttr(tup, EVS_AGG_RETENTION, desc, &isnull);
 		if (!isnull)
 		{
 			d->retention_usecs = EvsIntervalUsecs(DatumGetIntervalP(v), "window_retention");
 			d->has_retention = true;
 		}
-		v = heap_getattr(tup, EVS_AGG_FINALIZED, desc, &isnull);
+		v = EvsGetAttr(tup, EVS_AGG_FINALIZED, desc, &isnull);
 		d->has_finalized = !isnull;
 		d->finalized_upto = isnull ? 0 : DatumGetTimestampTz(v);
 	}
-	v = heap_getattr(tup, EVS_AGG_OUTPUT, desc, &isnull);
+	v = EvsGetAttr(tup, EVS_AGG_OUTPUT, desc, &isnull);
 	d->output_topic = isnull ? InvalidOid : DatumGetObjectId(v);
-	d->notify = DatumGetBool(heap_getattr(tup, EVS_AGG_NOTIFY, desc, &isnull));
-	v = heap_getattr(tup, EVS_AGG_EMIT, desc, &isnull);
+	d->notify = DatumGetBool(EvsGetAttr(tup, EVS_AGG_NOTIFY, desc, &isnull));
+	v = EvsGetAttr(tup, EVS_AGG_EMIT, desc, &isnull);
 	d->final = !isnull && strcmp(TextDatumGetCString(v), "final") == 0;
 
 	if (measures)

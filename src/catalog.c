@@ -332,11 +332,11 @@ evs_topic_row(Oid topic, bool *notify, int *shards)
 	if (HeapTupleIsValid(tup))
 	{
 		bool		isnull;
-		Datum		d = heap_getattr(tup, 4, RelationGetDescr(rel), &isnull);
+		Datum		d = EvsGetAttr(tup, 4, RelationGetDescr(rel), &isnull);
 
 		*notify = !isnull && DatumGetBool(d);
 		/* column 6: shards (0.2; a 0.1 row has none) */
-		d = heap_getattr(tup, 6, RelationGetDescr(rel), &isnull);
+		d = EvsGetAttr(tup, 6, RelationGetDescr(rel), &isnull);
 		*shards = isnull ? 1 : DatumGetInt32(d);
 		found = true;
 	}
@@ -463,7 +463,7 @@ EvsAllTopics(void)
 	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
 		bool		isnull;
-		Oid			topic = DatumGetObjectId(heap_getattr(tup, 1, RelationGetDescr(rel), &isnull));
+		Oid			topic = DatumGetObjectId(EvsGetAttr(tup, 1, RelationGetDescr(rel), &isnull));
 
 		if (!isnull && SearchSysCacheExists1(RELOID, ObjectIdGetDatum(topic)))
 			topics = lappend_oid(topics, topic);
@@ -499,6 +499,35 @@ EvsGroupRowPending(Oid topic, const char *name)
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
 	return found;
+}
+
+/*
+ * Does topic `from` feed topic `to`: is it `to`, or the source of a
+ * transform or the topic of an aggregate whose output topic does, over
+ * every role's transforms and aggregates?  A transform or an aggregate
+ * with an output topic that feeds its own input would loop forever.
+ */
+bool
+EvsTopicFeeds(Oid from, Oid to)
+{
+	Oid			types[2] = {OIDOID, OIDOID};
+	Datum		values[2] = {ObjectIdGetDatum(from), ObjectIdGetDatum(to)};
+	bool		isnull;
+	EvsUserState su;
+	int64		n;
+
+	if (from == to)
+		return true;
+	EvsBecomeSuperuser(&su);
+	n = EvsSpiInt64("WITH RECURSIVE e(src, dst) AS ("
+					"SELECT x.source::pg_catalog.oid, x.output_topic::pg_catalog.oid FROM evstream._transform x "
+					"UNION ALL SELECT a.topic::pg_catalog.oid, a.output_topic::pg_catalog.oid "
+					"FROM evstream._aggregate a WHERE a.output_topic IS NOT NULL), "
+					"r(t) AS (SELECT $1 UNION SELECT e.dst FROM e JOIN r ON e.src OPERATOR(pg_catalog.=) r.t) "
+					"SELECT pg_catalog.count(*) FROM r WHERE r.t OPERATOR(pg_catalog.=) $2",
+					2, types, values, &isnull);
+	EvsRestoreUser(&su);
+	return n > 0;
 }
 
 /* The topic a relation belongs to (itself or its parent), or InvalidOid */
@@ -625,7 +654,7 @@ static int
 evs_aggregate_array(HeapTuple tup, TupleDesc desc, int att, Oid elemtype, Datum **elems)
 {
 	bool		isnull;
-	Datum		d = heap_getattr(tup, att, desc, &isnull);
+	Datum		d = EvsGetAttr(tup, att, desc, &isnull);
 	int16		typlen;
 	bool		typbyval;
 	char		typalign;
@@ -664,7 +693,7 @@ EvsAggregateMeasures(HeapTuple tup, TupleDesc desc, int text_att, EvsMeasureKind
 		bool		isnull;
 
 		elog(ERROR, "evstream: aggregate %d has inconsistent measures",
-			 DatumGetInt32(heap_getattr(tup, EVS_AGG_ID, desc, &isnull)));
+			 DatumGetInt32(EvsGetAttr(tup, EVS_AGG_ID, desc, &isnull)));
 	}
 	for (i = 0; i < n; i++)
 	{
@@ -684,7 +713,7 @@ void
 EvsAggregateWindows(HeapTuple tup, TupleDesc desc, MemoryContext cxt, EvsWindows *w)
 {
 	bool		isnull;
-	Datum		d = heap_getattr(tup, EVS_AGG_BUCKET, desc, &isnull);
+	Datum		d = EvsGetAttr(tup, EVS_AGG_BUCKET, desc, &isnull);
 
 	memset(w, 0, sizeof(EvsWindows));
 	if (isnull)
@@ -693,10 +722,10 @@ EvsAggregateWindows(HeapTuple tup, TupleDesc desc, MemoryContext cxt, EvsWindows
 	memcpy(w->bucket, DatumGetPointer(d), sizeof(Interval));
 	w->bucket_usecs = EvsBucketUsecs(w->bucket, "bucket");
 	w->hop_usecs = w->bucket_usecs;
-	d = heap_getattr(tup, EVS_AGG_HOP, desc, &isnull);
+	d = EvsGetAttr(tup, EVS_AGG_HOP, desc, &isnull);
 	if (!isnull)
 		w->hop_usecs = EvsBucketUsecs(DatumGetIntervalP(d), "hop");
-	d = heap_getattr(tup, EVS_AGG_GRACE, desc, &isnull);
+	d = EvsGetAttr(tup, EVS_AGG_GRACE, desc, &isnull);
 	if (!isnull)
 		w->grace_usecs = EvsIntervalUsecs(DatumGetIntervalP(d), "grace");
 }
@@ -722,14 +751,14 @@ evs_read_aggregate(HeapTuple tup, TupleDesc desc, MemoryContext cxt, EvsAggTexts
 	int			i;
 	int			slot = 0;
 
-	a->id = DatumGetInt32(heap_getattr(tup, EVS_AGG_ID, desc, &isnull));
-	a->view = DatumGetObjectId(heap_getattr(tup, EVS_AGG_VIEW, desc, &isnull));
-	texts->group_by = TextDatumGetCString(heap_getattr(tup, EVS_AGG_GROUP_BY, desc, &isnull));
+	a->id = DatumGetInt32(EvsGetAttr(tup, EVS_AGG_ID, desc, &isnull));
+	a->view = DatumGetObjectId(EvsGetAttr(tup, EVS_AGG_VIEW, desc, &isnull));
+	texts->group_by = TextDatumGetCString(EvsGetAttr(tup, EVS_AGG_GROUP_BY, desc, &isnull));
 	EvsAggregateWindows(tup, desc, cxt, &a->windows);
-	d = heap_getattr(tup, EVS_AGG_OUTPUT, desc, &isnull);
+	d = EvsGetAttr(tup, EVS_AGG_OUTPUT, desc, &isnull);
 	a->output_topic = isnull ? InvalidOid : DatumGetObjectId(d);
-	a->notify = DatumGetBool(heap_getattr(tup, EVS_AGG_NOTIFY, desc, &isnull));
-	d = heap_getattr(tup, EVS_AGG_EVENT_TIME, desc, &isnull);
+	a->notify = DatumGetBool(EvsGetAttr(tup, EVS_AGG_NOTIFY, desc, &isnull));
+	d = EvsGetAttr(tup, EVS_AGG_EVENT_TIME, desc, &isnull);
 	texts->event_time = isnull ? NULL : TextDatumGetCString(d);
 
 	texts->exprs = palloc0(sizeof(char *) * EVS_MAX_MEASURES);

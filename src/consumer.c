@@ -409,7 +409,8 @@ static void
 evs_dead_letter(EvsRead *r, int64 id, int32 attempts)
 {
 	EvsGroup   *g = &r->g;
-	char	   *topic_text = DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(r->topic)));
+	/* schema-qualified: the same whatever the delivering session's search_path */
+	char	   *topic_text = EvsQualifiedName(r->topic);
 
 	if (OidIsValid(g->dead_letter) && EvsLookupTopic(g->dead_letter)->topic == g->dead_letter)
 	{

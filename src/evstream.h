@@ -188,6 +188,8 @@ typedef struct EvsShardState
 extern bool EvsGroupLookup(Oid topic, const char *name, EvsGroup *g);
 extern bool EvsGroupOpen(Oid topic, const char *name, bool create, bool nowait, EvsGroup *g);
 extern void EvsDropOwnedGroups(Oid role);
+extern void EvsGroupsAfterLocks(void);
+extern void EvsRequireGroupOwner(Oid owner);
 extern void EvsReassignGroups(Oid role, Oid newrole);
 extern bool EvsTryLockShard(EvsGroup *g, int shard);
 extern void EvsLockShard(EvsGroup *g, int shard);
@@ -217,6 +219,8 @@ extern void EvsReassignTransforms(Oid role, Oid newrole);
 extern Size EvsWaitsShmemSize(void);
 extern void EvsWaitsShmemInit(void);
 extern void EvsWakeWaiters(Oid topic);
+extern void EvsWakeAllWaiters(void);
+extern void EvsWaitRecheckAt(TimestampTz t);
 extern void EvsDatabaseWaitBegin(void);
 extern void EvsDatabaseWaitSleep(long timeout_ms);
 extern void EvsDatabaseWaitEnd(void);
@@ -365,6 +369,7 @@ extern EvsTopic *EvsRequireTopic(Oid relid, const char *fn);
 extern Oid	EvsTopicOf(Oid relid);
 extern List *EvsAllTopics(void);
 extern bool EvsGroupRowPending(Oid topic, const char *name);
+extern bool EvsTopicFeeds(Oid from, Oid to);
 extern List *EvsTopicAggregates(EvsTopic *t);
 extern void EvsAggregateWindows(struct HeapTupleData *tup, TupleDesc desc, MemoryContext cxt,
 								EvsWindows *w);
@@ -373,6 +378,23 @@ extern int	EvsAggregateMeasures(struct HeapTupleData *tup, TupleDesc desc, int t
 extern bool EvsIsTopicSequence(Oid seqrelid, Oid *topic);
 extern struct _SPI_plan *EvsTopicPlan(EvsTopic *t, EvsTopicPlanKind kind);
 extern void EvsTopicSetDefaults(EvsTopic *t, Node *id_default, Node *created_default);
+
+/*
+ * heap_getattr for evstream's catalog rows, which may be of an older
+ * catalog layout (a new library before ALTER EXTENSION evstream UPDATE):
+ * a column the relation does not have reads as NULL.  heap_getattr itself
+ * must not be asked for a column beyond the descriptor.
+ */
+static inline Datum
+EvsGetAttr(HeapTuple tup, int attnum, TupleDesc desc, bool *isnull)
+{
+	if (attnum > desc->natts)
+	{
+		*isnull = true;
+		return (Datum) 0;
+	}
+	return heap_getattr(tup, attnum, desc, isnull);
+}
 
 /* extension.c */
 typedef enum EvsCatalogRel

@@ -234,6 +234,19 @@ evs_check_group_owner(EvsGroup *g)
  * holder creating a group of a colliding name holds nobody back.
  * Returns false also when the group does not exist and !create.
  */
+static Oid	required_owner = InvalidOid;
+
+/*
+ * From now on (InvalidOid: no longer), a group opened must belong to
+ * `owner`: a transform's batch (transforms.c) moves only its owner's
+ * group, checked when its consume opens the group, in that statement.
+ */
+void
+EvsRequireGroupOwner(Oid owner)
+{
+	required_owner = owner;
+}
+
 bool
 EvsGroupOpen(Oid topic, const char *name, bool create, bool nowait, EvsGroup *g)
 {
@@ -288,6 +301,12 @@ EvsGroupOpen(Oid topic, const char *name, bool create, bool nowait, EvsGroup *g)
 		}
 	}
 	evs_su_end(&su);
+	if (found && OidIsValid(required_owner) && g->owner != required_owner)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("topic \"%s\" already has a consumer group \"%s\"", get_rel_name(topic), name),
+				 errdetail("The group belongs to role \"%s\", not to the transform's owner.",
+						   GetUserNameFromId(g->owner, true))));
 	if (found)
 		evs_check_group_owner(g);
 	return found;
@@ -299,6 +318,41 @@ evs_shard_tag(LOCKTAG *tag, EvsGroup *g, int shard)
 	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) g->id, (uint32) shard, EVS_LOCK_SHARD);
 }
 
+/*
+ * Topics of which this transaction claimed shards or ended leases: when it
+ * ends, once its locks are released, their long polls are woken (what it
+ * left in a shard, or a rolled back claim, is deliverable again; waits.c).
+ */
+#define EVS_CLAIMED_TOPICS 8
+static Oid	claimed_topics[EVS_CLAIMED_TOPICS];
+static int	nclaimed = 0;
+static bool claimed_overflow = false;
+
+static void
+evs_note_claim(Oid topic)
+{
+	for (int i = 0; i < nclaimed; i++)
+		if (claimed_topics[i] == topic)
+			return;
+	if (nclaimed < EVS_CLAIMED_TOPICS)
+		claimed_topics[nclaimed++] = topic;
+	else
+		claimed_overflow = true;
+}
+
+/* After a top-level transaction released its locks (xact.c) */
+void
+EvsGroupsAfterLocks(void)
+{
+	if (claimed_overflow)
+		EvsWakeAllWaiters();
+	else
+		for (int i = 0; i < nclaimed; i++)
+			EvsWakeWaiters(claimed_topics[i]);
+	nclaimed = 0;
+	claimed_overflow = false;
+}
+
 /* Claim a shard for this transaction without waiting */
 bool
 EvsTryLockShard(EvsGroup *g, int shard)
@@ -306,7 +360,10 @@ EvsTryLockShard(EvsGroup *g, int shard)
 	LOCKTAG		tag;
 
 	evs_shard_tag(&tag, g, shard);
-	return LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
+	if (LockAcquire(&tag, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+		return false;
+	evs_note_claim(g->topic);
+	return true;
 }
 
 /* Claim a shard for this transaction, waiting for its holder */
@@ -317,6 +374,7 @@ EvsLockShard(EvsGroup *g, int shard)
 
 	evs_shard_tag(&tag, g, shard);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	evs_note_claim(g->topic);
 }
 
 /* Give back a shard this transaction claimed but did not use */
@@ -372,13 +430,19 @@ EvsShardStates(EvsGroup *g, int from, int to, EvsShardState *out)
 	evs_su_end(&su);
 }
 
-/* Is the shard under a live lease of a member other than `member`? */
+/*
+ * Is the shard under a live lease of a member other than `member`?  (A
+ * long poll then looks again when the lease ends, waits.c.)
+ */
 bool
 EvsLeasedByOther(EvsShardState *s, const char *member, TimestampTz now)
 {
 	if (s->member == NULL || !s->has_expiry || s->expires <= now)
 		return false;
-	return member == NULL || strcmp(s->member, member) != 0;
+	if (member != NULL && strcmp(s->member, member) == 0)
+		return false;
+	EvsWaitRecheckAt(s->expires);
+	return true;
 }
 
 /*
@@ -440,6 +504,7 @@ EvsReleaseMember(EvsGroup *g, const char *member)
 	evs_su_begin(&su);
 	evs_exec(&plan_release, values, NULL, SPI_OK_UPDATE);
 	evs_su_end(&su);
+	evs_note_claim(g->topic);
 }
 
 /*

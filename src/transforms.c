@@ -252,29 +252,6 @@ evs_check_query(Oid source, const char *query)
 	SPI_finish();
 }
 
-/* Would output feed back into source through transforms (or be it)? */
-static bool
-evs_transform_cycle(Oid source, Oid output)
-{
-	Oid			types[2] = {OIDOID, OIDOID};
-	Datum		values[2] = {ObjectIdGetDatum(output), ObjectIdGetDatum(source)};
-	bool		isnull;
-	EvsUserState su;
-	int64		n;
-
-	if (source == output)
-		return true;
-	/* every transform, also those of sources the caller cannot read */
-	EvsBecomeSuperuser(&su);
-	n = EvsSpiInt64("WITH RECURSIVE r(t) AS (SELECT $1 UNION "
-					"SELECT x.output_topic::pg_catalog.oid FROM evstream._transform x JOIN r "
-					"ON x.source::pg_catalog.oid OPERATOR(pg_catalog.=) r.t) "
-					"SELECT pg_catalog.count(*) FROM r WHERE r.t OPERATOR(pg_catalog.=) $2",
-					2, types, values, &isnull);
-	EvsRestoreUser(&su);
-	return n > 0;
-}
-
 /* The transform's group name is another group's */
 static void
 evs_group_taken(Oid source, const char *name)
@@ -341,11 +318,11 @@ evstream_create_transform(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 					 errmsg("output topic \"%s\" is not an evstream topic", out_name),
 					 errhint("Name a topic, or a relation that does not exist yet (it is created).")));
-		if (evs_transform_cycle(source, output))
+		if (EvsTopicFeeds(output, source))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("transform \"%s\" would feed its own source \"%s\"", name, get_rel_name(source)),
-					 errdetail("Its output topic is, or leads through other transforms to, its source.")));
+					 errdetail("Its output topic is, or leads through other transforms or aggregates to, its source.")));
 		EvsRequirePrivilege(output, ACL_INSERT);
 	}
 	else
@@ -622,8 +599,11 @@ evs_run_batch(EvsTransformJob *j)
 		if (g.owner != j->owner)
 			evs_group_taken(j->source, j->name);
 	}
+	/* and again when the statement's consume opens it (its snapshot) */
+	EvsRequireGroupOwner(j->owner);
 	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "transform \"%s\": the batch statement failed", j->name);
+	EvsRequireGroupOwner(InvalidOid);
 	EvsBudgetEnd();
 	{
 		bool		isnull;
@@ -758,6 +738,7 @@ evs_transform_step(EvsTransformJob *j)
 		ErrorData  *edata;
 
 		EvsBudgetEnd();
+		EvsRequireGroupOwner(InvalidOid);
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();

@@ -23,6 +23,13 @@
  *	  buffer I/O) has ConditionVariableTimedSleep return at once and looks
  *	  again.  Slots are shared by topics (and databases) of equal hash:
  *	  that costs spurious wake-ups, never lost ones.
+ *	  Events can also become deliverable without a producer: a transaction
+ *	  that claimed shards of a topic (consume, member poll, seek,
+ *	  drop_group) or released a member's leases ends.  It broadcasts too,
+ *	  after its locks are released (groups.c, from xact.c's resource
+ *	  release callback), with the same protocol.  A member's lease that
+ *	  expires wakes nobody: a look that skipped a shard under a live lease
+ *	  (EvsWaitRecheckAt) sleeps no longer than until the lease ends.
  *
  *	  Attempts.  A hash table keyed by (database, group id, shard) holds,
  *	  for the shard's last EVS_ATTEMPT_HEADS delivery positions, the id of
@@ -200,6 +207,32 @@ EvsDatabaseWaitEnd(void)
 	pg_atomic_fetch_sub_u32(&evs_db_wait_slot()->waiters, 1);
 }
 
+/* Wake the long polls of every topic (too many topics to name) */
+void
+EvsWakeAllWaiters(void)
+{
+	if (evs_waits == NULL)
+		return;
+	pg_memory_barrier();
+	for (int i = 0; i < EVS_WAIT_SLOTS + EVS_DB_WAIT_SLOTS; i++)
+		if (pg_atomic_read_u32(&evs_waits->slots[i].waiters) > 0)
+			ConditionVariableBroadcast(&evs_waits->slots[i].cv);
+}
+
+/*
+ * A look found events it may not deliver before `t` (a member's live
+ * lease ends then): the waiter looks again by then, whether or not
+ * anybody wakes it.
+ */
+static TimestampTz wait_recheck_at = 0;
+
+void
+EvsWaitRecheckAt(TimestampTz t)
+{
+	if (wait_recheck_at == 0 || t < wait_recheck_at)
+		wait_recheck_at = t;
+}
+
 /*
  * Waiter side: call look() until it returns true or `timeout_ms` passed;
  * returns look()'s last result.  look() runs at least once after the
@@ -223,6 +256,7 @@ EvsWaitFor(Oid topic, int64 timeout_ms, bool (*look) (void *), void *arg)
 			long		remaining;
 
 			CHECK_FOR_INTERRUPTS();
+			wait_recheck_at = 0;
 			if (look(arg))
 			{
 				found = true;
@@ -231,6 +265,9 @@ EvsWaitFor(Oid topic, int64 timeout_ms, bool (*look) (void *), void *arg)
 			remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 			if (remaining <= 0)
 				break;
+			if (wait_recheck_at != 0)
+				remaining = Min(remaining,
+								TimestampDifferenceMilliseconds(GetCurrentTimestamp(), wait_recheck_at) + 1);
 			(void) ConditionVariableTimedSleep(&slot->cv, remaining, PG_WAIT_EXTENSION);
 		}
 	}

@@ -32,6 +32,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "utils/resowner.h"
 
 #include "evstream.h"
 
@@ -79,9 +80,22 @@ evs_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		EvsCountsAtSubXactEnd(true);
 }
 
+/*
+ * 5. Once a top-level transaction's locks are released: wake the long
+ * polls of topics whose shards it held (groups.c; at COMMIT/ABORT above
+ * the shard locks are still held, and a woken poll could not claim them).
+ */
+static void
+evs_resource_release(ResourceReleasePhase phase, bool isCommit, bool isTopLevel, void *arg)
+{
+	if (phase == RESOURCE_RELEASE_LOCKS && isTopLevel)
+		EvsGroupsAfterLocks();
+}
+
 void
 EvsXactInit(void)
 {
 	RegisterXactCallback(evs_xact_callback, NULL);
 	RegisterSubXactCallback(evs_subxact_callback, NULL);
+	RegisterResourceReleaseCallback(evs_resource_release, NULL);
 }
