@@ -67,6 +67,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "storage/lock.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/typcache.h"
@@ -74,6 +75,8 @@
 #include "utils/lsyscache.h"
 
 #include "evstream.h"
+
+#define EVS_LOCK_TOPIC_GRAPH 0x4546	/* advisory lock field4: not SQL's 1 or 2 */
 
 static HTAB *topic_cache = NULL;
 static MemoryContext topic_cache_cxt = NULL;
@@ -506,6 +509,7 @@ EvsGroupRowPending(Oid topic, const char *name)
  * transform or the topic of an aggregate whose output topic does, over
  * every role's transforms and aggregates?  A transform or an aggregate
  * with an output topic that feeds its own input would loop forever.
+ * Called before a creator adds its edge, which it then must.
  */
 bool
 EvsTopicFeeds(Oid from, Oid to)
@@ -518,6 +522,18 @@ EvsTopicFeeds(Oid from, Oid to)
 
 	if (from == to)
 		return true;
+
+	/*
+	 * Creators of edges serialize here until they commit, so that two of
+	 * them cannot close a loop each unseen by the other: the second looks
+	 * (with a new snapshot) after the first committed its edge.
+	 */
+	{
+		LOCKTAG		tag;
+
+		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 0, EVS_LOCK_TOPIC_GRAPH);
+		(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	}
 	EvsBecomeSuperuser(&su);
 	n = EvsSpiInt64("WITH RECURSIVE e(src, dst) AS ("
 					"SELECT x.source::pg_catalog.oid, x.output_topic::pg_catalog.oid FROM evstream._transform x "

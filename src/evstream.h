@@ -219,7 +219,8 @@ extern void EvsReassignTransforms(Oid role, Oid newrole);
 extern Size EvsWaitsShmemSize(void);
 extern void EvsWaitsShmemInit(void);
 extern void EvsWakeWaiters(Oid topic);
-extern void EvsWakeAllWaiters(void);
+extern void EvsWakeTopicWaiters(Oid topic);
+extern void EvsWakeAllTopicWaiters(void);
 extern void EvsWaitRecheckAt(TimestampTz t);
 extern void EvsDatabaseWaitBegin(void);
 extern void EvsDatabaseWaitSleep(long timeout_ms);
@@ -417,6 +418,7 @@ extern Oid	EvsCatalogRelid(EvsCatalogRel which);
 extern bool EvsCatalogIsCurrent(char **installed);
 extern void EvsRequireCurrentCatalog(const char *fn);
 extern void EvsRequireCurrentCatalogFor(const char *what);
+extern bool EvsCatalogIsCurrentCached(void);
 
 /* util.c */
 typedef struct EvsUserState

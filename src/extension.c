@@ -225,15 +225,22 @@ EvsRequireCurrentCatalog(const char *fn)
 	EvsRequireCurrentCatalogFor(psprintf("evstream.%s", fn));
 }
 
+/* EvsCatalogIsCurrent, cached until evstream's catalog relations change */
+bool
+EvsCatalogIsCurrentCached(void)
+{
+	if (ext_current < 0 || ext_state != EXT_PRESENT)
+		ext_current = EvsCatalogIsCurrent(NULL) ? 1 : 0;
+	return ext_current == 1;
+}
+
 /* The same, for work described by what ("INSERT into topic ...") */
 void
 EvsRequireCurrentCatalogFor(const char *what)
 {
 	char	   *installed = NULL;
 
-	if (ext_current < 0 || ext_state != EXT_PRESENT)
-		ext_current = EvsCatalogIsCurrent(NULL) ? 1 : 0;
-	if (ext_current == 1)
+	if (EvsCatalogIsCurrentCached())
 		return;
 	if (!EvsCatalogIsCurrent(&installed))
 		ereport(ERROR,

@@ -319,9 +319,11 @@ evs_shard_tag(LOCKTAG *tag, EvsGroup *g, int shard)
 }
 
 /*
- * Topics of which this transaction claimed shards or ended leases: when it
- * ends, once its locks are released, their long polls are woken (what it
- * left in a shard, or a rolled back claim, is deliverable again; waits.c).
+ * Topics of which this transaction moved shard positions or set or ended
+ * leases: when it ends, once its locks are released, their long polls are
+ * woken (what it left in a shard, or a rolled back claim, is deliverable
+ * again; waits.c).  A claim that found nothing changes nothing and wakes
+ * nobody.
  */
 #define EVS_CLAIMED_TOPICS 8
 static Oid	claimed_topics[EVS_CLAIMED_TOPICS];
@@ -345,10 +347,10 @@ void
 EvsGroupsAfterLocks(void)
 {
 	if (claimed_overflow)
-		EvsWakeAllWaiters();
+		EvsWakeAllTopicWaiters();
 	else
 		for (int i = 0; i < nclaimed; i++)
-			EvsWakeWaiters(claimed_topics[i]);
+			EvsWakeTopicWaiters(claimed_topics[i]);
 	nclaimed = 0;
 	claimed_overflow = false;
 }
@@ -360,10 +362,7 @@ EvsTryLockShard(EvsGroup *g, int shard)
 	LOCKTAG		tag;
 
 	evs_shard_tag(&tag, g, shard);
-	if (LockAcquire(&tag, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
-		return false;
-	evs_note_claim(g->topic);
-	return true;
+	return LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
 }
 
 /* Claim a shard for this transaction, waiting for its holder */
@@ -374,7 +373,6 @@ EvsLockShard(EvsGroup *g, int shard)
 
 	evs_shard_tag(&tag, g, shard);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
-	evs_note_claim(g->topic);
 }
 
 /* Give back a shard this transaction claimed but did not use */
@@ -459,6 +457,7 @@ EvsSetShardPosition(EvsGroup *g, EvsShardState *s, int64 position)
 	evs_su_begin(&su);
 	evs_exec(&plan_position_insert, values, NULL, SPI_OK_INSERT);
 	evs_su_end(&su);
+	evs_note_claim(g->topic);
 	s->version++;
 	s->position = position;
 }
@@ -480,6 +479,7 @@ EvsSetLease(EvsGroup *g, int shard, const char *member, TimestampTz expires)
 	evs_su_begin(&su);
 	evs_exec(&plan_lease_set, values, nulls, SPI_OK_INSERT);
 	evs_su_end(&su);
+	evs_note_claim(g->topic);
 }
 
 /* End the lease of a shard; its member stays the last claimant */
@@ -492,6 +492,7 @@ EvsEndLease(EvsGroup *g, int shard)
 	evs_su_begin(&su);
 	evs_exec(&plan_lease_end, values, NULL, SPI_OK_UPDATE);
 	evs_su_end(&su);
+	evs_note_claim(g->topic);
 }
 
 /* release: end every live lease of a member */

@@ -544,8 +544,9 @@ evs_check_utility(Node *stmt)
 		 * The roles' transforms and consumer groups in this database go
 		 * too: PostgreSQL knows nothing of them (no pg_shdepend entries),
 		 * and left behind they would name a role that may be dropped next.
+		 * (An older catalog, before ALTER EXTENSION UPDATE, has neither.)
 		 */
-		foreach(lc, roles)
+		foreach(lc, EvsCatalogIsCurrentCached() ? roles : NIL)
 		{
 			EvsDropOwnedTransforms(lfirst_oid(lc));
 			EvsDropOwnedGroups(lfirst_oid(lc));
@@ -564,7 +565,8 @@ evs_check_utility(Node *stmt)
 		 * objects; only for a caller PostgreSQL lets do it (it checks
 		 * again, and its refusal rolls this back).
 		 */
-		if (!OidIsValid(newrole) || !has_privs_of_role(GetUserId(), newrole))
+		if (!OidIsValid(newrole) || !has_privs_of_role(GetUserId(), newrole) ||
+			!EvsCatalogIsCurrentCached())
 			return;
 		foreach(lc, ros->roles)
 		{

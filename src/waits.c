@@ -24,8 +24,10 @@
  *	  again.  Slots are shared by topics (and databases) of equal hash:
  *	  that costs spurious wake-ups, never lost ones.
  *	  Events can also become deliverable without a producer: a transaction
- *	  that claimed shards of a topic (consume, member poll, seek,
- *	  drop_group) or released a member's leases ends.  It broadcasts too,
+ *	  that moved a shard's position or set or ended a lease (consume,
+ *	  member poll, seek, release) ends, committed or not.  It broadcasts on
+ *	  the topic's slot too (never the database's: transform workers wait
+ *	  for commits only, and their own batches would wake them forever),
  *	  after its locks are released (groups.c, from xact.c's resource
  *	  release callback), with the same protocol.  A member's lease that
  *	  expires wakes nobody: a look that skipped a shard under a live lease
@@ -207,14 +209,33 @@ EvsDatabaseWaitEnd(void)
 	pg_atomic_fetch_sub_u32(&evs_db_wait_slot()->waiters, 1);
 }
 
-/* Wake the long polls of every topic (too many topics to name) */
+/*
+ * Consumer side (groups.c), after a transaction that moved or leased
+ * shards of the topic released its locks: wake the topic's long polls
+ * only.  Not the transform workers: nothing new was committed for them,
+ * and a worker whose own batches woke it would never sleep.
+ */
 void
-EvsWakeAllWaiters(void)
+EvsWakeTopicWaiters(Oid topic)
+{
+	EvsWaitSlot *slot;
+
+	if (evs_waits == NULL)
+		return;
+	slot = evs_wait_slot(topic);
+	pg_memory_barrier();
+	if (pg_atomic_read_u32(&slot->waiters) > 0)
+		ConditionVariableBroadcast(&slot->cv);
+}
+
+/* The same for every topic (too many topics to name) */
+void
+EvsWakeAllTopicWaiters(void)
 {
 	if (evs_waits == NULL)
 		return;
 	pg_memory_barrier();
-	for (int i = 0; i < EVS_WAIT_SLOTS + EVS_DB_WAIT_SLOTS; i++)
+	for (int i = 0; i < EVS_WAIT_SLOTS; i++)
 		if (pg_atomic_read_u32(&evs_waits->slots[i].waiters) > 0)
 			ConditionVariableBroadcast(&evs_waits->slots[i].cv);
 }

@@ -82,13 +82,19 @@ evs_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 
 /*
  * 5. Once a top-level transaction's locks are released: wake the long
- * polls of topics whose shards it held (groups.c; at COMMIT/ABORT above
- * the shard locks are still held, and a woken poll could not claim them).
+ * polls of topics whose shard positions or leases it changed (groups.c;
+ * at COMMIT/ABORT above the shard locks are still held, and a woken poll
+ * could not claim them).
  */
 static void
 evs_resource_release(ResourceReleasePhase phase, bool isCommit, bool isTopLevel, void *arg)
 {
-	if (phase == RESOURCE_RELEASE_LOCKS && isTopLevel)
+	/*
+	 * After the LOCKS phase has run over the whole resource owner tree (in
+	 * it, child owners' callbacks run before the top owner releases the
+	 * locks).
+	 */
+	if (phase == RESOURCE_RELEASE_AFTER_LOCKS && isTopLevel)
 		EvsGroupsAfterLocks();
 }
 

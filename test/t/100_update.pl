@@ -170,6 +170,11 @@ is($node->safe_psql('upd', $snap{events}), $before{events}, 'and the events are 
 	like($err, qr/evstream\.consume needs the evstream 0\.2 catalog, this database has 0\.1/,
 		'consume refuses with the hint');
 	is($node->safe_psql('upd', 'SELECT 1'), '1', 'the server is up');
+	# DROP OWNED / REASSIGN OWNED work: the hooks leave the 0.1 catalog's
+	# groups alone (it has no transforms and no group owners)
+	($rc, $out, $err) = $node->psql('upd', q{CREATE ROLE upd_nobody; CREATE ROLE upd_heir;
+REASSIGN OWNED BY upd_nobody TO upd_heir; DROP OWNED BY upd_nobody; DROP ROLE upd_nobody, upd_heir});
+	is($rc, 0, 'before the update, REASSIGN OWNED and DROP OWNED work') or diag($err);
 }
 my $log_pos = length(slurp_file($node->logfile));
 

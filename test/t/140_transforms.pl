@@ -456,6 +456,32 @@ ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM hv_out}),
 $holder->query_safe('ROLLBACK');
 $holder->quit;
 
+# ---------------------------------------------------------------- 8. idle transforms sleep
+# A transform with nothing to do must not keep its worker busy: an empty
+# batch's claim of a shard once woke the worker itself (and every long
+# poll of the source) at its commit, and the worker never slept (~90% of a
+# CPU).  Over 3 s with the idle transforms of section 7, the transform
+# workers together use less than a tenth of a CPU (clock ticks of
+# /proc/<pid>/stat, utime + stime).
+sleep(1.5);    # the batches of section 7 are done
+my @tw = split /\n/, sql(q{SELECT pid FROM pg_stat_activity WHERE application_name = 'evstream transform worker'});
+my $ticks = sub {
+	my $sum = 0;
+	for my $pid (@tw)
+	{
+		open(my $fh, '<', "/proc/$pid/stat") or next;
+		my @f = split / /, (<$fh> =~ s/^.*\) //r);
+		close $fh;
+		$sum += $f[11] + $f[12];    # utime, stime (fields 14 and 15)
+	}
+	return $sum;
+};
+cmp_ok(scalar(@tw), '>', 0, 'transform workers run');
+my $c0 = $ticks->();
+sleep(3);
+my $used = $ticks->() - $c0;
+cmp_ok($used, '<', 30, "idle transforms: their workers used $used clock ticks in 3 s");
+
 note sprintf('runtime %.1f s', time - $t0);
 $node->stop;
 done_testing();
