@@ -225,15 +225,6 @@ evs_check_group_owner(EvsGroup *g)
 					 GetUserNameFromId(g->owner, true))));
 }
 
-/*
- * The group, to move or claim it: the caller must be allowed to (checked
- * before anything is written).  A missing group is created, owned by the
- * caller, when `create`; creators of one group serialize on a lock of its
- * name's hash, which `nowait` only tries: then false means "another open
- * transaction is creating it" (consume and member poll do not wait); a
- * holder creating a group of a colliding name holds nobody back.
- * Returns false also when the group does not exist and !create.
- */
 static Oid	required_owner = InvalidOid;
 
 /*
@@ -247,6 +238,15 @@ EvsRequireGroupOwner(Oid owner)
 	required_owner = owner;
 }
 
+/*
+ * The group, to move or claim it: the caller must be allowed to (checked
+ * before anything is written).  A missing group is created, owned by the
+ * caller, when `create`; creators of one group serialize on a lock of its
+ * name's hash, which `nowait` only tries: then false means "another open
+ * transaction is creating it" (consume and member poll do not wait); a
+ * holder creating a group of a colliding name holds nobody back.
+ * Returns false also when the group does not exist and !create.
+ */
 bool
 EvsGroupOpen(Oid topic, const char *name, bool create, bool nowait, EvsGroup *g)
 {
@@ -599,11 +599,11 @@ EvsDropOwnedGroups(Oid role)
 		evs_su_end(&su);
 		if (name == NULL)
 			break;
-		if (EvsGroupLookup(topic, name, &g))
-		{
-			EvsLockAllShards(&g, false);
-			EvsDropGroup(&g);
-		}
+		/* (the row was just read: not finding it would loop forever) */
+		if (!EvsGroupLookup(topic, name, &g))
+			elog(ERROR, "consumer group \"%s\" vanished", name);
+		EvsLockAllShards(&g, false);
+		EvsDropGroup(&g);
 	}
 }
 
