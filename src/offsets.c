@@ -15,15 +15,17 @@
  *	  transaction is still open.  The protocol:
  *
  *	  Writer, on its transaction's first id from topic T:
- *		W1. L := last value of T's sequence, read from the sequence page
- *			under its buffer lock (the current value, not an older lower
- *			bound such as the backend's last id: a lagging L would make
- *			readers see the stable id go back, below ids consumers were
- *			already given, which commit() then refuses);
- *		W2. store min_id[i] := L + 1, write barrier, store relid[i] := T,
- *			write barrier, store nused := i + 1 in the backend's shared slot,
- *			full barrier;
- *		W3. take ids with nextval (each > L, hence >= min_id[i]).
+ *		W1. take nextval's lock on the sequence (RowExclusiveLock, kept:
+ *			nothing below waits for a lock while announced as pending);
+ *		W2. store min_id[i] := 0 ("pending"), write barrier, store
+ *			relid[i] := T, write barrier, store nused := i + 1 in the
+ *			backend's shared slot, full barrier;
+ *		W3. X := nextval, the transaction's first id of T; store
+ *			min_id[i] := X.  Later ids of T in the transaction are > X.
+ *	  Should that nextval fail (no id taken), the entry is withdrawn
+ *	  (relid[i] := 0) before the error propagates: an entry left pending
+ *	  inside a transaction that goes on after a rolled-back subtransaction
+ *	  would stall every reader until it ends.
  *	  At COMMIT/ABORT (after ProcArrayEndTransaction: the rows are already
  *	  visible to new snapshots, or will never be) the slot is cleared.
  *
@@ -31,27 +33,49 @@
  *		R1. H := last value of T's sequence (buffer lock);
  *		R2. full barrier; M := min over the entries [0, nused) of every
  *			slot with relid = T of min_id (nused read before the entries,
- *			relid before min_id, read barriers between);
+ *			relid before min_id, read barriers between).  An entry still
+ *			pending (min_id = 0) is waited for until it holds its X or no
+ *			longer holds T;
  *		R3. stable := min(H, M - 1).
  *
- *	  Why no id is ever skipped: take an id X <= stable of T that is not
- *	  visible yet, taken by writer W whose transaction is open.  X <= H, so
- *	  W's nextval for X came before R1 in the sequence's buffer-lock order.
- *	  W published its slot (W2) before that nextval, and the buffer lock
- *	  release/acquire chain orders W2 before R2, so R2 saw relid = T and
- *	  min_id <= X (min_id is written before relid, relid before nused;
- *	  a reader that read an older nused read it before W2 completed, hence
- *	  before W's nextval, so X > H — not our case).  Then stable <= X - 1,
- *	  a contradiction.  A slot being cleared or reused concurrently can only
- *	  make a reader more conservative, or concerns a transaction that has
- *	  already ended.  After a crash the slots are empty and the sequence's
- *	  recovered value is at least every id ever handed out.
+ *	  Why no id is ever skipped: take an id Y <= stable of T that is not
+ *	  visible yet, taken by writer W whose transaction is open, with first
+ *	  id X <= Y.  X <= Y <= H, so W's nextval for X came before R1 in the
+ *	  sequence's buffer-lock order.  W published relid = T (W2) before that
+ *	  nextval, and the buffer lock release/acquire chain orders W2 before
+ *	  R2, so R2 saw relid = T (relid is written before nused; a reader that
+ *	  read an older nused read it before W2 completed, hence before W's
+ *	  nextval, so X > H — not our case), then min_id either X or pending,
+ *	  and a pending entry is waited for until it shows X (the entry cannot
+ *	  be withdrawn or cleared: W's nextval succeeded and W is open).  So
+ *	  M <= X and stable <= X - 1 < Y, a contradiction.  A slot being
+ *	  cleared or reused concurrently can only make a reader more
+ *	  conservative, or concerns a transaction that has already ended.
+ *	  After a crash the slots are empty and the sequence's recovered value
+ *	  is at least every id ever handed out.
+ *
+ *	  Why the stable id never goes back (consumers were given ids up to
+ *	  it, and commit() refuses ids beyond it): a later reader's M is the
+ *	  first id of a transaction either open at the earlier read — whose X
+ *	  the earlier read counted, or whose nextval came after its R1, so
+ *	  X > H — or started since, whose X is above that H too; and H only
+ *	  grows.  This is why each entry holds the transaction's exact first
+ *	  id rather than an older lower bound (such as the backend's last id
+ *	  from T): a lagging bound published after a reader computed stable
+ *	  would make the next reader's stable smaller.  Waiting for a pending
+ *	  entry costs readers at most the length of one nextval; writers pay
+ *	  no read of the sequence page for it.
+ *
+ *	  Ids supplied rather than taken (logical replication, see
+ *	  EvsNoteSuppliedIds) publish min(H + 1, smallest supplied id) at once,
+ *	  read from the sequence page, never pending.
  *
  *	  Consumers must read rows with a snapshot taken after computing the
  *	  stable offset (consumer.c): a READ COMMITTED statement snapshot.
  *
- *	  Cost: W1-W2 once per topic per transaction; stable_id is one buffer
- *	  read plus a scan of MaxBackends slots — O(backends), never O(events).
+ *	  Cost: W1-W3 once per topic per transaction (a lock re-granted to
+ *	  nextval, atomic stores); stable_id is one buffer read plus a scan of
+ *	  MaxBackends slots — O(backends), never O(events).
  *
  *	  At transaction end (called from xact.c), the notifying topics whose
  *	  stable offset may have moved (at commit, and at abort too: an aborted
@@ -83,6 +107,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/bufmgr.h"
+#include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "utils/acl.h"
 #include "utils/fmgrprotos.h"
@@ -222,15 +247,15 @@ evs_already_marked(EvsDatabase *db, bool deltas)
 }
 
 /*
- * Publish the slot for a topic (steps W1-W2).  cap bounds the lower bound
- * from above, for ids that are supplied rather than taken (replication).
+ * Publish this transaction's slot entry for a topic with lower bound low
+ * (0: pending, W2; else a bound read from the sequence, for supplied ids)
+ * and return its index.
  */
-static void
-evs_publish(Oid topic, Oid seqrelid, bool notify, int64 cap)
+static int
+evs_publish(Oid topic, Oid seqrelid, bool notify, uint64 low)
 {
 	EvsBackendSlot *slot = &evs_shared->slots[EVS_MY_PROCNO];
 	int			i = xact_ntopics;
-	int64		low;
 
 	if (i >= EVS_MAX_XACT_TOPICS)
 		ereport(ERROR,
@@ -238,27 +263,50 @@ evs_publish(Oid topic, Oid seqrelid, bool notify, int64 cap)
 				 errmsg("a transaction can produce to at most %d evstream topics",
 						EVS_MAX_XACT_TOPICS),
 				 errhint("Split the transaction.")));
-
-	/*
-	 * The lock nextval() takes next, kept: its lock request is then a
-	 * local re-grant, and nothing is released and taken again per row.
-	 */
-	low = Min(evs_sequence_last_value(seqrelid, RowExclusiveLock, true) + 1, cap);
-	if (low < 1)
-		low = 1;
 	if (pg_atomic_read_u32(&slot->dboid) != MyDatabaseId)
 		pg_atomic_write_u32(&slot->dboid, MyDatabaseId);
-	pg_atomic_write_u64(&slot->min_id[i], (uint64) low);
+	pg_atomic_write_u64(&slot->min_id[i], low);
 	pg_write_barrier();
 	pg_atomic_write_u32(&slot->relid[i], topic);
 	pg_write_barrier();
 	pg_atomic_write_u32(&slot->nused, i + 1);
 	pg_memory_barrier();
+	/* counted at once: the entry is cleared at transaction end whatever */
 	xact_topics[i] = topic;
 	xact_notify[i] = notify;
 	xact_seq[i] = seqrelid;
 	xact_supplied_max[i] = 0;
 	xact_ntopics = i + 1;
+	return i;
+}
+
+/*
+ * Steps W1-W3: the transaction's first id of a topic, published exactly.
+ */
+static int64
+evs_first_id(Oid topic, Oid seqrelid, bool notify)
+{
+	EvsBackendSlot *slot = &evs_shared->slots[EVS_MY_PROCNO];
+	int			i;
+	int64		id = 0;
+
+	LockRelationOid(seqrelid, RowExclusiveLock);
+	i = evs_publish(topic, seqrelid, notify, 0);
+	PG_TRY();
+	{
+		id = nextval_internal(seqrelid, false);
+	}
+	PG_CATCH();
+	{
+		/* no id taken: withdraw the entry, and take the slow path again */
+		pg_atomic_write_u32(&slot->relid[i], InvalidOid);
+		xact_topics[i] = InvalidOid;
+		xact_notify[i] = false;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	pg_atomic_write_u64(&slot->min_id[i], (uint64) id);
+	return id;
 }
 
 PG_FUNCTION_INFO_V1(evstream_next_id);
@@ -287,9 +335,8 @@ evstream_next_id(PG_FUNCTION_ARGS)
 			aclcheck_error(acl, OBJECT_TABLE, get_rel_name(topic));
 		/* refused before an id is taken, on an older catalog (catalog.c) */
 		(void) EvsTopicAggregates(t);
-		evs_publish(topic, t->seqrelid, t->notify, PG_INT64_MAX);
 	}
-	PG_RETURN_INT64(nextval_internal(t->seqrelid, false));
+	PG_RETURN_INT64(evs_first_id(topic, t->seqrelid, t->notify));
 }
 
 /*
@@ -331,8 +378,11 @@ EvsNoteSuppliedIds(Relation rel, TupleTableSlot **slots, int nslots)
 			break;
 	if (k < 0)
 	{
-		evs_publish(t->topic, t->seqrelid, t->notify, lo);
-		k = xact_ntopics - 1;
+		/* kept: the lock nextval would take (see W1) */
+		int64		low = Min(evs_sequence_last_value(t->seqrelid, RowExclusiveLock,
+													  true) + 1, lo);
+
+		k = evs_publish(t->topic, t->seqrelid, t->notify, (uint64) Max(low, 1));
 	}
 	xact_supplied_max[k] = Max(xact_supplied_max[k], hi);
 }
@@ -389,6 +439,21 @@ evs_lowest_in_flight(Oid topic, int *who)
 
 				pg_read_barrier();
 				m = pg_atomic_read_u64(&s->min_id[j]);
+				/* pending (W2 done, W3 not): wait for its first id */
+				for (int spins = 0; m == 0; spins++)
+				{
+					if (spins < 100)
+						pg_spin_delay();
+					else
+					{
+						pg_usleep(20L);
+						CHECK_FOR_INTERRUPTS();
+					}
+					if (pg_atomic_read_u32(&s->relid[j]) != topic)
+						break;	/* ended or withdrawn: no id of T here */
+					pg_read_barrier();
+					m = pg_atomic_read_u64(&s->min_id[j]);
+				}
 				if (m != 0 && m < low)
 				{
 					low = m;
@@ -585,7 +650,8 @@ EvsOffsetsAtEnd(bool committed, bool aborted)
 		evs_clear_slot();
 		if (committed || aborted)
 			for (int i = 0; i < xact_ntopics; i++)
-				EvsWakeWaiters(xact_topics[i]);
+				if (OidIsValid(xact_topics[i]))
+					EvsWakeWaiters(xact_topics[i]);
 	}
 	if (committed && (xact_ntopics > 0 || xact_deltas))
 		evs_after_end(true);
