@@ -116,6 +116,20 @@ SELECT format('DROP TABLE %s', part) AS drop_current
 :drop_current;
 INSERT INTO landing (key) VALUES ('lands') RETURNING id, key, tableoid::regclass;
 COMMIT;
+-- ... and the default partition cannot be taken away (DETACH, DROP, also
+-- in a list with another), by the topic's owner either; the topic is
+-- whole afterwards and its other partitions can still be dropped
+ALTER TABLE landing DETACH PARTITION landing_default;
+ALTER TABLE landing DETACH PARTITION landing_default CONCURRENTLY;
+DROP TABLE landing_default;
+SELECT format('DROP TABLE %s, landing_default', part) AS drop_two
+  FROM evstream._partitions('landing') WHERE NOT is_default ORDER BY lo LIMIT 1 \gset
+:drop_two;
+SELECT count(*) FILTER (WHERE is_default) AS defaults FROM evstream._partitions('landing');
+INSERT INTO landing (key) VALUES ('lands again') RETURNING key;
+SELECT format('DROP TABLE %s', part) AS drop_one
+  FROM evstream._partitions('landing') WHERE NOT is_default ORDER BY lo LIMIT 1 \gset
+:drop_one;
 SELECT evstream.drop_topic('landing');
 
 ------------------------------------------------------------------ names

@@ -437,6 +437,12 @@ EVS_NORETURN_BEFORE extern void EvsAppendOnlyError(const char *topic, const char
 extern int	EvsPinSearchPath(void);
 extern void EvsUnpinSearchPath(int level);
 extern void EvsBecomeOwner(Oid role, EvsUserState *st);
+
+/*
+ * True while evstream's own topic upkeep runs (worker.c), which may detach
+ * and replace a topic's default partition (guards.c refuses that to users).
+ */
+extern bool evs_in_topic_upkeep;
 extern void EvsBecomeSuperuser(EvsUserState *st);
 extern void EvsRestoreUser(EvsUserState *st);
 extern int64 EvsSpiInt64(const char *sql, int nargs, Oid *types, Datum *values,

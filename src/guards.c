@@ -62,6 +62,7 @@
 #include "utils/fmgroids.h"
 #include "utils/syscache.h"
 #include "commands/tablecmds.h"
+#include "catalog/partition.h"
 #include "catalog/pg_inherits.h"
 #include "commands/sequence.h"
 #include "commands/defrem.h"
@@ -269,6 +270,25 @@ evs_refuse_shape(Oid relid, const char *what)
 			 errmsg("cannot %s of topic \"%s\"", what, get_rel_name(topic)),
 			 errdetail("A topic has the fixed columns id, key, payload and created_at, with evstream's defaults."),
 			 errhint("Put more fields in the payload, or create a new topic.")));
+}
+
+/*
+ * Refuse removing a topic's default partition (DETACH or DROP), which is
+ * where a row lands whose partition maintenance has not made yet; only
+ * evstream's own upkeep replaces it (_rehome_default).
+ */
+static void
+evs_refuse_default_removal(Oid topic, Oid part, const char *what)
+{
+	if (evs_in_topic_upkeep || !OidIsValid(part) ||
+		get_default_partition_oid(topic) != part)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("cannot %s the default partition \"%s\" of topic \"%s\"",
+					what, get_rel_name(part), get_rel_name(topic)),
+			 errdetail("Events whose partition does not exist yet land there, so that an insert never fails while maintenance is behind."),
+			 errhint("Retention drops old partitions; drop_topic() drops the topic with all of them.")));
 }
 
 /* Is this ALTER TABLE subcommand one that changes columns? */
@@ -493,6 +513,14 @@ evs_check_utility(Node *stmt)
 				(evs_class_ownercheck(relid, GetUserId()) ||
 				 evs_namespace_ownercheck(get_rel_namespace(relid), GetUserId())))
 				EvsTopicDropAggregates(relid, ds->behavior == DROP_CASCADE, NIL);
+			else if (OidIsValid(relid) && get_rel_relkind(relid) == RELKIND_RELATION &&
+					 get_rel_relispartition(relid))
+			{
+				Oid			topic = EvsTopicOf(relid);
+
+				if (OidIsValid(topic) && topic != relid)
+					evs_refuse_default_removal(topic, relid, "drop");
+			}
 		}
 	}
 	else if (IsA(stmt, DropStmt) && ((DropStmt *) stmt)->removeType == OBJECT_SCHEMA &&
@@ -627,6 +655,13 @@ evs_check_utility(Node *stmt)
 						 errmsg("cannot change the access method of \"%s\": it belongs to topic \"%s\"",
 								get_rel_name(relid), get_rel_name(EvsTopicOf(relid))),
 						 errdetail("Topics are append-only; the evstream access method enforces it.")));
+			if ((cmd->subtype == AT_DetachPartition ||
+				 cmd->subtype == AT_DetachPartitionFinalize) &&
+				EvsLookupTopic(relid)->topic == relid)
+				evs_refuse_default_removal(relid,
+										   RangeVarGetRelid(((PartitionCmd *) cmd->def)->name,
+															NoLock, true),
+										   "detach");
 			if (cmd->subtype == AT_AttachPartition)
 			{
 				PartitionCmd *pc = (PartitionCmd *) cmd->def;

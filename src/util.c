@@ -62,6 +62,8 @@
 
 #include "evstream.h"
 
+bool		evs_in_topic_upkeep = false;
+
 #define EVS_SAFE_PATH "pg_catalog, pg_temp"
 
 /* longest a tenant's upkeep or merge may run in the worker */

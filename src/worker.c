@@ -810,9 +810,18 @@ evs_maintain_topic(void *arg)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	EvsBecomeOwner(j->owner, &st);
-	if (SPI_execute_with_args("SELECT evstream._maintain_topic($1, $2, $3)",
-							  3, types, values, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "maintenance of topic \"%s\" failed", get_rel_name(j->topic));
+	evs_in_topic_upkeep = true;
+	PG_TRY();
+	{
+		if (SPI_execute_with_args("SELECT evstream._maintain_topic($1, $2, $3)",
+								  3, types, values, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "maintenance of topic \"%s\" failed", get_rel_name(j->topic));
+	}
+	PG_FINALLY();
+	{
+		evs_in_topic_upkeep = false;
+	}
+	PG_END_TRY();
 	EvsRestoreUser(&st);
 	SPI_finish();
 }
