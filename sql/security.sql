@@ -466,6 +466,10 @@ BEGIN; ALTER SEQUENCE atk.shape_id_seq RESTART WITH 1; ROLLBACK;
 BEGIN; ALTER SEQUENCE atk.shape_id_seq INCREMENT BY 2; ROLLBACK;
 BEGIN; ALTER SEQUENCE atk.shape_id_seq MAXVALUE 10; ROLLBACK;
 BEGIN; ALTER SEQUENCE atk.shape_id_seq CYCLE; ROLLBACK;
+BEGIN; ALTER SEQUENCE atk.shape_id_seq OWNER TO CURRENT_USER; ROLLBACK;
+BEGIN; ALTER SEQUENCE atk.shape_id_seq SET UNLOGGED; ROLLBACK;
+BEGIN; ALTER SEQUENCE atk.shape_id_seq RENAME TO shape_seq2; ROLLBACK;
+BEGIN; ALTER TABLE atk.shape_id_seq RENAME TO shape_seq2; ROLLBACK;
 -- setval: refused as an unsupported change (0A000) or as not permitted (42501)
 SELECT s IN ('0A000', '42501') AS setval_refused
   FROM public.sqlstate_of($$SELECT pg_catalog.setval('atk.shape_id_seq', 1)$$) s;

@@ -195,6 +195,12 @@ SELECT * FROM evstream.poll('sh', 'g', 1, member => 'x', lease => '0');
 \echo :LAST_ERROR_SQLSTATE
 SELECT evstream.release('sh', 'g', NULL);
 \echo :LAST_ERROR_SQLSTATE
+-- a group that does not exist: 42704, for release and a member's commit
+SELECT evstream.release('sh', 'never_existed', 'm');
+\echo :LAST_ERROR_SQLSTATE
+SELECT evstream.commit('sh', 'never_existed', 1, member => 'm');
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM evstream.consumer_groups WHERE consumer_group = 'never_existed';
 SELECT evstream.commit('sh', 'm', 999999, member => 'w1');
 \echo :LAST_ERROR_SQLSTATE
 

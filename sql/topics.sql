@@ -130,6 +130,9 @@ INSERT INTO landing (key) VALUES ('lands again') RETURNING key;
 SELECT format('DROP TABLE %s', part) AS drop_one
   FROM evstream._partitions('landing') WHERE NOT is_default ORDER BY lo LIMIT 1 \gset
 :drop_one;
+-- refusals on the id sequence name the topic
+ALTER SEQUENCE landing_id_seq SET UNLOGGED;
+ALTER SEQUENCE landing_id_seq RENAME TO landing_seq;
 SELECT evstream.drop_topic('landing');
 
 ------------------------------------------------------------------ names

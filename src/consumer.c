@@ -409,8 +409,12 @@ static void
 evs_dead_letter(EvsRead *r, int64 id, int32 attempts)
 {
 	EvsGroup   *g = &r->g;
-	/* schema-qualified: the same whatever the delivering session's search_path */
-	char	   *topic_text = EvsQualifiedName(r->topic);
+	/*
+	 * As evstream.topics shows it under the default search_path, whatever
+	 * the delivering session's: bare in public, else schema-qualified.
+	 */
+	char	   *topic_text = get_rel_namespace(r->topic) == PG_PUBLIC_NAMESPACE ?
+		pstrdup(quote_identifier(get_rel_name(r->topic))) : EvsQualifiedName(r->topic);
 
 	if (OidIsValid(g->dead_letter) && EvsLookupTopic(g->dead_letter)->topic == g->dead_letter)
 	{
@@ -810,6 +814,15 @@ evstream_consume(PG_FUNCTION_ARGS)
 }
 
 static void
+evs_no_such_group(Oid topic, const char *group)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("consumer group \"%s\" of topic \"%s\" does not exist",
+					group, get_rel_name(topic))));
+}
+
+static void
 evs_lease_lost(Oid topic, const char *group, const char *member, int64 last_id)
 {
 	ereport(ERROR,
@@ -869,7 +882,7 @@ evstream_commit(PG_FUNCTION_ARGS)
 		bool		found = false;
 
 		if (!EvsGroupOpen(topic, group, false, false, &g))
-			evs_lease_lost(topic, group, member, last_id);
+			evs_no_such_group(topic, group);
 		/* the cache may have been reset since: the current entry, pinned */
 		EvsCachePin();
 		t = EvsRequireTopic(topic, "commit");
@@ -993,8 +1006,9 @@ evstream_release(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("member must not be NULL")));
-	if (EvsGroupOpen(topic, group, false, false, &g))
-		EvsReleaseMember(&g, member);
+	if (!EvsGroupOpen(topic, group, false, false, &g))
+		evs_no_such_group(topic, group);
+	EvsReleaseMember(&g, member);
 	PG_RETURN_VOID();
 }
 
@@ -1009,10 +1023,7 @@ evstream_drop_group(PG_FUNCTION_ARGS)
 	EvsGroup	g;
 
 	if (!EvsGroupOpen(topic, group, false, false, &g))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("consumer group \"%s\" of topic \"%s\" does not exist",
-						group, get_rel_name(topic))));
+		evs_no_such_group(topic, group);
 	EvsLockAllShards(&g, false);
 	EvsDropGroup(&g);
 	PG_RETURN_VOID();

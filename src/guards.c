@@ -471,6 +471,13 @@ evs_check_utility(Node *stmt)
 			return;
 		if (rs->renameType == OBJECT_COLUMN && OidIsValid(EvsTopicOf(relid)))
 			evs_refuse_shape(relid, "rename the columns");
+		/* ids come from <topic>_id_seq (README), whatever ALTER names it */
+		{
+			Oid			topic;
+
+			if (relation_rename && EvsIsTopicSequence(relid, &topic))
+				evs_refuse_shape(topic, "rename the id sequence");
+		}
 
 		/*
 		 * A topic's new name must leave room for its partitions' names
@@ -637,8 +644,12 @@ evs_check_utility(Node *stmt)
 		relid = RangeVarGetRelid(at->relation, NoLock, true);
 		if (!OidIsValid(relid))
 			return;
-		if (at->objtype == OBJECT_SEQUENCE && EvsIsTopicSequence(relid, NULL))
-			evs_refuse_shape(relid, "alter the id sequence");
+		{
+			Oid			topic;
+
+			if (at->objtype == OBJECT_SEQUENCE && EvsIsTopicSequence(relid, &topic))
+				evs_refuse_shape(topic, "alter the id sequence");
+		}
 		if (!OidIsValid(EvsTopicOf(relid)))
 			return;
 		foreach(lc, at->cmds)

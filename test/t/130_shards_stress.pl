@@ -378,7 +378,7 @@ is( $node->safe_psql('postgres', q{
 SELECT count(*) FROM dlq d LEFT JOIN ev o ON o.id = (d.payload->>'id')::bigint
  WHERE o.id IS NULL OR d.key IS DISTINCT FROM o.key OR d.payload->'payload' IS DISTINCT FROM o.payload
     OR (d.payload->>'created_at')::timestamptz IS DISTINCT FROM o.created_at
-    OR d.payload->>'topic' IS DISTINCT FROM 'public.ev' OR d.payload->>'consumer_group' IS DISTINCT FROM 'dlqg'
+    OR d.payload->>'topic' IS DISTINCT FROM 'ev' OR d.payload->>'consumer_group' IS DISTINCT FROM 'dlqg'
     OR d.payload->>'attempts' IS DISTINCT FROM '2'}),
 	'0', 'dlqg: each dead letter carries key, payload, created_at, topic, group and attempts = 2');
 is( $node->safe_psql('postgres', q{
