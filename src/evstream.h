@@ -247,6 +247,7 @@ extern void EvsRegisterDatabaseAtCommit(void);
 extern void EvsTransformsChangedAtCommit(void);
 extern void EvsNoteSuppliedIds(Relation rel, TupleTableSlot **slots, int nslots);
 extern void EvsOffsetsPreCommit(void);
+extern void EvsOffsetsAtSubXactAbort(void);
 extern void EvsOffsetsPrePrepare(void);
 extern void EvsOffsetsAtEnd(bool committed, bool aborted);
 
@@ -437,12 +438,6 @@ EVS_NORETURN_BEFORE extern void EvsAppendOnlyError(const char *topic, const char
 extern int	EvsPinSearchPath(void);
 extern void EvsUnpinSearchPath(int level);
 extern void EvsBecomeOwner(Oid role, EvsUserState *st);
-
-/*
- * True while evstream's own topic upkeep runs (worker.c), which may detach
- * and replace a topic's default partition (guards.c refuses that to users).
- */
-extern bool evs_in_topic_upkeep;
 extern void EvsBecomeSuperuser(EvsUserState *st);
 extern void EvsRestoreUser(EvsUserState *st);
 extern int64 EvsSpiInt64(const char *sql, int nargs, Oid *types, Datum *values,
@@ -472,5 +467,11 @@ extern void EvsBudgetEnd(void);
 extern int	EvsBudgetRank(Oid object);
 extern List *EvsBudgetOrder(List *jobs, Oid (*object_of) (void *job));
 extern bool EvsInWorker;
+
+/*
+ * True while evstream's own topic upkeep runs (worker.c), which may detach
+ * and replace a topic's default partition (guards.c refuses that to users).
+ */
+extern bool evs_in_topic_upkeep;
 
 #endif							/* EVSTREAM_H */

@@ -520,14 +520,8 @@ evs_check_utility(Node *stmt)
 				(evs_class_ownercheck(relid, GetUserId()) ||
 				 evs_namespace_ownercheck(get_rel_namespace(relid), GetUserId())))
 				EvsTopicDropAggregates(relid, ds->behavior == DROP_CASCADE, NIL);
-			else if (OidIsValid(relid) && get_rel_relkind(relid) == RELKIND_RELATION &&
-					 get_rel_relispartition(relid))
-			{
-				Oid			topic = EvsTopicOf(relid);
-
-				if (OidIsValid(topic) && topic != relid)
-					evs_refuse_default_removal(topic, relid, "drop");
-			}
+			else if (OidIsValid(relid) && OidIsValid(EvsTopicOf(relid)))
+				evs_refuse_default_removal(EvsTopicOf(relid), relid, "drop");
 		}
 	}
 	else if (IsA(stmt, DropStmt) && ((DropStmt *) stmt)->removeType == OBJECT_SCHEMA &&

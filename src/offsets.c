@@ -23,9 +23,10 @@
  *		W3. X := nextval, the transaction's first id of T; store
  *			min_id[i] := X.  Later ids of T in the transaction are > X.
  *	  Should that nextval fail (no id taken), the entry is withdrawn
- *	  (relid[i] := 0) before the error propagates: an entry left pending
+ *	  (relid[i] := 0) when the subtransaction aborts: an entry left pending
  *	  inside a transaction that goes on after a rolled-back subtransaction
- *	  would stall every reader until it ends.
+ *	  would stall every reader until it ends.  (min_id is 0 only while
+ *	  pending: ids and the supplied-ids bound are >= 1.)
  *	  At COMMIT/ABORT (after ProcArrayEndTransaction: the rows are already
  *	  visible to new snapshots, or will never be) the slot is cleared.
  *
@@ -288,25 +289,37 @@ evs_first_id(Oid topic, Oid seqrelid, bool notify)
 {
 	EvsBackendSlot *slot = &evs_shared->slots[EVS_MY_PROCNO];
 	int			i;
-	int64		id = 0;
+	int64		id;
 
 	LockRelationOid(seqrelid, RowExclusiveLock);
 	i = evs_publish(topic, seqrelid, notify, 0);
-	PG_TRY();
-	{
-		id = nextval_internal(seqrelid, false);
-	}
-	PG_CATCH();
-	{
-		/* no id taken: withdraw the entry, and take the slow path again */
-		pg_atomic_write_u32(&slot->relid[i], InvalidOid);
-		xact_topics[i] = InvalidOid;
-		xact_notify[i] = false;
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
+	/* should it fail, the entry is withdrawn at the abort (below) */
+	id = nextval_internal(seqrelid, false);
 	pg_atomic_write_u64(&slot->min_id[i], (uint64) id);
 	return id;
+}
+
+/*
+ * SUBXACT_EVENT_ABORT_SUB (xact.c): an entry still pending is one whose
+ * first nextval failed (no id taken): withdraw it, so that readers do not
+ * wait for it while the transaction goes on, and the topic's next row
+ * takes the first-id path again.  (A top-level abort clears the slot.)
+ */
+void
+EvsOffsetsAtSubXactAbort(void)
+{
+	EvsBackendSlot *slot;
+
+	if (xact_ntopics == 0)
+		return;
+	slot = &evs_shared->slots[EVS_MY_PROCNO];
+	for (int i = 0; i < xact_ntopics; i++)
+		if (OidIsValid(xact_topics[i]) && pg_atomic_read_u64(&slot->min_id[i]) == 0)
+		{
+			pg_atomic_write_u32(&slot->relid[i], InvalidOid);
+			xact_topics[i] = InvalidOid;
+			xact_notify[i] = false;
+		}
 }
 
 PG_FUNCTION_INFO_V1(evstream_next_id);

@@ -75,7 +75,10 @@ evs_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 					 SubTransactionId parentSubid, void *arg)
 {
 	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		EvsOffsetsAtSubXactAbort();
 		EvsCountsAtSubXactEnd(false);
+	}
 	else if (event == SUBXACT_EVENT_COMMIT_SUB)
 		EvsCountsAtSubXactEnd(true);
 }
