@@ -199,6 +199,13 @@ SELECT evstream.create_aggregate('bad_bucket', 'clicks', bucket => '1 year 2 day
 -- created when missing
 SELECT evstream.create_aggregate('word_totals', 'words', output_topic => 'word_totals_out');
 SELECT topic FROM evstream._topic WHERE topic = 'word_totals_out'::regclass;
+BEGIN;
+INSERT INTO words (key) VALUES ('rolled back');
+ROLLBACK;
+-- change events come from the merge, after commit: none before it.  One
+-- transaction, so whichever merge comes first (the worker's, every 100 ms,
+-- or the one below) folds all of it.
+BEGIN;
 INSERT INTO words (key) VALUES ('apple'), ('pear'), ('apple');
 INSERT INTO words (key) VALUES ('apple');
 INSERT INTO words (key) VALUES ('fig'), (NULL), (NULL);
@@ -206,11 +213,8 @@ COPY words (key) FROM STDIN;
 pear
 pear
 \.
-BEGIN;
-INSERT INTO words (key) VALUES ('rolled back');
-ROLLBACK;
--- change events come from the merge, after commit: none yet
 SELECT count(*) FROM word_totals_out;
+COMMIT;
 -- one event per group changed since the last merge, with its new total
 SELECT evstream._merge_deltas() >= 0 AS merged;
 SELECT key, payload FROM word_totals_out ORDER BY key COLLATE "C" NULLS FIRST, id;
