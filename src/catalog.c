@@ -505,6 +505,48 @@ EvsGroupRowPending(Oid topic, const char *name)
 }
 
 /*
+ * The ids of this database's consumer groups, committed or still being
+ * inserted by an open transaction (a dirty snapshot: a row deleted by an
+ * open transaction is still there too); for the sweep of attempt
+ * counts (waits.c).
+ */
+int32 *
+EvsGroupIds(int *n)
+{
+	Relation	rel = table_open(EvsCatalogRelid(EVS_REL_GROUP), AccessShareLock);
+	AttrNumber	att = get_attnum(RelationGetRelid(rel), "id");
+	SnapshotData dirty;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	int			size = 64;
+	int32	   *ids = palloc(sizeof(int32) * size);
+
+	*n = 0;
+	if (att == InvalidAttrNumber)
+		elog(ERROR, "evstream._group has no column \"id\"");
+	InitDirtySnapshot(dirty);
+	scan = systable_beginscan(rel, InvalidOid, false, &dirty, 0, NULL);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, att, RelationGetDescr(rel), &isnull);
+
+		CHECK_FOR_INTERRUPTS();
+		if (isnull)
+			continue;
+		if (*n == size)
+		{
+			size *= 2;
+			ids = repalloc(ids, sizeof(int32) * size);
+		}
+		ids[(*n)++] = DatumGetInt32(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return ids;
+}
+
+/*
  * Does topic `from` feed topic `to`: is it `to`, or the source of a
  * transform or the topic of an aggregate whose output topic does, over
  * every role's transforms and aggregates?  A transform or an aggregate

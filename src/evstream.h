@@ -229,6 +229,8 @@ extern bool EvsWaitFor(Oid topic, int64 timeout_ms, bool (*look) (void *), void 
 extern int32 EvsAttemptsOf(int32 group_id, int32 shard, int64 position, int64 *event_id);
 extern void EvsCountAttempt(int32 group_id, int32 shard, int64 position, int64 event_id);
 extern void EvsForgetAttempts(int32 group_id);
+extern void EvsForgetDatabaseAttempts(void);
+extern void EvsSweepAttempts(void);
 
 /* worker.c */
 extern void EvsWorkerRegisterLauncher(void);
@@ -371,6 +373,7 @@ extern EvsTopic *EvsRequireTopic(Oid relid, const char *fn);
 extern Oid	EvsTopicOf(Oid relid);
 extern List *EvsAllTopics(void);
 extern bool EvsGroupRowPending(Oid topic, const char *name);
+extern int32 *EvsGroupIds(int *n);
 extern bool EvsTopicFeeds(Oid from, Oid to);
 extern List *EvsTopicAggregates(EvsTopic *t);
 extern void EvsAggregateWindows(struct HeapTupleData *tup, TupleDesc desc, MemoryContext cxt,

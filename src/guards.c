@@ -930,6 +930,8 @@ evs_drop_extension(DropStmt *stmt)
 					   "EXECUTE pg_catalog.format('DROP TABLE IF EXISTS %s CASCADE', t); "
 					   "END IF; END LOOP; END$$", 0, NULL, NULL, 0);
 			CommandCounterIncrement();
+			/* group ids start again at 1 should it come back */
+			EvsForgetDatabaseAttempts();
 		}
 	}
 }

@@ -43,9 +43,22 @@
  *	  Only groups with max_attempts are counted.  The table has a fixed
  *	  size (EVS_ATTEMPT_ENTRIES, HASH_FIXED_SIZE: it never takes shared
  *	  memory others need); when it is full a new shard is not counted (no
- *	  dead-lettering for it until entries free up: drop_group and seek
- *	  free them) rather than evicting others.  Counts do not survive a
- *	  restart (SPEC).
+ *	  dead-lettering for it until entries free up) rather than evicting
+ *	  others.  Counts do not survive a restart (SPEC).
+ *	  The table is shared by the databases, and anyone who may consume a
+ *	  topic can make entries (a group of her own with max_attempts, one
+ *	  entry per shard it delivers from).  So that no database's users can
+ *	  turn counting off for another's:
+ *	  - a database holds at most EVS_ATTEMPT_DB_ENTRIES entries (a quarter
+ *		of the table), counted only once the table holds that many;
+ *	  - entries go with their group: drop_group and seek free them at
+ *		once; those of groups that vanished otherwise (created in a
+ *		transaction or subtransaction that rolled back, dropped with their
+ *		topic) are swept by the database's worker about once a second
+ *		(EvsSweepAttempts: gone even to a dirty snapshot, so a group an
+ *		open transaction is creating keeps its counts); DROP EXTENSION
+ *		frees its database's (group ids start again at 1 after it); those
+ *		of databases that no longer exist are swept by any worker.
  *
  * Copyright (c) 2026, The evstream authors
  *
@@ -62,6 +75,7 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/hsearch.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "evstream.h"
@@ -69,6 +83,7 @@
 #define EVS_WAIT_SLOTS 64
 #define EVS_DB_WAIT_SLOTS 16		/* after the topic slots: per database */
 #define EVS_ATTEMPT_ENTRIES 8192
+#define EVS_ATTEMPT_DB_ENTRIES (EVS_ATTEMPT_ENTRIES / 4)
 
 typedef struct EvsWaitSlot
 {
@@ -332,6 +347,23 @@ EvsAttemptsOf(int32 group_id, int32 shard, int64 position, int64 *event_id)
 	return n;
 }
 
+/* May this database add an entry?  (Caller holds the lock) */
+static bool
+evs_attempt_db_room(void)
+{
+	HASH_SEQ_STATUS seq;
+	EvsAttempt *e;
+	long		mine = 0;
+
+	if (hash_get_num_entries(evs_attempts) < EVS_ATTEMPT_DB_ENTRIES)
+		return true;
+	hash_seq_init(&seq, evs_attempts);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (e->key.dboid == MyDatabaseId)
+			mine++;
+	return mine < EVS_ATTEMPT_DB_ENTRIES;
+}
+
 /* A delivery of `event_id` from `position` starts: count it */
 void
 EvsCountAttempt(int32 group_id, int32 shard, int64 position, int64 event_id)
@@ -345,7 +377,9 @@ EvsCountAttempt(int32 group_id, int32 shard, int64 position, int64 event_id)
 	key.group_id = group_id;
 	key.shard = shard;
 	LWLockAcquire(evs_waits->lock, LW_EXCLUSIVE);
-	e = hash_search(evs_attempts, &key, HASH_ENTER_NULL, &found);
+	e = hash_search(evs_attempts, &key, HASH_FIND, &found);
+	if (e == NULL && evs_attempt_db_room())
+		e = hash_search(evs_attempts, &key, HASH_ENTER_NULL, &found);
 	if (e != NULL)
 	{
 		int			k = -1;
@@ -383,9 +417,9 @@ EvsCountAttempt(int32 group_id, int32 shard, int64 position, int64 event_id)
 	LWLockRelease(evs_waits->lock);
 }
 
-/* Forget a group's counts (seek, drop_group) */
-void
-EvsForgetAttempts(int32 group_id)
+/* Forget the counts of a database's group (group_id 0: of all its groups) */
+static void
+evs_forget(Oid dboid, int32 group_id)
 {
 	HASH_SEQ_STATUS seq;
 	EvsAttempt *e;
@@ -394,10 +428,87 @@ EvsForgetAttempts(int32 group_id)
 	hash_seq_init(&seq, evs_attempts);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		if (e->key.dboid == MyDatabaseId && e->key.group_id == group_id)
+		if (e->key.dboid == dboid && (group_id == 0 || e->key.group_id == group_id))
 			hash_search(evs_attempts, &e->key, HASH_REMOVE, NULL);
 	}
 	LWLockRelease(evs_waits->lock);
+}
+
+/* Forget a group's counts (seek, drop_group) */
+void
+EvsForgetAttempts(int32 group_id)
+{
+	evs_forget(MyDatabaseId, group_id);
+}
+
+/* Forget every count of this database (DROP EXTENSION) */
+void
+EvsForgetDatabaseAttempts(void)
+{
+	evs_forget(MyDatabaseId, 0);
+}
+
+/* (group ids are positive, so they sort as database OIDs do) */
+static int
+evs_cmp_u32(const void *a, const void *b)
+{
+	uint32		x = *(const uint32 *) a;
+	uint32		y = *(const uint32 *) b;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/*
+ * The worker's sweep (see the header): forget the counts of this
+ * database's groups that are gone and of databases that are.  The lookups
+ * run without the lock, on keys collected under it; an entry made since
+ * for a group found gone belongs to a group that is gone too (only a
+ * transaction that saw its row counts for it).  Needs a transaction.
+ */
+void
+EvsSweepAttempts(void)
+{
+	HASH_SEQ_STATUS seq;
+	EvsAttempt *e;
+	uint32	   *groups;
+	uint32	   *dbs;
+	int32	   *exist;
+	int			ngroups = 0;
+	int			ndbs = 0;
+	int			nexist;
+
+	groups = palloc(sizeof(uint32) * EVS_ATTEMPT_ENTRIES);
+	dbs = palloc(sizeof(uint32) * EVS_ATTEMPT_ENTRIES);
+	LWLockAcquire(evs_waits->lock, LW_SHARED);
+	hash_seq_init(&seq, evs_attempts);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		/* (HASH_FIXED_SIZE: never more than EVS_ATTEMPT_ENTRIES entries) */
+		if (e->key.dboid == MyDatabaseId)
+			groups[ngroups++] = (uint32) e->key.group_id;
+		else
+			dbs[ndbs++] = e->key.dboid;
+	}
+	LWLockRelease(evs_waits->lock);
+
+	if (ngroups > 0)
+	{
+		exist = EvsGroupIds(&nexist);
+		qsort(exist, nexist, sizeof(uint32), evs_cmp_u32);
+		qsort(groups, ngroups, sizeof(uint32), evs_cmp_u32);
+		for (int i = 0; i < ngroups; i++)
+			if ((i == 0 || groups[i] != groups[i - 1]) &&
+				bsearch(&groups[i], exist, nexist, sizeof(uint32), evs_cmp_u32) == NULL)
+				evs_forget(MyDatabaseId, (int32) groups[i]);
+		pfree(exist);
+	}
+	qsort(dbs, ndbs, sizeof(uint32), evs_cmp_u32);
+	for (int i = 0; i < ndbs; i++)
+		if ((i == 0 || dbs[i] != dbs[i - 1]) &&
+			!SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(dbs[i])))
+			evs_forget(dbs[i], 0);
+	pfree(groups);
+	pfree(dbs);
 }
 
 PG_FUNCTION_INFO_V1(evstream_attempts);

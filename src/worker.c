@@ -958,7 +958,8 @@ evs_worker_maintain(void)
 
 /*
  * Delete superseded group positions (groups.c), in a transaction of its
- * own, about once a second: positions are insert-only.
+ * own, about once a second: positions are insert-only; and sweep the
+ * attempt counts of groups and databases that are gone (waits.c).
  */
 static void
 evs_worker_prune(void)
@@ -966,6 +967,7 @@ evs_worker_prune(void)
 	if (!evs_worker_begin("evstream: pruning group positions"))
 		return;
 	EvsPrunePositions();
+	EvsSweepAttempts();
 	EvsTransformWorkersCheck(worker_db);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
