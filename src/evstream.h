@@ -468,6 +468,9 @@ extern bool EvsTrySubxact(void (*fn) (void *), void *arg, Oid object, const char
 extern bool EvsBudgetStart(Oid object, Oid owner, const char *what, StringInfo errors);
 extern void EvsBudgetEnd(void);
 extern int	EvsBudgetRank(Oid object);
+extern void EvsBudgetNewPass(void);
+extern int64 EvsBudgetOwnerUsed(Oid owner);
+extern bool EvsBudgetOwnerSlow(Oid owner);
 extern List *EvsBudgetOrder(List *jobs, Oid (*object_of) (void *job));
 extern bool EvsInWorker;
 

@@ -494,8 +494,69 @@ typedef struct EvsTransformJob
 	TimestampTz retry_at;		/* backoff (from the catalog): not before */
 	bool		failing;		/* its last batch failed: retry it alone */
 	bool		gone;			/* dropped, recreated or paused: skip */
+	TimestampTz last_turn;		/* when the worker last ran its batch */
 } EvsTransformJob;
 
+/*
+ * Turns.  The workers are shared by every role's transforms, and a batch
+ * may take up to a tenant's budget (30 s).  So that one role's many slow
+ * transforms cannot hold up another role's for a budget each, a worker's
+ * pass gives each owner a turn: once the owner's batches of the pass have
+ * taken EVS_TRANSFORM_TURN_MS together, its other transforms wait for the
+ * next pass.  A pass runs the transforms of owners whose batches took
+ * less than that in the last pass first, then the others', each group
+ * least recently run first (so that a slow owner's transforms take their
+ * turns in rotation).  Another owner's transform hence waits for at most
+ * one batch of each slow owner, whatever the number of their transforms;
+ * alone, a slow owner loses nothing (the next pass begins at once).
+ */
+#define EVS_TRANSFORM_TURN_MS 1000
+
+static int
+evs_cmp_turn(const ListCell *a, const ListCell *b)
+{
+	EvsTransformJob *x = lfirst(a);
+	EvsTransformJob *y = lfirst(b);
+	bool		xs = EvsBudgetOwnerSlow(x->owner);
+	bool		ys = EvsBudgetOwnerSlow(y->owner);
+
+	if (xs != ys)
+		return xs ? 1 : -1;
+	if (x->last_turn != y->last_turn)
+		return x->last_turn < y->last_turn ? -1 : 1;
+	return strcmp(x->name, y->name);
+}
+
+/* A pass's order (a new list, in the current memory context) */
+static List *
+evs_order_jobs(List *jobs)
+{
+	List	   *pass = list_copy(jobs);
+
+	list_sort(pass, evs_cmp_turn);
+	return pass;
+}
+
+/* Carry the turns of a reloaded job list over from the previous one */
+static void
+evs_carry_turns(List *next, List *prev)
+{
+	ListCell   *a;
+	ListCell   *b;
+
+	foreach(a, next)
+	{
+		EvsTransformJob *j = lfirst(a);
+
+		foreach(b, prev)
+		{
+			EvsTransformJob *p = lfirst(b);
+
+			if (p->created == j->created && strcmp(p->name, j->name) == 0)
+				j->last_turn = p->last_turn;
+		}
+	}
+}
 
 static EvsDatabase *tw_db = NULL;
 static int	tw_slot = -1;
@@ -868,6 +929,7 @@ EvsTransformWorkerMain(Datum arg)
 			next = evs_load_jobs(fresh);
 			PopActiveSnapshot();
 			CommitTransactionCommand();
+			evs_carry_turns(next, jobs);
 			if (jobs_cxt != NULL)
 				MemoryContextDelete(jobs_cxt);
 			jobs_cxt = fresh;
@@ -888,7 +950,8 @@ EvsTransformWorkerMain(Datum arg)
 		EvsDatabaseWaitBegin();
 		MemoryContextSwitchTo(loop_cxt);
 		MemoryContextReset(loop_cxt);
-		foreach(lc, jobs)
+		EvsBudgetNewPass();
+		foreach(lc, evs_order_jobs(jobs))
 		{
 			EvsTransformJob *j = lfirst(lc);
 			int64		n;
@@ -896,11 +959,17 @@ EvsTransformWorkerMain(Datum arg)
 			CHECK_FOR_INTERRUPTS();
 			if (j->gone)
 				continue;
+			if (EvsBudgetOwnerUsed(j->owner) >= EVS_TRANSFORM_TURN_MS)
+			{
+				did = true;		/* its owner's turn is over: next pass */
+				continue;
+			}
 			if (j->retry_at > GetCurrentTimestamp())
 			{
 				timeout = Min(timeout, Max(1, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), j->retry_at)));
 				continue;
 			}
+			j->last_turn = GetCurrentTimestamp();
 			n = evs_transform_step(j);
 			if (n > 0)
 				did = true;

@@ -481,10 +481,18 @@ EvsRelOwnerIfAny(Oid object)
 	return EvsRelOwner(object);
 }
 
+/*
+ * The transform workers run each batch in a transaction of its own: their
+ * passes are loops over the transforms, begun with EvsBudgetNewPass.
+ */
+static bool evs_budget_explicit_passes = false;
+
 /* A new worker transaction is a new pass: roll the accounting over */
 static void
 evs_budget_pass_check(void)
 {
+	if (evs_budget_explicit_passes)
+		return;
 	if (evs_budget_xact != GetCurrentTransactionStartTimestamp())
 	{
 		evs_budget_new_pass();
@@ -511,10 +519,7 @@ EvsBudgetRank(Oid object)
 		if (evs_owed[i] == object)
 			return 0;
 	owner = EvsRelOwnerIfAny(object);
-	for (i = 0; i < evs_slow_nowners; i++)
-		if (evs_slow_owner_ids[i] == owner && OidIsValid(owner))
-			return 2;
-	return 1;
+	return OidIsValid(owner) && EvsBudgetOwnerSlow(owner) ? 2 : 1;
 }
 
 /* Sort a List of jobs by EvsBudgetRank of each job's object (stable) */
@@ -533,11 +538,43 @@ EvsBudgetOrder(List *jobs, Oid (*object_of) (void *job))
 	return list_concat(list_concat(ranked[0], ranked[1]), ranked[2]);
 }
 
-/* The accounting slot of the owner of object (-1: not accounted) */
-static int
-evs_budget_slot(Oid object)
+/*
+ * A transform worker's pass begins (transforms.c): what owners' batches
+ * take is accounted from here to the next call, not per transaction.
+ */
+void
+EvsBudgetNewPass(void)
 {
-	Oid			owner = EvsRelOwnerIfAny(object);
+	evs_budget_explicit_passes = true;
+	evs_budget_new_pass();
+}
+
+/* What owner's work took in this pass so far, in ms */
+int64
+EvsBudgetOwnerUsed(Oid owner)
+{
+	evs_budget_pass_check();
+	for (int i = 0; i < evs_budget_nowners; i++)
+		if (evs_budget_owner_ids[i] == owner)
+			return evs_budget_used_ms[i];
+	return 0;
+}
+
+/* Did owner's work take a second or more in the last pass? */
+bool
+EvsBudgetOwnerSlow(Oid owner)
+{
+	evs_budget_pass_check();
+	for (int i = 0; i < evs_slow_nowners; i++)
+		if (evs_slow_owner_ids[i] == owner)
+			return true;
+	return false;
+}
+
+/* The accounting slot of owner (-1: not accounted) */
+static int
+evs_budget_slot(Oid owner)
+{
 	int			i;
 
 	if (!OidIsValid(owner))
@@ -640,7 +677,7 @@ EvsBudgetStart(Oid object, Oid owner, const char *what, StringInfo errors)
 							 what, timestamptz_to_str(until));
 		return false;
 	}
-	k = evs_budget_slot(object);
+	k = evs_budget_slot(owner);
 	if (k >= 0)
 	{
 		budget -= evs_budget_used_ms[k];
