@@ -319,6 +319,18 @@ COPY evs_owned.orders (id, key, payload, created_at) FROM STDIN;
 101	restored	{"r": 2}	2000-01-01 00:00:01+00
 \.
 INSERT INTO evs_owned.orders (key) VALUES ('after restore') RETURNING id, key;
+-- a restore cannot give an id the topic already has (ids are unique),
+-- neither one of another COPY nor one twice in the same COPY (23505)
+\set VERBOSITY sqlstate
+COPY evs_owned.orders (id, key, payload, created_at) FROM STDIN;
+101	duplicate	{"r": 3}	2000-01-01 00:00:02+00
+\.
+\set VERBOSITY default
+COPY evs_owned.orders (id, key, payload, created_at) FROM STDIN;
+200	twice	{"r": 4}	2000-01-01 00:00:03+00
+200	twice	{"r": 5}	2000-01-01 00:00:04+00
+\.
+SELECT count(*) FROM evs_owned.orders WHERE key IN ('duplicate', 'twice');
 SELECT id, key, payload, created_at < '2001-01-01' AS kept_time FROM evs_owned.orders WHERE id >= 100 ORDER BY id;
 SELECT evstream.set_retention('evs_owned.orders', '1 day');
 SELECT evstream.drop_topic('evs_owned.orders2');

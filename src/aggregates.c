@@ -652,8 +652,8 @@ evs_accumulate(Relation rel, TupleTableSlot **slots, int nslots, int32 only_agg)
 		int			i;
 
 		/*
-		 * The owner's restore COPY into this topic: remember the highest
-		 * id, count nothing (the counts come with the catalog).  Rows that
+		 * The owner's restore COPY into this topic: remember the lowest
+		 * and highest ids, count nothing (the counts come with the catalog).  Rows that
 		 * triggers send to other topics meanwhile count as usual.
 		 */
 		for (i = 0; i < nslots; i++)
@@ -661,8 +661,12 @@ evs_accumulate(Relation rel, TupleTableSlot **slots, int nslots, int32 only_agg)
 			bool		isnull;
 			Datum		id = slot_getattr(slots[i], 1, &isnull);
 
-			if (!isnull && DatumGetInt64(id) > evs_copy_max_id)
+			if (isnull)
+				continue;
+			if (DatumGetInt64(id) > evs_copy_max_id)
 				evs_copy_max_id = DatumGetInt64(id);
+			if (evs_copy_min_id == 0 || DatumGetInt64(id) < evs_copy_min_id)
+				evs_copy_min_id = DatumGetInt64(id);
 		}
 		return;
 	}

@@ -142,6 +142,7 @@ extern bool EvsIsTopicPartition(Relation rel);
 extern void EvsGuardsInit(void);
 extern Oid	evs_copy_restore;	/* topic a COPY listing id restores into */
 extern int64 evs_copy_max_id;	/* highest id such a COPY stored */
+extern int64 evs_copy_min_id;	/* and the lowest (0: none yet) */
 
 /* topics.c */
 extern void EvsCheckTopicNameLength(const char *name);

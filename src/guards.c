@@ -84,6 +84,7 @@
 
 Oid			evs_copy_restore = InvalidOid;
 int64		evs_copy_max_id = 0;
+int64		evs_copy_min_id = 0;
 
 static planner_hook_type prev_planner_hook = NULL;
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
@@ -706,9 +707,46 @@ evs_next_utility(PlannedStmt *pstmt, const char *queryString,
 }
 
 /*
+ * An id in [lo, hi] that topic holds twice, after a restore COPY: refused.
+ * Read as the superuser (row security must not hide a row from the check;
+ * a SELECT of a topic's id runs no user code: no rules, no foreign
+ * partitions, int8's own operators).
+ */
+static void
+evs_refuse_duplicate_ids(Oid topic, int64 lo, int64 hi)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		values[2] = {Int64GetDatum(lo), Int64GetDatum(hi)};
+	EvsUserState su;
+	bool		isnull;
+	int64		dup;
+
+	CommandCounterIncrement();	/* the rows just copied */
+	EvsBecomeSuperuser(&su);
+	dup = EvsSpiInt64(psprintf("SELECT t.id FROM %s t WHERE t.id OPERATOR(pg_catalog.>=) $1 "
+							   "AND t.id OPERATOR(pg_catalog.<=) $2 GROUP BY t.id "
+							   "HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1 LIMIT 1",
+							   EvsQualifiedName(topic)),
+					  2, types, values, &isnull);
+	EvsRestoreUser(&su);
+	if (!isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("COPY would give topic \"%s\" a second event with id " INT64_FORMAT,
+						get_rel_name(topic), dup),
+				 errdetail("A COPY that lists the id column is a restore: it keeps the ids it is given, and a topic's ids are unique."),
+				 errhint("List only the key and payload columns to produce new events: COPY %s (key, payload) FROM ...",
+						 get_rel_name(topic))));
+}
+
+/*
  * A COPY into a topic that lists the id column is a restore: only the
- * topic's owner may do it, and afterwards the topic's sequence is moved
- * past the highest id copied, so ids are never handed out twice.
+ * topic's owner may do it; it may not give an id the topic already has
+ * (checked over the range of the ids copied once they are in: a dump's
+ * partitions come one COPY each, and their id ranges may overlap a little,
+ * so the check costs about the rows copied), and afterwards the topic's
+ * sequence is moved past the highest id copied, so ids are never handed
+ * out twice.
  */
 static void
 evs_copy_into_topic(Oid relid, Oid topic, CopyStmt *stmt, PlannedStmt *pstmt,
@@ -739,6 +777,7 @@ evs_copy_into_topic(Oid relid, Oid topic, CopyStmt *stmt, PlannedStmt *pstmt,
 
 	evs_copy_restore = restore ? topic : InvalidOid;
 	evs_copy_max_id = 0;
+	evs_copy_min_id = 0;
 	PG_TRY();
 	{
 		evs_next_utility(pstmt, queryString, readOnlyTree, context,
@@ -754,6 +793,8 @@ evs_copy_into_topic(Oid relid, Oid topic, CopyStmt *stmt, PlannedStmt *pstmt,
 	{
 		EvsTopic   *t = EvsRequireTopic(topic, "COPY");
 
+		if (evs_copy_max_id > 0)
+			evs_refuse_duplicate_ids(topic, evs_copy_min_id, evs_copy_max_id);
 		if (evs_copy_max_id > EvsSequenceLastValue(t->seqrelid))
 		{
 			EvsUserState su;
