@@ -551,41 +551,92 @@ EvsGroupIds(int *n)
  * transform or the topic of an aggregate whose output topic does, over
  * every role's transforms and aggregates?  A transform or an aggregate
  * with an output topic that feeds its own input would loop forever.
- * Called before a creator adds its edge, which it then must.
+ * Called before a creator adds its edge to -> from, which it then must.
+ *
+ * Two creators in open transactions could each add an edge that closes a
+ * loop with the other's, each unseen by the other.  So creators take
+ * locks of topics (a lock class of evstream's own, held to the end of the
+ * transaction): its edge's source `to` in RowExclusiveLock, then every
+ * topic reachable from `from` in ShareLock, looking again with a new
+ * snapshot after each round of new locks, until the set stops growing;
+ * the answer comes from the last look.  Why no loop commits: take, of the
+ * creators whose edges would form a loop, the one whose last look came
+ * latest.  Had some other creator E of the loop not committed by then,
+ * that look, following the loop from `from` over committed edges, reached
+ * E's source, whose lock it had to hold, while E held it in a conflicting
+ * mode from before E's own looks until E's commit; so E committed before
+ * it, or took that lock after it and looked later -- neither can be.  So
+ * every other edge of the loop was visible, and the look found the loop.
+ * Creators of unrelated edges share no topic and never wait for each
+ * other (unlike one lock for the whole graph, which any user could hold in
+ * an open transaction against everyone).  Two creators closing a loop can
+ * deadlock; one of them fails, and its retry sees the loop.
  */
+static void
+evs_lock_topic_node(Oid topic, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, topic, 0, EVS_LOCK_TOPIC_GRAPH);
+	(void) LockAcquire(&tag, mode, false, false);
+}
+
 bool
 EvsTopicFeeds(Oid from, Oid to)
 {
-	Oid			types[2] = {OIDOID, OIDOID};
-	Datum		values[2] = {ObjectIdGetDatum(from), ObjectIdGetDatum(to)};
-	bool		isnull;
-	EvsUserState su;
-	int64		n;
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(from)};
+	List	   *locked = NIL;
+	bool		feeds = false;
+	bool		grew = true;
 
 	if (from == to)
 		return true;
-
-	/*
-	 * Creators of edges serialize here until they commit, so that two of
-	 * them cannot close a loop each unseen by the other: the second looks
-	 * (with a new snapshot) after the first committed its edge.
-	 */
+	evs_lock_topic_node(to, RowExclusiveLock);
+	while (grew)
 	{
-		LOCKTAG		tag;
+		EvsUserState su;
+		int			level;
 
-		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 0, EVS_LOCK_TOPIC_GRAPH);
-		(void) LockAcquire(&tag, ExclusiveLock, false, false);
+		CHECK_FOR_INTERRUPTS();
+		grew = false;
+		feeds = false;
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		EvsBecomeSuperuser(&su);
+		level = EvsPinSearchPath();
+		if (SPI_execute_with_args("WITH RECURSIVE e(src, dst) AS ("
+								  "SELECT x.source::pg_catalog.oid, x.output_topic::pg_catalog.oid FROM evstream._transform x "
+								  "UNION ALL SELECT a.topic::pg_catalog.oid, a.output_topic::pg_catalog.oid "
+								  "FROM evstream._aggregate a WHERE a.output_topic IS NOT NULL), "
+								  "r(t) AS (SELECT $1 UNION SELECT e.dst FROM e JOIN r ON e.src OPERATOR(pg_catalog.=) r.t) "
+								  "SELECT r.t FROM r",
+								  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the topic graph");
+		EvsUnpinSearchPath(level);
+		EvsRestoreUser(&su);
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			Oid			t = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+														   SPI_tuptable->tupdesc, 1, &isnull));
+
+			if (t == to)
+				feeds = true;
+			if (!list_member_oid(locked, t))
+			{
+				MemoryContext old = MemoryContextSwitchTo(CurTransactionContext);
+
+				locked = lappend_oid(locked, t);
+				MemoryContextSwitchTo(old);
+				evs_lock_topic_node(t, ShareLock);
+				grew = true;
+			}
+		}
+		SPI_finish();
 	}
-	EvsBecomeSuperuser(&su);
-	n = EvsSpiInt64("WITH RECURSIVE e(src, dst) AS ("
-					"SELECT x.source::pg_catalog.oid, x.output_topic::pg_catalog.oid FROM evstream._transform x "
-					"UNION ALL SELECT a.topic::pg_catalog.oid, a.output_topic::pg_catalog.oid "
-					"FROM evstream._aggregate a WHERE a.output_topic IS NOT NULL), "
-					"r(t) AS (SELECT $1 UNION SELECT e.dst FROM e JOIN r ON e.src OPERATOR(pg_catalog.=) r.t) "
-					"SELECT pg_catalog.count(*) FROM r WHERE r.t OPERATOR(pg_catalog.=) $2",
-					2, types, values, &isnull);
-	EvsRestoreUser(&su);
-	return n > 0;
+	list_free(locked);
+	return feeds;
 }
 
 /* The topic a relation belongs to (itself or its parent), or InvalidOid */
