@@ -460,10 +460,11 @@ evs_cmp_u32(const void *a, const void *b)
 
 /*
  * The worker's sweep (see the header): forget the counts of this
- * database's groups that are gone and of databases that are.  The lookups
- * run without the lock, on keys collected under it; an entry made since
- * for a group found gone belongs to a group that is gone too (only a
- * transaction that saw its row counts for it).  Needs a transaction.
+ * database's groups that are gone and of databases that are, in one pass
+ * over the table.  The lookups run without the lock, on keys collected
+ * under it; an entry made since for a group found gone belongs to a group
+ * that is gone too (only a transaction that saw its row counts for it).
+ * Needs a transaction.
  */
 void
 EvsSweepAttempts(void)
@@ -472,10 +473,12 @@ EvsSweepAttempts(void)
 	EvsAttempt *e;
 	uint32	   *groups;
 	uint32	   *dbs;
-	int32	   *exist;
+	uint32	   *exist;
 	int			ngroups = 0;
 	int			ndbs = 0;
-	int			nexist;
+	int			nexist = 0;
+	int			ngone = 0;
+	int			ndbsgone = 0;
 
 	groups = palloc(sizeof(uint32) * EVS_ATTEMPT_ENTRIES);
 	dbs = palloc(sizeof(uint32) * EVS_ATTEMPT_ENTRIES);
@@ -491,22 +494,39 @@ EvsSweepAttempts(void)
 	}
 	LWLockRelease(evs_waits->lock);
 
+	/* this database's groups that are gone, then databases that are */
 	if (ngroups > 0)
 	{
-		exist = EvsGroupIds(&nexist);
+		exist = (uint32 *) EvsGroupIds(&nexist);
 		qsort(exist, nexist, sizeof(uint32), evs_cmp_u32);
 		qsort(groups, ngroups, sizeof(uint32), evs_cmp_u32);
 		for (int i = 0; i < ngroups; i++)
 			if ((i == 0 || groups[i] != groups[i - 1]) &&
 				bsearch(&groups[i], exist, nexist, sizeof(uint32), evs_cmp_u32) == NULL)
-				evs_forget(MyDatabaseId, (int32) groups[i]);
-		pfree(exist);
+				groups[ngone++] = groups[i];
 	}
 	qsort(dbs, ndbs, sizeof(uint32), evs_cmp_u32);
 	for (int i = 0; i < ndbs; i++)
 		if ((i == 0 || dbs[i] != dbs[i - 1]) &&
 			!SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(dbs[i])))
-			evs_forget(dbs[i], 0);
+			dbs[ndbsgone++] = dbs[i];
+
+	if (ngone > 0 || ndbsgone > 0)
+	{
+		LWLockAcquire(evs_waits->lock, LW_EXCLUSIVE);
+		hash_seq_init(&seq, evs_attempts);
+		while ((e = hash_seq_search(&seq)) != NULL)
+		{
+			uint32		g = (uint32) e->key.group_id;
+			uint32		d = e->key.dboid;
+
+			if (e->key.dboid == MyDatabaseId ?
+				bsearch(&g, groups, ngone, sizeof(uint32), evs_cmp_u32) != NULL :
+				bsearch(&d, dbs, ndbsgone, sizeof(uint32), evs_cmp_u32) != NULL)
+				hash_search(evs_attempts, &e->key, HASH_REMOVE, NULL);
+		}
+		LWLockRelease(evs_waits->lock);
+	}
 	pfree(groups);
 	pfree(dbs);
 }
