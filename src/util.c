@@ -427,9 +427,11 @@ static bool evs_budget_armed = false;
  * (aggregates, topics) used of it in the current push or maintenance
  * transaction is what the next of its objects has left, so a tenant with
  * many slow objects holds the worker about one budget per transaction,
- * not one per object.
+ * not one per object (in the transform workers, per pass: see
+ * EvsBudgetNewPass).  Owners past EVS_BUDGET_OWNERS in one pass are not
+ * accounted: enough that a role would need that many others to escape.
  */
-#define EVS_BUDGET_OWNERS 32
+#define EVS_BUDGET_OWNERS 1024
 static TimestampTz evs_budget_xact = 0;
 static int	evs_budget_nowners = 0;
 static Oid	evs_budget_owner_ids[EVS_BUDGET_OWNERS];
