@@ -330,7 +330,17 @@ COPY evs_owned.orders (id, key, payload, created_at) FROM STDIN;
 200	twice	{"r": 4}	2000-01-01 00:00:03+00
 200	twice	{"r": 5}	2000-01-01 00:00:04+00
 \.
-SELECT count(*) FROM evs_owned.orders WHERE key IN ('duplicate', 'twice');
+-- nor an id below 1 (evstream never hands one out): 23514
+\set VERBOSITY sqlstate
+COPY evs_owned.orders (id, key, payload, created_at) FROM STDIN;
+0	zero	{"r": 6}	2000-01-01 00:00:05+00
+0	zero	{"r": 7}	2000-01-01 00:00:06+00
+\.
+COPY evs_owned.orders (id, key, payload, created_at) FROM STDIN;
+-5	negative	{"r": 8}	2000-01-01 00:00:07+00
+\.
+\set VERBOSITY default
+SELECT count(*) FROM evs_owned.orders WHERE key IN ('duplicate', 'twice', 'zero', 'negative');
 SELECT id, key, payload, created_at < '2001-01-01' AS kept_time FROM evs_owned.orders WHERE id >= 100 ORDER BY id;
 SELECT evstream.set_retention('evs_owned.orders', '1 day');
 SELECT evstream.drop_topic('evs_owned.orders2');

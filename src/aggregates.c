@@ -663,6 +663,12 @@ evs_accumulate(Relation rel, TupleTableSlot **slots, int nslots, int32 only_agg)
 
 			if (isnull)
 				continue;
+			if (DatumGetInt64(id) < 1)
+				ereport(ERROR,
+						(errcode(ERRCODE_CHECK_VIOLATION),
+						 errmsg("COPY cannot give topic \"%s\" the event id " INT64_FORMAT,
+								get_rel_name(t->topic), DatumGetInt64(id)),
+						 errdetail("Event ids are positive.")));
 			if (DatumGetInt64(id) > evs_copy_max_id)
 				evs_copy_max_id = DatumGetInt64(id);
 			if (evs_copy_min_id == 0 || DatumGetInt64(id) < evs_copy_min_id)

@@ -74,6 +74,7 @@
 #include "optimizer/planner.h"
 #include "parser/parsetree.h"
 #include "rewrite/rewriteHandler.h"
+#include "storage/lmgr.h"
 #include "tcop/utility.h"
 #include "executor/spi.h"
 #include "utils/acl.h"
@@ -741,8 +742,9 @@ evs_refuse_duplicate_ids(Oid topic, int64 lo, int64 hi)
 
 /*
  * A COPY into a topic that lists the id column is a restore: only the
- * topic's owner may do it; it may not give an id the topic already has
- * (checked over the range of the ids copied once they are in: a dump's
+ * topic's owner may do it; its ids must be positive, as every id evstream
+ * hands out, and it may not give an id the topic already has (checked
+ * over the range of the ids copied once they are in: a dump's
  * partitions come one COPY each, and their id ranges may overlap a little,
  * so the check costs about the rows copied), and afterwards the topic's
  * sequence is moved past the highest id copied, so ids are never handed
@@ -775,6 +777,14 @@ evs_copy_into_topic(Oid relid, Oid topic, CopyStmt *stmt, PlannedStmt *pstmt,
 				 errhint("List only the key and payload columns: COPY %s (key, payload) FROM ...",
 						 stmt->relation->relname)));
 
+	/*
+	 * Against a producer or another restore in progress, whose rows the
+	 * duplicate check below could not see: every producer holds the id
+	 * sequence in RowExclusiveLock from its first id to its end (nextval),
+	 * and this conflicts with that and with itself, to our end.
+	 */
+	if (restore)
+		LockRelationOid(EvsRequireTopic(topic, "COPY")->seqrelid, ShareRowExclusiveLock);
 	evs_copy_restore = restore ? topic : InvalidOid;
 	evs_copy_max_id = 0;
 	evs_copy_min_id = 0;
@@ -793,7 +803,7 @@ evs_copy_into_topic(Oid relid, Oid topic, CopyStmt *stmt, PlannedStmt *pstmt,
 	{
 		EvsTopic   *t = EvsRequireTopic(topic, "COPY");
 
-		if (evs_copy_max_id > 0)
+		if (evs_copy_min_id > 0)
 			evs_refuse_duplicate_ids(topic, evs_copy_min_id, evs_copy_max_id);
 		if (evs_copy_max_id > EvsSequenceLastValue(t->seqrelid))
 		{
