@@ -47,10 +47,13 @@
  *	  others.  Counts do not survive a restart (SPEC).
  *	  The table is shared by the databases, and anyone who may consume a
  *	  topic can make entries (a group of her own with max_attempts, one
- *	  entry per shard it delivers from).  So that no database's users can
- *	  turn counting off for another's:
- *	  - a database holds at most EVS_ATTEMPT_DB_ENTRIES entries (a quarter
- *		of the table), counted only once the table holds that many;
+ *	  entry per shard it delivers from).  So that no role can turn counting
+ *	  off for others:
+ *	  - a role's groups hold at most EVS_ATTEMPT_OWNER_ENTRIES entries (a
+ *		sixteenth of the table), whatever their databases, and a database
+ *		at most EVS_ATTEMPT_DB_ENTRIES (a quarter): filling the table takes
+ *		sixteen roles in four databases, filling a database's share four
+ *		roles; the shares are counted only once the table holds a role's;
  *	  - entries go with their group: drop_group and seek free them at
  *		once; those of groups that vanished otherwise (created in a
  *		transaction or subtransaction that rolled back, dropped with their
@@ -84,6 +87,7 @@
 #define EVS_DB_WAIT_SLOTS 16		/* after the topic slots: per database */
 #define EVS_ATTEMPT_ENTRIES 8192
 #define EVS_ATTEMPT_DB_ENTRIES (EVS_ATTEMPT_ENTRIES / 4)
+#define EVS_ATTEMPT_OWNER_ENTRIES (EVS_ATTEMPT_ENTRIES / 16)
 
 typedef struct EvsWaitSlot
 {
@@ -115,6 +119,7 @@ typedef struct EvsAttemptKey
 typedef struct EvsAttempt
 {
 	EvsAttemptKey key;
+	Oid			owner;			/* the group's (for the share of a role) */
 	int32		n;
 	int64		position[EVS_ATTEMPT_HEADS];	/* the shard's position at delivery */
 	int64		event_id[EVS_ATTEMPT_HEADS];	/* the event at its head */
@@ -347,26 +352,34 @@ EvsAttemptsOf(int32 group_id, int32 shard, int64 position, int64 *event_id)
 	return n;
 }
 
-/* May this database add an entry?  (Caller holds the lock) */
+/*
+ * May this database, for a group of owner, add an entry?  (Caller holds
+ * the lock.)  Counted only once the table holds a role's share.
+ */
 static bool
-evs_attempt_db_room(void)
+evs_attempt_room(Oid owner)
 {
 	HASH_SEQ_STATUS seq;
 	EvsAttempt *e;
-	long		mine = 0;
+	long		db = 0;
+	long		own = 0;
 
-	if (hash_get_num_entries(evs_attempts) < EVS_ATTEMPT_DB_ENTRIES)
+	if (hash_get_num_entries(evs_attempts) < EVS_ATTEMPT_OWNER_ENTRIES)
 		return true;
 	hash_seq_init(&seq, evs_attempts);
 	while ((e = hash_seq_search(&seq)) != NULL)
+	{
 		if (e->key.dboid == MyDatabaseId)
-			mine++;
-	return mine < EVS_ATTEMPT_DB_ENTRIES;
+			db++;
+		if (e->owner == owner)
+			own++;
+	}
+	return db < EVS_ATTEMPT_DB_ENTRIES && own < EVS_ATTEMPT_OWNER_ENTRIES;
 }
 
 /* A delivery of `event_id` from `position` starts: count it */
 void
-EvsCountAttempt(int32 group_id, int32 shard, int64 position, int64 event_id)
+EvsCountAttempt(int32 group_id, Oid owner, int32 shard, int64 position, int64 event_id)
 {
 	EvsAttemptKey key;
 	EvsAttempt *e;
@@ -378,14 +391,17 @@ EvsCountAttempt(int32 group_id, int32 shard, int64 position, int64 event_id)
 	key.shard = shard;
 	LWLockAcquire(evs_waits->lock, LW_EXCLUSIVE);
 	e = hash_search(evs_attempts, &key, HASH_FIND, &found);
-	if (e == NULL && evs_attempt_db_room())
+	if (e == NULL && evs_attempt_room(owner))
 		e = hash_search(evs_attempts, &key, HASH_ENTER_NULL, &found);
 	if (e != NULL)
 	{
 		int			k = -1;
 
 		if (!found)
+		{
 			e->n = e->clock = 0;
+			e->owner = owner;
+		}
 		for (int i = 0; i < e->n && k < 0; i++)
 			if (e->position[i] == position)
 				k = i;

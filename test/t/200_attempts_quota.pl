@@ -1,17 +1,18 @@
 # The attempt counts of max_attempts live in one table in shared memory
-# for the whole cluster (waits.c).  A user of one database must not be
-# able to turn dead-lettering off for another database's users by filling
-# it, nor leave entries behind that nothing frees.
+# for the whole cluster (waits.c).  A user must not be able to turn
+# dead-lettering off for other users, of her database or of another, by
+# filling it, nor leave entries behind that nothing frees.
 #
 # Proves, with "filler", a role without privileges beyond its own schema in
 # database "other":
 #   - entries of groups created in rolled-back subtransactions (2100 of
-#     them, more than a database's quota) are swept by the database's
-#     worker: a group made afterwards in "other" gets counted again;
+#     them, more than a role's share) are swept by the database's worker:
+#     a group made afterwards in "other" gets counted again;
 #   - 8300 committed groups of filler's, each with one counted shard, hold
-#     at most a quarter of the table (2048 entries), and a group in
-#     database "postgres" still has its failed deliveries counted (before
-#     the quota the table was full and nothing more was counted);
+#     at most a role's share of the table (512 entries), in "other" and in
+#     "postgres" together; another role's group in "other" and a group in
+#     "postgres" still have their failed deliveries counted, and dead-letter
+#     (before the shares the table was full and nothing more was counted);
 #   - DROP EXTENSION frees its database's entries: after CREATE EXTENSION
 #     again, a group that gets id 1 again starts its count at 1, not at the
 #     old group 1's;
@@ -85,7 +86,7 @@ is($node->safe_psql('other', q{SELECT count(*) FROM evstream._group WHERE consum
 # their ids were 2 to 2101, each counted at position 0
 my $left = q{SELECT count(*) FROM generate_series(2, 2101) g WHERE evstream._attempts(g, 0, 0) > 0};
 my $n = $node->safe_psql('other', $left);
-ok($n <= 2048, "they hold a database's quota at most ($n entries left)");
+ok($n <= 512, "they hold a role's share at most ($n entries left)");
 ok($node->poll_query_until('other', "SELECT ($left) = 0"), 'their counts are swept');
 $node->safe_psql('other', q{SELECT evstream.set_group_options('p', 'pg2', max_attempts => 100)});
 ok( $node->poll_query_until('other', q{SELECT fail_once('p', 'pg2') > 0}),
@@ -112,7 +113,39 @@ END $$;
 });
 my $held = $node->safe_psql('other',
 	q{SELECT count(*) FROM evstream.group_shards WHERE consumer_group LIKE 'c%' AND attempts > 0});
-ok($held >= 2000 && $held <= 2048, "filler's 8300 groups hold a database's quota at most ($held entries)");
+ok($held >= 500 && $held <= 512, "filler's 8300 groups hold a role's share at most ($held entries)");
+# the share is the role's in every database
+$node->safe_psql('postgres', q{
+CREATE SCHEMA f AUTHORIZATION filler;
+SET ROLE filler;
+SELECT evstream.create_topic('f.t');
+INSERT INTO f.t (payload) VALUES ('{}');
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        PERFORM evstream.set_group_options('f.t', 'c' || i, max_attempts => 3);
+        BEGIN
+            PERFORM * FROM evstream.consume('f.t', 'c' || i, 1);
+            RAISE EXCEPTION 'undo';
+        EXCEPTION WHEN raise_exception THEN NULL;
+        END;
+    END LOOP;
+END $$;
+});
+my $more = $node->safe_psql('postgres',
+	q{SELECT count(*) FROM evstream.group_shards WHERE consumer_group LIKE 'c%' AND attempts > 0});
+ok($held + $more <= 512, "and in another database together ($more more entries)");
+# another role of the same database
+$node->safe_psql('other', q{
+CREATE ROLE tenant;
+CREATE SCHEMA tn AUTHORIZATION tenant;
+SET ROLE tenant;
+SELECT evstream.create_topic('tn.t');
+INSERT INTO tn.t (payload) VALUES ('{}');
+SELECT evstream.set_group_options('tn.t', 'tg', max_attempts => 2);
+});
+is($node->safe_psql('other', q{SELECT fail_once('tn.t', 'tg')}),
+	'1', "another role of filler's database still has its failed deliveries counted");
 $node->safe_psql('postgres', q{
 SELECT evstream.create_topic('victim');
 INSERT INTO victim (payload) VALUES ('{}');
