@@ -966,6 +966,8 @@ evs_worker_prune(void)
 {
 	if (!evs_worker_begin("evstream: pruning group positions"))
 		return;
+	/* a user's DROP of groups (their rows) waiting for us: we give way */
+	evs_bound_lock_waits();
 	EvsPrunePositions();
 	EvsSweepAttempts();
 	EvsTransformWorkersCheck(worker_db);
@@ -1009,7 +1011,10 @@ evs_worker_step(void (*step) (void))
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortCurrentTransaction();
-		evs_worker_error(edata->message);
+		/* a lock the step gave way on is no failure: the next pass retries */
+		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE &&
+			edata->sqlerrcode != ERRCODE_T_R_DEADLOCK_DETECTED)
+			evs_worker_error(edata->message);
 		ereport(LOG,
 				(errmsg("evstream worker: %s", edata->message)));
 		FreeErrorData(edata);
