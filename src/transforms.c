@@ -495,6 +495,7 @@ typedef struct EvsTransformJob
 	bool		failing;		/* its last batch failed: retry it alone */
 	bool		gone;			/* dropped, recreated or paused: skip */
 	TimestampTz last_turn;		/* when the worker last ran its batch */
+	bool		slow;			/* its owner's batches took a turn last pass */
 } EvsTransformJob;
 
 /*
@@ -517,11 +518,9 @@ evs_cmp_turn(const ListCell *a, const ListCell *b)
 {
 	EvsTransformJob *x = lfirst(a);
 	EvsTransformJob *y = lfirst(b);
-	bool		xs = EvsBudgetOwnerSlow(x->owner);
-	bool		ys = EvsBudgetOwnerSlow(y->owner);
 
-	if (xs != ys)
-		return xs ? 1 : -1;
+	if (x->slow != y->slow)
+		return x->slow ? 1 : -1;
 	if (x->last_turn != y->last_turn)
 		return x->last_turn < y->last_turn ? -1 : 1;
 	return strcmp(x->name, y->name);
@@ -532,7 +531,10 @@ static List *
 evs_order_jobs(List *jobs)
 {
 	List	   *pass = list_copy(jobs);
+	ListCell   *lc;
 
+	foreach(lc, pass)
+		((EvsTransformJob *) lfirst(lc))->slow = EvsBudgetOwnerSlow(((EvsTransformJob *) lfirst(lc))->owner);
 	list_sort(pass, evs_cmp_turn);
 	return pass;
 }
