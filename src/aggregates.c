@@ -2695,6 +2695,17 @@ evs_merge_job(void *arg)
 	EvsAggDef  *d = j->def;
 
 	/*
+	 * The output topic is taken without waiting, as maintenance takes its
+	 * topics (worker.c): the aggregates merged before this one keep their
+	 * output topics locked to the merge's end, and a DDL holding this one
+	 * while waiting for one of those must not be the one a deadlock check
+	 * fails.  Busy: the deltas wait for the next merge.
+	 */
+	if (OidIsValid(d->output_topic) &&
+		!ConditionalLockRelationOid(d->output_topic, RowExclusiveLock))
+		return;
+
+	/*
 	 * Measures name their collations, which their owner can rename or
 	 * drop: resolved here, in the aggregate's own subtransaction, so that
 	 * failing stays this aggregate's.

@@ -80,6 +80,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
@@ -807,6 +808,16 @@ evs_maintain_topic(void *arg)
 	BoolGetDatum(j->allow_drop)};
 	EvsUserState st;
 
+	/*
+	 * Never wait for a topic while holding the topics maintained before it
+	 * in this pass (their subtransactions' locks stay to our end): a DDL
+	 * holding this one and waiting for one of those would be in a cycle
+	 * with us that our deadlock check, done once when our wait began, had
+	 * not seen yet, and the DDL's later check would make it the one that
+	 * fails.  A busy topic waits for the next pass.
+	 */
+	if (!ConditionalLockRelationOid(j->topic, AccessShareLock))
+		return;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	EvsBecomeOwner(j->owner, &st);
