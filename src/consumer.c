@@ -530,7 +530,7 @@ evs_deliver(EvsRead *r, EvsShardState *st, int64 stable, bool renew, bool *wrote
 	if (evs_read_shard(r, st, stable, &first, &last) == 0)
 		return false;
 	if (!renew && r->g.max_attempts > 0)
-		EvsCountAttempt(r->g.id, r->g.owner, st->shard, st->position, first);
+		EvsCountAttempt(r->g.id, GetUserId(), st->shard, st->position, first);
 	if (r->member != NULL)
 		EvsSetLease(&r->g, st->shard, r->member, GetCurrentTimestamp() + r->lease_us);
 	else

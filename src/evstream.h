@@ -228,7 +228,7 @@ extern void EvsDatabaseWaitSleep(long timeout_ms);
 extern void EvsDatabaseWaitEnd(void);
 extern bool EvsWaitFor(Oid topic, int64 timeout_ms, bool (*look) (void *), void *arg);
 extern int32 EvsAttemptsOf(int32 group_id, int32 shard, int64 position, int64 *event_id);
-extern void EvsCountAttempt(int32 group_id, Oid owner, int32 shard, int64 position, int64 event_id);
+extern void EvsCountAttempt(int32 group_id, Oid role, int32 shard, int64 position, int64 event_id);
 extern void EvsForgetAttempts(int32 group_id);
 extern void EvsForgetDatabaseAttempts(void);
 extern void EvsSweepAttempts(void);

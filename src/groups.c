@@ -623,20 +623,26 @@ EvsReassignGroups(Oid role, Oid newrole)
  * Worker (worker.c, as the superuser): delete superseded
  * position versions and the rows of groups that no longer exist.  Only
  * versions below a *committed* newer one go (the snapshot sees committed
- * rows only), so a reader always finds the latest.
+ * rows only), so a reader always finds the latest.  Rows another
+ * transaction holds (a drop_group or commit still open) are skipped, not
+ * waited for: the next prune takes them, and no user's open transaction
+ * holds the prune up.
  */
 void
 EvsPrunePositions(void)
 {
-	EvsSpiExec("DELETE FROM evstream._position p USING "
-			   "(SELECT x.group_id, x.shard, pg_catalog.max(x.version) AS v FROM evstream._position x "
-			   "GROUP BY x.group_id, x.shard) m "
-			   "WHERE p.group_id OPERATOR(pg_catalog.=) m.group_id AND p.shard OPERATOR(pg_catalog.=) m.shard "
-			   "AND p.version OPERATOR(pg_catalog.<) m.v", 0, NULL, NULL, 0);
-	EvsSpiExec("DELETE FROM evstream._position p WHERE NOT EXISTS "
-			   "(SELECT FROM evstream._group g WHERE g.id OPERATOR(pg_catalog.=) p.group_id)",
-			   0, NULL, NULL, 0);
-	EvsSpiExec("DELETE FROM evstream._lease p WHERE NOT EXISTS "
-			   "(SELECT FROM evstream._group g WHERE g.id OPERATOR(pg_catalog.=) p.group_id)",
-			   0, NULL, NULL, 0);
+	EvsSpiExec("DELETE FROM evstream._position p WHERE p.ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+			   "SELECT x.ctid FROM evstream._position x JOIN "
+			   "(SELECT y.group_id, y.shard, pg_catalog.max(y.version) AS v FROM evstream._position y "
+			   "GROUP BY y.group_id, y.shard) m "
+			   "ON x.group_id OPERATOR(pg_catalog.=) m.group_id AND x.shard OPERATOR(pg_catalog.=) m.shard "
+			   "WHERE x.version OPERATOR(pg_catalog.<) m.v FOR UPDATE OF x SKIP LOCKED))", 0, NULL, NULL, 0);
+	EvsSpiExec("DELETE FROM evstream._position p WHERE p.ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+			   "SELECT x.ctid FROM evstream._position x WHERE NOT EXISTS "
+			   "(SELECT FROM evstream._group g WHERE g.id OPERATOR(pg_catalog.=) x.group_id) "
+			   "FOR UPDATE OF x SKIP LOCKED))", 0, NULL, NULL, 0);
+	EvsSpiExec("DELETE FROM evstream._lease p WHERE p.ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+			   "SELECT x.ctid FROM evstream._lease x WHERE NOT EXISTS "
+			   "(SELECT FROM evstream._group g WHERE g.id OPERATOR(pg_catalog.=) x.group_id) "
+			   "FOR UPDATE OF x SKIP LOCKED))", 0, NULL, NULL, 0);
 }

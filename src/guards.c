@@ -80,6 +80,7 @@
 #include "utils/acl.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "evstream.h"
 
@@ -722,13 +723,29 @@ evs_refuse_duplicate_ids(Oid topic, int64 lo, int64 hi)
 	bool		isnull;
 	int64		dup;
 
+	SPIPlanPtr	plan;
+
 	CommandCounterIncrement();	/* the rows just copied */
 	EvsBecomeSuperuser(&su);
-	dup = EvsSpiInt64(psprintf("SELECT t.id FROM %s t WHERE t.id OPERATOR(pg_catalog.>=) $1 "
-							   "AND t.id OPERATOR(pg_catalog.<=) $2 GROUP BY t.id "
-							   "HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1 LIMIT 1",
-							   EvsQualifiedName(topic)),
-					  2, types, values, &isnull);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	plan = SPI_prepare(psprintf("SELECT t.id FROM %s t WHERE t.id OPERATOR(pg_catalog.>=) $1 "
+								"AND t.id OPERATOR(pg_catalog.<=) $2 GROUP BY t.id "
+								"HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1 LIMIT 1",
+								EvsQualifiedName(topic)), 2, types);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed");
+
+	/*
+	 * With the latest snapshot, not the transaction's: under REPEATABLE
+	 * READ that one was taken before the lock waited for the producers.
+	 */
+	if (SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not check the ids of topic \"%s\"", get_rel_name(topic));
+	isnull = SPI_processed == 0;
+	dup = isnull ? 0 : DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
 	EvsRestoreUser(&su);
 	if (!isnull)
 		ereport(ERROR,

@@ -49,8 +49,10 @@
  *	  topic can make entries (a group of her own with max_attempts, one
  *	  entry per shard it delivers from).  So that no role can turn counting
  *	  off for others:
- *	  - a role's groups hold at most EVS_ATTEMPT_OWNER_ENTRIES entries (a
- *		sixteenth of the table), whatever their databases, and a database
+ *	  - a role holds at most EVS_ATTEMPT_OWNER_ENTRIES entries (a
+ *		sixteenth of the table), whatever their databases (an entry is the
+ *		role's whose delivery made it, not the group owner's: a topic's
+ *		owner may consume anyone's group on it), and a database
  *		at most EVS_ATTEMPT_DB_ENTRIES (a quarter): filling the table takes
  *		sixteen roles in four databases, filling a database's share four
  *		roles; the shares are counted only once the table holds a role's;
@@ -119,7 +121,7 @@ typedef struct EvsAttemptKey
 typedef struct EvsAttempt
 {
 	EvsAttemptKey key;
-	Oid			owner;			/* the group's (for the share of a role) */
+	Oid			owner;			/* who made it (for the share of a role) */
 	int32		n;
 	int64		position[EVS_ATTEMPT_HEADS];	/* the shard's position at delivery */
 	int64		event_id[EVS_ATTEMPT_HEADS];	/* the event at its head */
@@ -353,8 +355,8 @@ EvsAttemptsOf(int32 group_id, int32 shard, int64 position, int64 *event_id)
 }
 
 /*
- * May this database, for a group of owner, add an entry?  (Caller holds
- * the lock.)  Counted only once the table holds a role's share.
+ * May this database, for a delivery by role owner, add an entry?  (Caller
+ * holds the lock.)  Counted only once the table holds a role's share.
  */
 static bool
 evs_attempt_room(Oid owner)
@@ -379,7 +381,7 @@ evs_attempt_room(Oid owner)
 
 /* A delivery of `event_id` from `position` starts: count it */
 void
-EvsCountAttempt(int32 group_id, Oid owner, int32 shard, int64 position, int64 event_id)
+EvsCountAttempt(int32 group_id, Oid role, int32 shard, int64 position, int64 event_id)
 {
 	EvsAttemptKey key;
 	EvsAttempt *e;
@@ -391,7 +393,7 @@ EvsCountAttempt(int32 group_id, Oid owner, int32 shard, int64 position, int64 ev
 	key.shard = shard;
 	LWLockAcquire(evs_waits->lock, LW_EXCLUSIVE);
 	e = hash_search(evs_attempts, &key, HASH_FIND, &found);
-	if (e == NULL && evs_attempt_room(owner))
+	if (e == NULL && evs_attempt_room(role))
 		e = hash_search(evs_attempts, &key, HASH_ENTER_NULL, &found);
 	if (e != NULL)
 	{
@@ -400,7 +402,7 @@ EvsCountAttempt(int32 group_id, Oid owner, int32 shard, int64 position, int64 ev
 		if (!found)
 		{
 			e->n = e->clock = 0;
-			e->owner = owner;
+			e->owner = role;
 		}
 		for (int i = 0; i < e->n && k < 0; i++)
 			if (e->position[i] == position)

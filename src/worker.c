@@ -969,8 +969,7 @@ evs_worker_maintain(void)
 
 /*
  * Delete superseded group positions (groups.c), in a transaction of its
- * own, about once a second: positions are insert-only; and sweep the
- * attempt counts of groups and databases that are gone (waits.c).
+ * own, about once a second: positions are insert-only.
  */
 static void
 evs_worker_prune(void)
@@ -980,6 +979,21 @@ evs_worker_prune(void)
 	/* a user's DROP of groups (their rows) waiting for us: we give way */
 	evs_bound_lock_waits();
 	EvsPrunePositions();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * The attempt-count sweep (waits.c) and the transform workers' start, in
+ * a transaction of their own after the prune: whatever holds the prune
+ * up or makes it fail, these still run.
+ */
+static void
+evs_worker_sweep(void)
+{
+	if (!evs_worker_begin("evstream: sweeping attempt counts"))
+		return;
 	EvsSweepAttempts();
 	EvsTransformWorkersCheck(worker_db);
 	PopActiveSnapshot();
@@ -1167,6 +1181,7 @@ EvsWorkerMain(Datum arg)
 		{
 			seen_transforms_gen = pg_atomic_read_u32(&worker_db->transforms_gen);
 			evs_worker_step(evs_worker_prune);
+			evs_worker_step(evs_worker_sweep);
 			evs_worker_step(evs_worker_finals);
 			last_prune = GetCurrentTimestamp();
 			continue;

@@ -172,5 +172,48 @@ is($node->safe_psql('other', q{SELECT g.id FROM evstream._group g WHERE g.consum
 is($node->safe_psql('other', q{SELECT fail_once('p', 'pg')}), '1',
 	'and its first failed delivery counts 1, not on top of the old group 1');
 
+# 4. A user's open transaction holding position rows (an open drop_group
+# of her own group) neither holds up the prune of everyone's superseded
+# positions nor the sweep (they skip the rows she holds)
+$node->safe_psql('postgres', q{
+CREATE ROLE holder;
+CREATE SCHEMA ho AUTHORIZATION holder;
+SET ROLE holder;
+SELECT evstream.create_topic('ho.t');
+INSERT INTO ho.t (payload) SELECT '{}' FROM generate_series(1, 3);
+SELECT count(*) FROM evstream.consume('ho.t', 'hg', 1);
+SELECT count(*) FROM evstream.consume('ho.t', 'hg', 1);
+});
+my $hold = $node->background_psql('postgres');
+$hold->query_safe(q{SET ROLE holder; BEGIN; SELECT evstream.drop_group('ho.t', 'hg')});
+$node->safe_psql('postgres', q{
+INSERT INTO victim (payload) SELECT '{}' FROM generate_series(1, 30);
+DO $$
+BEGIN
+    FOR i IN 1..30 LOOP
+        PERFORM * FROM evstream.consume('victim', 'pruned', 1);
+        COMMIT;
+    END LOOP;
+END $$;
+});
+ok( $node->poll_query_until('postgres', q{
+SELECT count(*) <= 1 FROM evstream._position p JOIN evstream._group g ON g.id = p.group_id
+ WHERE g.consumer_group = 'pruned'}),
+	"an open drop_group does not hold up the prune of another group's positions");
+$node->safe_psql('postgres', q{
+DO $$
+BEGIN
+    PERFORM evstream.set_group_options('victim', 'gone', max_attempts => 3);
+    PERFORM * FROM evstream.consume('victim', 'gone', 1);
+    RAISE EXCEPTION 'undo';
+EXCEPTION WHEN raise_exception THEN NULL;
+END $$;
+});
+my $gone = $node->safe_psql('postgres', q{SELECT last_value FROM evstream._group_id_seq});
+ok( $node->poll_query_until('postgres', "SELECT evstream._attempts($gone, 0, 0) = 0"),
+	'nor the sweep of a rolled-back group');
+$hold->query_safe('ROLLBACK');
+$hold->quit;
+
 is($node->safe_psql('postgres', 'SELECT pg_postmaster_start_time()'), $started, 'the server never restarted');
 done_testing();
