@@ -722,7 +722,6 @@ evs_refuse_duplicate_ids(Oid topic, int64 lo, int64 hi)
 	EvsUserState su;
 	bool		isnull;
 	int64		dup;
-
 	SPIPlanPtr	plan;
 
 	CommandCounterIncrement();	/* the rows just copied */
