@@ -59,9 +59,10 @@
  *	  - entries go with their group: drop_group and seek free them at
  *		once; those of groups that vanished otherwise (created in a
  *		transaction or subtransaction that rolled back, dropped with their
- *		topic) are swept by the database's worker about once a second
- *		(EvsSweepAttempts: gone even to a dirty snapshot, so a group an
- *		open transaction is creating keeps its counts); DROP EXTENSION
+ *		topic) are swept by the database's worker, a pass a second
+ *		(EvsSweepAttempts: gone even to a dirty snapshot in two passes in
+ *		a row, so a group an open transaction is creating keeps its
+ *		counts); DROP EXTENSION
  *		frees its database's (group ids start again at 1 after it); those
  *		of databases that no longer exist are swept by any worker.
  *
@@ -80,6 +81,7 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/hsearch.h"
+#include "utils/memutils.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -484,6 +486,9 @@ evs_cmp_u32(const void *a, const void *b)
  * that is gone too (only a transaction that saw its row counts for it).
  * Needs a transaction.
  */
+static uint32 *sweep_missed = NULL;	/* groups the last sweep found gone */
+static int	sweep_nmissed = 0;
+
 void
 EvsSweepAttempts(void)
 {
@@ -522,6 +527,30 @@ EvsSweepAttempts(void)
 			if ((i == 0 || groups[i] != groups[i - 1]) &&
 				bsearch(&groups[i], exist, nexist, sizeof(uint32), evs_cmp_u32) == NULL)
 				groups[ngone++] = groups[i];
+		pfree(exist);
+	}
+
+	/*
+	 * Forget only groups that the last sweep missed too: a scan with a
+	 * dirty snapshot can miss a row whose update commits while it runs
+	 * (the new version on a page already read, the old one dead when
+	 * reached; dead-lettering updates the group's row); twice in a row
+	 * only at far smaller odds.
+	 */
+	{
+		uint32	   *missed = MemoryContextAlloc(TopMemoryContext, sizeof(uint32) * Max(ngone, 1));
+		int			k = 0;
+
+		memcpy(missed, groups, sizeof(uint32) * ngone);
+		for (int i = 0; i < ngone; i++)
+			if (sweep_nmissed > 0 &&
+				bsearch(&groups[i], sweep_missed, sweep_nmissed, sizeof(uint32), evs_cmp_u32) != NULL)
+				groups[k++] = groups[i];
+		if (sweep_missed)
+			pfree(sweep_missed);
+		sweep_missed = missed;
+		sweep_nmissed = ngone;
+		ngone = k;
 	}
 	qsort(dbs, ndbs, sizeof(uint32), evs_cmp_u32);
 	for (int i = 0; i < ndbs; i++)
