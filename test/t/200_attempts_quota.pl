@@ -44,6 +44,23 @@ BEGIN
     RETURN (SELECT s.attempts FROM evstream.group_shards s
              WHERE s.topic = t AND s.consumer_group = g AND s.shard = 0);
 END $$;
+-- n committed groups prefix1..prefixn with max_attempts, each with a
+-- failed delivery counted (a creation holds a lock to its commit: not
+-- thousands at once)
+CREATE PROCEDURE fill(t regclass, prefix text, n int) LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..n LOOP
+        PERFORM evstream.set_group_options(t, prefix || i, max_attempts => 3);
+        BEGIN
+            PERFORM * FROM evstream.consume(t, prefix || i, 1);
+            RAISE EXCEPTION 'undo';
+        EXCEPTION WHEN raise_exception THEN NULL;
+        END;
+        IF i % 500 = 0 THEN
+            COMMIT;
+        END IF;
+    END LOOP;
+END $$;
 };
 $node->safe_psql('postgres', 'CREATE DATABASE other');
 $node->safe_psql('postgres', $setup);
@@ -93,24 +110,7 @@ ok( $node->poll_query_until('other', q{SELECT fail_once('p', 'pg2') > 0}),
 	'the counts of rolled-back groups are swept: a new group of the database is counted again');
 
 # 2. committed groups, more than the whole table
-$node->safe_psql('other', q{
-SET ROLE filler;
-DO $$
-BEGIN
-    FOR i IN 1..8300 LOOP
-        PERFORM evstream.set_group_options('f.t', 'c' || i, max_attempts => 3);
-        BEGIN
-            PERFORM * FROM evstream.consume('f.t', 'c' || i, 1);
-            RAISE EXCEPTION 'undo';
-        EXCEPTION WHEN raise_exception THEN NULL;
-        END;
-        -- (a creation holds a lock to its commit: not 8300 at once)
-        IF i % 500 = 0 THEN
-            COMMIT;
-        END IF;
-    END LOOP;
-END $$;
-});
+$node->safe_psql('other', q{SET ROLE filler; CALL fill('f.t', 'c', 8300);});
 my $held = $node->safe_psql('other',
 	q{SELECT count(*) FROM evstream.group_shards WHERE consumer_group LIKE 'c%' AND attempts > 0});
 ok($held >= 500 && $held <= 512, "filler's 8300 groups hold a role's share at most ($held entries)");
@@ -120,17 +120,7 @@ CREATE SCHEMA f AUTHORIZATION filler;
 SET ROLE filler;
 SELECT evstream.create_topic('f.t');
 INSERT INTO f.t (payload) VALUES ('{}');
-DO $$
-BEGIN
-    FOR i IN 1..100 LOOP
-        PERFORM evstream.set_group_options('f.t', 'c' || i, max_attempts => 3);
-        BEGIN
-            PERFORM * FROM evstream.consume('f.t', 'c' || i, 1);
-            RAISE EXCEPTION 'undo';
-        EXCEPTION WHEN raise_exception THEN NULL;
-        END;
-    END LOOP;
-END $$;
+CALL fill('f.t', 'c', 100);
 });
 my $more = $node->safe_psql('postgres',
 	q{SELECT count(*) FROM evstream.group_shards WHERE consumer_group LIKE 'c%' AND attempts > 0});
