@@ -596,15 +596,13 @@ EvsTopicFeeds(Oid from, Oid to)
 	while (grew)
 	{
 		EvsUserState su;
-		int			level;
 
 		CHECK_FOR_INTERRUPTS();
 		grew = false;
 		feeds = false;
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		EvsBecomeSuperuser(&su);
-		level = EvsPinSearchPath();
+		EvsBecomeSuperuser(&su);	/* (pins the search_path too) */
 		if (SPI_execute_with_args("WITH RECURSIVE e(src, dst) AS ("
 								  "SELECT x.source::pg_catalog.oid, x.output_topic::pg_catalog.oid FROM evstream._transform x "
 								  "UNION ALL SELECT a.topic::pg_catalog.oid, a.output_topic::pg_catalog.oid "
@@ -613,7 +611,6 @@ EvsTopicFeeds(Oid from, Oid to)
 								  "SELECT r.t FROM r",
 								  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read the topic graph");
-		EvsUnpinSearchPath(level);
 		EvsRestoreUser(&su);
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
