@@ -551,15 +551,24 @@ EvsBudgetNewPass(void)
 	evs_budget_new_pass();
 }
 
-/* What owner's work took in this pass so far, in ms */
-int64
-EvsBudgetOwnerUsed(Oid owner)
+/* owner's accounting slot in this pass, -1 when it has none yet */
+static int
+evs_budget_find(Oid owner)
 {
 	evs_budget_pass_check();
 	for (int i = 0; i < evs_budget_nowners; i++)
 		if (evs_budget_owner_ids[i] == owner)
-			return evs_budget_used_ms[i];
-	return 0;
+			return i;
+	return -1;
+}
+
+/* What owner's work took in this pass so far, in ms */
+int64
+EvsBudgetOwnerUsed(Oid owner)
+{
+	int			k = evs_budget_find(owner);
+
+	return k < 0 ? 0 : evs_budget_used_ms[k];
 }
 
 /* Did owner's work take a second or more in the last pass? */
@@ -577,19 +586,17 @@ EvsBudgetOwnerSlow(Oid owner)
 static int
 evs_budget_slot(Oid owner)
 {
-	int			i;
+	int			k;
 
 	if (!OidIsValid(owner))
 		return -1;
-	evs_budget_pass_check();
-	for (i = 0; i < evs_budget_nowners; i++)
-		if (evs_budget_owner_ids[i] == owner)
-			return i;
-	if (evs_budget_nowners >= EVS_BUDGET_OWNERS)
-		return -1;
-	evs_budget_owner_ids[i] = owner;
-	evs_budget_used_ms[i] = 0;
-	return evs_budget_nowners++;
+	k = evs_budget_find(owner);
+	if (k >= 0 || evs_budget_nowners >= EVS_BUDGET_OWNERS)
+		return k;
+	k = evs_budget_nowners++;
+	evs_budget_owner_ids[k] = owner;
+	evs_budget_used_ms[k] = 0;
+	return k;
 }
 
 /* the grace timer's handler (signal context): what die() does */
