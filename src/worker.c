@@ -711,6 +711,15 @@ evs_worker_begin(const char *activity)
 	return true;
 }
 
+/* End one of the worker's transactions begun by evs_worker_begin */
+static void
+evs_worker_end(void)
+{
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
 /* Send pending notifications in one short transaction */
 static void
 evs_worker_push(void)
@@ -979,9 +988,7 @@ evs_worker_prune(void)
 	/* a user's DROP of groups (their rows) waiting for us: we give way */
 	evs_bound_lock_waits();
 	EvsPrunePositions();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
+	evs_worker_end();
 }
 
 /*
@@ -996,9 +1003,7 @@ evs_worker_sweep(void)
 		return;
 	EvsSweepAttempts();
 	EvsTransformWorkersCheck(worker_db);
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
+	evs_worker_end();
 }
 
 /*
@@ -1013,9 +1018,7 @@ evs_worker_finals(void)
 	if (!evs_worker_begin("evstream: final results of closed windows"))
 		return;
 	(void) evs_merge_step(EVS_MERGE_FINAL_ONLY);
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
+	evs_worker_end();
 }
 
 /* Run a step; on error log it, keep it for evstream.workers, go on */
@@ -1036,10 +1039,7 @@ evs_worker_step(void (*step) (void))
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortCurrentTransaction();
-		/* a lock the step gave way on is no failure: the next pass retries */
-		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE &&
-			edata->sqlerrcode != ERRCODE_T_R_DEADLOCK_DETECTED)
-			evs_worker_error(edata->message);
+		evs_worker_error(edata->message);
 		ereport(LOG,
 				(errmsg("evstream worker: %s", edata->message)));
 		FreeErrorData(edata);
