@@ -653,8 +653,9 @@ evs_accumulate(Relation rel, TupleTableSlot **slots, int nslots, int32 only_agg)
 
 		/*
 		 * The owner's restore COPY into this topic: remember the lowest
-		 * and highest ids, count nothing (the counts come with the catalog).  Rows that
-		 * triggers send to other topics meanwhile count as usual.
+		 * and highest ids, count nothing (the counts come with the
+		 * catalog).  Rows that triggers send to other topics meanwhile
+		 * count as usual.
 		 */
 		for (i = 0; i < nslots; i++)
 		{

@@ -17,7 +17,9 @@
  *					4. per-transaction count state and cache pins are
  *					   forgotten.
  *	  subxact end	pending counts of the level are dropped (abort) or
- *					handed to the parent (commit).
+ *					handed to the parent (commit); at abort, a stable-offset
+ *					entry still pending (its first nextval failed) is
+ *					withdrawn (offsets.c).
  *
  *	  Every step is a no-op in a transaction that did nothing with evstream,
  *	  so the callbacks are inert in databases without the extension.
