@@ -470,6 +470,7 @@ extern bool EvsBudgetStart(Oid object, Oid owner, const char *what, StringInfo e
 extern void EvsBudgetEnd(void);
 extern int	EvsBudgetRank(Oid object);
 extern void EvsBudgetNewPass(void);
+extern void EvsBudgetPassEnd(void);
 extern int64 EvsBudgetOwnerUsed(Oid owner);
 extern bool EvsBudgetOwnerSlow(Oid owner);
 extern List *EvsBudgetOrder(List *jobs, Oid (*object_of) (void *job));

@@ -427,8 +427,8 @@ static bool evs_budget_armed = false;
  * (aggregates, topics) used of it in the current push or maintenance
  * transaction is what the next of its objects has left, so a tenant with
  * many slow objects holds the worker about one budget per transaction,
- * not one per object (in the transform workers, per pass: see
- * EvsBudgetNewPass).  Owners past EVS_BUDGET_OWNERS in one pass are not
+ * not one per object (in the transform workers and the maintenance pass,
+ * per pass: see EvsBudgetNewPass).  Owners past EVS_BUDGET_OWNERS in one pass are not
  * accounted: enough that a role would need that many others to escape.
  */
 #define EVS_BUDGET_OWNERS 1024
@@ -485,7 +485,9 @@ EvsRelOwnerIfAny(Oid object)
 
 /*
  * The transform workers run each batch in a transaction of its own: their
- * passes are loops over the transforms, begun with EvsBudgetNewPass.
+ * passes are loops over the transforms, begun with EvsBudgetNewPass.  So
+ * does the database worker's maintenance pass, ended with
+ * EvsBudgetPassEnd.
  */
 static bool evs_budget_explicit_passes = false;
 
@@ -541,14 +543,23 @@ EvsBudgetOrder(List *jobs, Oid (*object_of) (void *job))
 }
 
 /*
- * A transform worker's pass begins (transforms.c): what owners' batches
- * take is accounted from here to the next call, not per transaction.
+ * A transform worker's pass begins (transforms.c), or the database
+ * worker's maintenance pass, which runs a transaction per topic
+ * (worker.c): what owners' work takes is accounted from here to the next
+ * call (or to EvsBudgetPassEnd), not per transaction.
  */
 void
 EvsBudgetNewPass(void)
 {
 	evs_budget_explicit_passes = true;
 	evs_budget_new_pass();
+}
+
+/* Back to a pass per worker transaction (the end of a maintenance pass) */
+void
+EvsBudgetPassEnd(void)
+{
+	evs_budget_explicit_passes = false;
 }
 
 /* owner's accounting slot in this pass, -1 when it has none yet */

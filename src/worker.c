@@ -851,16 +851,23 @@ evs_maintain_topic(void *arg)
 }
 
 /*
- * One maintenance pass over the database, in the caller's transaction:
- * forget catalog rows of relations dropped without the event trigger
- * (e.g. under session_replication_role = replica), then each topic's
- * upkeep (rehome, premake, retention, empty old partitions) as the
- * topic's owner, each in its own subtransaction, then the delta merge.
- * Lock waits are bounded by lock_timeout (a busy topic is retried at the
- * next pass).  Returns the errors met, or NULL.
+ * One maintenance pass over the database: forget catalog rows of
+ * relations dropped without the event trigger (e.g. under
+ * session_replication_role = replica), then each topic's upkeep (rehome,
+ * premake, retention, empty old partitions) as the topic's owner, each in
+ * its own subtransaction, then the delta merge.  Lock waits are bounded
+ * by lock_timeout (a busy topic is retried at the next pass).  Returns
+ * the errors met, or NULL.
+ *
+ * With own_xacts (the worker, outside a transaction) the first step, each
+ * topic and the merge each run in a transaction of their own: a topic's
+ * upkeep takes its ACCESS EXCLUSIVE lock to make or drop a partition, and
+ * the producers of that topic wait for it only while that topic is
+ * maintained, not while every other topic and the merge are too.  Without
+ * (evstream.run_maintenance) all of it runs in the caller's transaction.
  */
 static char *
-evs_maintain_database(int premake)
+evs_maintain_database(int premake, bool own_xacts)
 {
 	StringInfoData errors;
 	List	   *jobs = NIL;
@@ -868,9 +875,13 @@ evs_maintain_database(int premake)
 	bool		dump;
 	uint64		i;
 	EvsUserState su;
-	MemoryContext cxt = CurrentMemoryContext;	/* jobs outlive SPI_finish */
+	MemoryContext cxt = CurrentMemoryContext;	/* jobs and errors outlive
+												 * SPI_finish and our
+												 * transactions */
 
 	initStringInfo(&errors);
+	if (own_xacts && !evs_worker_begin("evstream: maintenance"))
+		return NULL;
 	evs_bound_lock_waits();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -935,39 +946,72 @@ evs_maintain_database(int premake)
 	SPI_finish();
 
 	/* in the order the tenants' budgets ask for (util.c) */
-	jobs = EvsBudgetOrder(jobs, evs_topic_job_object);
+	{
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+
+		jobs = EvsBudgetOrder(jobs, evs_topic_job_object);
+		MemoryContextSwitchTo(old);
+	}
 	foreach(lc, jobs)
 	{
 		TopicJob   *j = lfirst(lc);
-		char	   *name = get_rel_name(j->topic);
+		char	   *name;
 
 		CHECK_FOR_INTERRUPTS();
+		if (own_xacts)
+		{
+			evs_worker_end();
+			if (!evs_worker_begin("evstream: maintenance"))
+				return NULL;	/* the extension is gone */
+			evs_bound_lock_waits();
+		}
+		name = get_rel_name(j->topic);
 		if (name != NULL)
 			(void) EvsTrySubxact(evs_maintain_topic, j, j->topic, psprintf("topic %s", name),
 								 &errors);
 	}
+	if (own_xacts)
+	{
+		evs_worker_end();
+		if (!evs_worker_begin("evstream: maintenance"))
+			return NULL;
+		evs_bound_lock_waits();
+	}
 	(void) EvsMergeDeltas(0, &errors, EVS_MERGE_RETENTION);
+	if (own_xacts)
+		evs_worker_end();
 	if (errors.len == 0)
 		return NULL;
 	ereport(WARNING, (errmsg("evstream maintenance: %s", errors.data)));
 	return errors.data;
 }
 
-/* One maintenance pass of the worker, in a transaction of its own */
+/* One maintenance pass of the worker, in transactions of its own */
 static void
 evs_worker_maintain(void)
 {
-	char	   *errors;
+	MemoryContext pass_cxt = AllocSetContextCreate(TopMemoryContext,
+												   "evstream maintenance pass",
+												   ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(pass_cxt);
+	char	   *volatile errors = NULL;
 
-	if (!evs_worker_begin("evstream: maintenance"))
-		return;
-	errors = evs_maintain_database(evs_premake);
-	if (errors != NULL)
-		errors = MemoryContextStrdup(TopMemoryContext, errors);
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	Assert(!IsTransactionState());
+	EvsBudgetNewPass();			/* one pass over several transactions */
+	PG_TRY();
+	{
+		errors = evs_maintain_database(evs_premake, true);
+		if (errors != NULL)
+			errors = MemoryContextStrdup(TopMemoryContext, errors);
+	}
+	PG_FINALLY();
+	{
+		EvsBudgetPassEnd();
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(pass_cxt);
+	}
+	PG_END_TRY();
 	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
 
 	LWLockAcquire(evs_shared->lock, LW_EXCLUSIVE);
 	worker_db->last_maintenance = GetCurrentTimestamp();
@@ -1299,7 +1343,7 @@ evstream_run_maintenance(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("premake must not be negative")));
-	errors = evs_maintain_database(PG_GETARG_INT32(0));
+	errors = evs_maintain_database(PG_GETARG_INT32(0), false);
 	if (errors == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(errors));
