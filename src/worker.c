@@ -437,8 +437,10 @@ static int	npending_local = 0; /* SentEntry.pending set */
  * The gap adapts to the topic's rate: a tenth of evstream.notify_interval
  * (1 ms by default) while notifications announce few events each, doubled
  * (up to the whole interval) after each notification that announced
- * EVS_PUSH_BUSY_EVENTS or more, halved back after one that announced
- * fewer.  A trickle is announced within about a millisecond; a flood of
+ * EVS_PUSH_BUSY_EVENTS or more, halved back after one whose events came
+ * at fewer than EVS_PUSH_QUIET_EVENTS per least gap (2,000 events a second
+ * by default: a rate, so that a grown gap comes back down at the rates
+ * that grew it, see evs_notify_topic).  A trickle is announced within about a millisecond; a flood of
  * single-row commits once per interval, because each notification wakes
  * every listener and costs them and the worker as much as a few dozen
  * producer commits: about 200 us of CPU in all with one listener (70-100
@@ -467,6 +469,7 @@ typedef struct SentEntry
 } SentEntry;
 
 #define EVS_PUSH_BUSY_EVENTS 8
+#define EVS_PUSH_QUIET_EVENTS 2
 
 /* A topic's gap bounds: a tenth of evstream.notify_interval, and all of it */
 static int64
@@ -638,10 +641,18 @@ evs_notify_topic(SentEntry *e, TimestampTz now)
 	stable = EvsStableId(topic);
 	if (stable <= e->last_id)
 		return;					/* nothing new to read (yet) */
-	/* busy: coalesce longer next time; quiet again: back to the least gap */
+	/*
+	 * Busy (this one announces EVS_PUSH_BUSY_EVENTS or more): coalesce
+	 * longer next time.  Back towards the least gap only once the rate
+	 * since the last notification fell below EVS_PUSH_QUIET_EVENTS per
+	 * least gap; in between the gap stays.  (Halving on a count alone kept
+	 * a topic at 1000 events/s at the longest gap once a stall had grown
+	 * it: 10 events per 10 ms notification counted as busy.)
+	 */
 	if (e->last_id > 0 && stable - e->last_id >= EVS_PUSH_BUSY_EVENTS)
 		e->gap_us = Min(evs_push_gap(e) * 2, evs_push_gap_max());
-	else
+	else if (e->last_id == 0 ||
+			 (stable - e->last_id) * evs_push_gap_min() < EVS_PUSH_QUIET_EVENTS * (now - e->sent_at))
 		e->gap_us = Max(evs_push_gap(e) / 2, evs_push_gap_min());
 	e->last_id = stable;
 	e->sent_at = now;
