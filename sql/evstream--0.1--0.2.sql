@@ -478,7 +478,9 @@ ALTER TABLE evstream._aggregate
     ADD COLUMN grace interval,
     ADD COLUMN emit text NOT NULL DEFAULT 'changes',
     ADD COLUMN window_retention interval,
-    ADD COLUMN finalized_upto timestamptz;
+    ADD COLUMN finalized_upto timestamptz,
+    -- NULL for the updated 0.1 aggregates: their functions are not checked
+    ADD COLUMN functions text[];
 ALTER TABLE evstream._count DROP COLUMN last_id, DROP COLUMN last_count, ADD COLUMN m bytea[];
 ALTER TABLE evstream._delta ADD COLUMN data bytea;
 -- (0.2) Reading aggregate state (aggregate views and the merge use them):

@@ -102,7 +102,14 @@ CREATE TABLE evstream._aggregate (
     grace          interval,
     emit           text NOT NULL DEFAULT 'changes',   -- 'changes' or 'final'
     window_retention interval,
-    finalized_upto timestamptz                        -- final results sent for windows ending before
+    finalized_upto timestamptz,                       -- final results sent for windows ending before
+    -- (0.2) the functions the stored expressions call, as schema-qualified
+    -- signatures (format_procedure_qualified), sorted and unique.  The
+    -- texts are parsed again at each load; a function created in a schema
+    -- they use could capture a call (a more exact overload), so a load
+    -- whose list differs fails (catalog.c).  NULL for aggregates made
+    -- before it existed: not checked.
+    functions      text[]
 );
 
 -- Merged values, and the deltas producers append; the maintenance worker

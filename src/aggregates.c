@@ -2076,6 +2076,8 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	Interval   *grace = NULL;
 	Interval   *retention = NULL;
 	char	   *emit;
+	List	   *funcids = NIL;
+	List	   *functions;
 	const char *argnames[] = {"name", "topic", "group_by", "bucket", "output_topic", "notify",
 	"measures", "hop", "event_time", "grace", "emit", "window_retention"};
 
@@ -2158,6 +2160,18 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 		measures = evs_check_measures(rel, text_to_cstring(PG_GETARG_TEXT_PP(6)), d, mexprs);
 	if (!PG_ARGISNULL(8))
 		event_time = evs_check_event_time(rel, text_to_cstring(PG_GETARG_TEXT_PP(8)));
+
+	/*
+	 * The functions the stored texts call, found by parsing them as every
+	 * load does (catalog.c): each load checks that they are still the ones
+	 * called, so that no function created later can capture a call.
+	 */
+	EvsCollectFunctions(EvsParseStoredExpr(rel, expr, TEXTOID), &funcids);
+	if (event_time)
+		EvsCollectFunctions(EvsParseStoredExpr(rel, event_time, TIMESTAMPTZOID), &funcids);
+	for (i = 0; i < d->nmeasures; i++)
+		EvsCollectFunctions(EvsParseStoredExpr(rel, mexprs[i], d->types[i]), &funcids);
+	functions = EvsFunctionSignatures(funcids);
 	relation_close(rel, AccessShareLock);
 
 	/* output topic: an existing topic, or created now */
@@ -2222,11 +2236,13 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 
 	EvsBecomeSuperuser(&su);
 	{
-		Oid			types[19] = {INT4OID, OIDOID, OIDOID, TEXTOID, INTERVALOID, OIDOID, BOOLOID, BOOLOID,
+		Oid			types[20] = {INT4OID, OIDOID, OIDOID, TEXTOID, INTERVALOID, OIDOID, BOOLOID, BOOLOID,
 			TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, OIDARRAYOID, TEXTARRAYOID,
-		INTERVALOID, TEXTOID, INTERVALOID, TEXTOID, INTERVALOID};
-		Datum		values[19];
-		char		nulls[19];
+		INTERVALOID, TEXTOID, INTERVALOID, TEXTOID, INTERVALOID, TEXTARRAYOID};
+		Datum		values[20];
+		char		nulls[20];
+		Datum	   *fns = palloc(sizeof(Datum) * (list_length(functions) + 1));
+		ListCell   *lc;
 		Datum		kinds[EVS_MAX_MEASURES];
 		Datum		names[EVS_MAX_MEASURES];
 		Datum		exprs[EVS_MAX_MEASURES];
@@ -2268,16 +2284,20 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 		values[17] = CStringGetTextDatum(emit);
 		values[18] = retention ? IntervalPGetDatum(retention) : (Datum) 0;
 		nulls[18] = retention ? ' ' : 'n';
+		i = 0;
+		foreach(lc, functions)
+			fns[i++] = CStringGetTextDatum(lfirst(lc));
+		values[19] = evs_array(fns, i, TEXTOID);
 
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		if (SPI_execute_with_args("INSERT INTO evstream._aggregate (id, aggregate, topic, group_by, bucket, "
 								  "output_topic, output_created, notify, measures, m_kinds, m_names, m_exprs, "
-								  "m_types, m_colls, hop, event_time, grace, emit, window_retention) "
+								  "m_types, m_colls, hop, event_time, grace, emit, window_retention, functions) "
 								  "VALUES ($1, $2::pg_catalog.regclass, $3::pg_catalog.regclass, $4, $5, "
 								  "$6::pg_catalog.regclass, $7, $8, $9, $10, $11, $12, "
-								  "$13::pg_catalog.regtype[], $14, $15, $16, $17, $18, $19)",
-								  19, types, values, nulls, false, 0) != SPI_OK_INSERT)
+								  "$13::pg_catalog.regtype[], $14, $15, $16, $17, $18, $19, $20)",
+								  20, types, values, nulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not record aggregate");
 		SPI_finish();
 	}

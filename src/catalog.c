@@ -11,7 +11,9 @@
  *	  never depends on its transaction snapshot (a REPEATABLE READ
  *	  transaction that began before create_topic still sees the topic) nor
  *	  on anyone's search_path.  group_by is parsed with search_path pinned
- *	  to "pg_catalog, pg_temp", the path it was deparsed under.
+ *	  to "pg_catalog, pg_temp", the path it was deparsed under; the
+ *	  functions an aggregate's expressions call then must be the ones it
+ *	  was created with (_aggregate.functions), or the load fails.
  *
  *	  Invalidation: a relcache invalidation of a relation the cache knows,
  *	  either as an entry or as the topic of an entry (a backend may only
@@ -67,6 +69,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/regproc.h"
 #include "storage/lock.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -691,22 +694,14 @@ evs_calls_user_function(Node *node, void *context)
 }
 
 /*
- * Compile one of an aggregate's stored expressions (group_by, event_time,
- * a measure's input) for evaluation on insert, coerced to target.
- *
- * With text_out (group_by): a group is the expression's value as text,
- * and converting a date, a timestamp, an interval, a float or a bytea
- * (or an array or a row of them) to text depends on the session's
- * DateStyle, TimeZone, IntervalStyle, extra_float_digits and bytea_output.
- * When the conversion is by the type's output function (not a cast
- * function), the expression is compiled without it and *text_out gets
- * that function, which the producer runs under fixed settings
- * (EvsFixedText): one value is one group in every session.  Else
- * *text_out is NULL.
+ * Parse one of an aggregate's stored expressions (group_by, event_time, a
+ * measure's input) over the topic's columns, coerced to target: analysed,
+ * not planned (no user code runs).  create_aggregate (aggregates.c) lists
+ * the functions of the texts it stores through this same path, so that
+ * what it records is what every load compares against.
  */
-static ExprState *
-evs_compile_expr(Relation rel, const char *text, Oid target, bool *as_owner,
-				 FmgrInfo **text_out)
+Node *
+EvsParseStoredExpr(Relation rel, const char *text, Oid target)
 {
 	ParseState *pstate = make_parsestate(NULL);
 	ParseNamespaceItem *nsitem;
@@ -725,6 +720,90 @@ evs_compile_expr(Relation rel, const char *text, Oid target, bool *as_owner,
 	assign_expr_collations(pstate, expr);
 	expr = coerce_to_target_type(pstate, expr, exprType(expr), target, -1,
 								 COERCION_EXPLICIT, COERCE_EXPLICIT_CAST, -1);
+	EvsUnpinSearchPath(save_nestlevel);
+	free_parsestate(pstate);
+	return expr;
+}
+
+static bool
+evs_note_function(Oid funcid, void *context)
+{
+	List	  **funcids = (List **) context;
+
+	*funcids = list_append_unique_oid(*funcids, funcid);
+	return false;				/* go on: every function counts */
+}
+
+static bool
+evs_functions_walker(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	(void) check_functions_in_node(node, evs_note_function, context);
+	return expression_tree_walker(node, evs_functions_walker, context);
+}
+
+/*
+ * Add to *funcids every function an analysed expression calls: functions,
+ * operators' functions, the I/O functions of its conversions, ...
+ * (check_functions_in_node).  Before planning, which may inline SQL
+ * functions away: the list is of what the text names.
+ */
+void
+EvsCollectFunctions(Node *expr, List **funcids)
+{
+	fix_opfuncids(expr);		/* (the parser sets them; cheap if so) */
+	(void) evs_functions_walker(expr, funcids);
+}
+
+static int
+evs_cmp_cstring(const ListCell *a, const ListCell *b)
+{
+	return strcmp((const char *) lfirst(a), (const char *) lfirst(b));
+}
+
+/*
+ * The functions as _aggregate.functions stores them: schema-qualified
+ * signatures (names survive dump and restore, OIDs do not), sorted
+ * bytewise and unique.  A list of palloc'd C strings.
+ */
+List *
+EvsFunctionSignatures(List *funcids)
+{
+	List	   *sigs = NIL;
+	List	   *unique = NIL;
+	ListCell   *lc;
+
+	foreach(lc, funcids)
+		sigs = lappend(sigs, format_procedure_qualified(lfirst_oid(lc)));
+	list_sort(sigs, evs_cmp_cstring);
+	foreach(lc, sigs)
+		if (unique == NIL || strcmp(llast(unique), lfirst(lc)) != 0)
+			unique = lappend(unique, lfirst(lc));
+	list_free(sigs);
+	return unique;
+}
+
+/*
+ * Compile a parsed stored expression (EvsParseStoredExpr) for evaluation
+ * on insert.
+ *
+ * With text_out (group_by): a group is the expression's value as text,
+ * and converting a date, a timestamp, an interval, a float or a bytea
+ * (or an array or a row of them) to text depends on the session's
+ * DateStyle, TimeZone, IntervalStyle, extra_float_digits and bytea_output.
+ * When the conversion is by the type's output function (not a cast
+ * function), the expression is compiled without it and *text_out gets
+ * that function, which the producer runs under fixed settings
+ * (EvsFixedText): one value is one group in every session.  Else
+ * *text_out is NULL.
+ *
+ * Planning may already run user functions (constant folding): the caller
+ * has checked the functions first (evs_check_functions).
+ */
+static ExprState *
+evs_compile_expr(Node *expr, bool *as_owner, FmgrInfo **text_out)
+{
 	if (text_out != NULL)
 		*text_out = NULL;
 	/* (the stored group_by ends in its conversion to text) */
@@ -743,7 +822,7 @@ evs_compile_expr(Relation rel, const char *text, Oid target, bool *as_owner,
 			*as_owner = true;
 		expr = value;
 	}
-	EvsUnpinSearchPath(save_nestlevel);
+
 	/*
 	 * User-written functions run as the owner; so does anything not
 	 * immutable (event_time may be STABLE, and built-in STABLE functions
@@ -753,6 +832,79 @@ evs_compile_expr(Relation rel, const char *text, Oid target, bool *as_owner,
 	if (evs_calls_user_function(expr, NULL) || contain_mutable_functions(expr))
 		*as_owner = true;
 	return ExecInitExpr(expression_planner((Expr *) expr), NULL);
+}
+
+/*
+ * Do an aggregate's freshly parsed expressions call the functions it was
+ * created with?  Its texts are parsed again at each load, under the pinned
+ * path but with every name outside pg_catalog resolved anew: a function
+ * someone created since in a schema they name (a more exact overload of a
+ * polymorphic or variadic function, or one needing fewer casts) would now
+ * be called, inside every producer's INSERT and as the aggregate's owner.
+ * Like an index expression, an aggregate must keep calling the functions
+ * it was made with, so such a load fails, before any of its expressions is
+ * planned or run.  stored NULL: an aggregate of an older catalog, whose
+ * list was never recorded.
+ */
+static void
+evs_check_functions(Oid view, Datum stored, bool isnull, List *funcids)
+{
+	List	   *now = EvsFunctionSignatures(funcids);
+	List	   *was = NIL;
+	Datum	   *elems;
+	int			n;
+	ListCell   *lc;
+	const char *added = NULL;
+	const char *removed = NULL;
+
+	if (isnull)
+		return;
+	deconstruct_array(DatumGetArrayTypeP(stored), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, NULL, &n);
+	for (int i = 0; i < n; i++)
+		was = lappend(was, TextDatumGetCString(elems[i]));
+
+	/* both sorted and unique: the first entry of each side the other lacks */
+	foreach(lc, now)
+	{
+		ListCell   *lw;
+		bool		found = false;
+
+		foreach(lw, was)
+			if (strcmp(lfirst(lc), lfirst(lw)) == 0)
+				found = true;
+		if (!found)
+		{
+			added = lfirst(lc);
+			break;
+		}
+	}
+	foreach(lc, was)
+	{
+		ListCell   *ln;
+		bool		found = false;
+
+		foreach(ln, now)
+			if (strcmp(lfirst(lc), lfirst(ln)) == 0)
+				found = true;
+		if (!found)
+		{
+			removed = lfirst(lc);
+			break;
+		}
+	}
+	if (added == NULL && removed == NULL)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+			 errmsg("the expressions of aggregate \"%s\" no longer call the functions it was created with",
+					get_rel_name(view)),
+			 added && removed ?
+			 errdetail("It would now call %s instead of %s.", added, removed) :
+			 added ?
+			 errdetail("It would now call %s, which it was not created with.", added) :
+			 errdetail("It would no longer call %s.", removed),
+			 errhint("A function was created, dropped or replaced in a schema its expressions use; drop and recreate the aggregate.")));
 }
 
 /* A text[] / oid-like[] column of an _aggregate row as an array of Datums */
@@ -842,6 +994,8 @@ typedef struct EvsAggTexts
 	char	   *group_by;
 	char	   *event_time;
 	char	  **exprs;
+	Datum		functions;		/* text[] of the functions they call */
+	bool		functions_null; /* (not recorded: not checked) */
 } EvsAggTexts;
 
 static EvsAggregate *
@@ -866,6 +1020,9 @@ evs_read_aggregate(HeapTuple tup, TupleDesc desc, MemoryContext cxt, EvsAggTexts
 	a->notify = DatumGetBool(EvsGetAttr(tup, EVS_AGG_NOTIFY, desc, &isnull));
 	d = EvsGetAttr(tup, EVS_AGG_EVENT_TIME, desc, &isnull);
 	texts->event_time = isnull ? NULL : TextDatumGetCString(d);
+	d = EvsGetAttr(tup, EVS_AGG_FUNCTIONS, desc, &texts->functions_null);
+	texts->functions = texts->functions_null ? (Datum) 0 :
+		PointerGetDatum(PG_DETOAST_DATUM_COPY(d));
 
 	texts->exprs = palloc0(sizeof(char *) * EVS_MAX_MEASURES);
 	n = EvsAggregateMeasures(tup, desc, EVS_AGG_M_EXPRS, kinds, texts->exprs, types, colls);
@@ -960,6 +1117,10 @@ EvsTopicAggregates(EvsTopic *t)
 			EvsUserState st;
 			Relation	trel;
 			int			i;
+			Node	   *group_by;
+			Node	   *event_time = NULL;
+			Node	   *inputs[EVS_MAX_MEASURES];
+			List	   *funcids = NIL;
 
 			a->owner = EvsRelOwner(a->view);
 
@@ -969,13 +1130,33 @@ EvsTopicAggregates(EvsTopic *t)
 			 */
 			EvsBecomeOwner(a->owner, &st);
 			trel = relation_open(topic, AccessShareLock);
-			old = MemoryContextSwitchTo(cxt);
-			a->expr = evs_compile_expr(trel, tx->group_by, TEXTOID, &a->as_owner, &a->key_out);
+
+			/*
+			 * Parse every expression and check the functions they call
+			 * before compiling any: planning one may run user code.  The
+			 * parse trees are temporary; the compiled ones are copies in
+			 * the cache's context.
+			 */
+			group_by = EvsParseStoredExpr(trel, tx->group_by, TEXTOID);
+			EvsCollectFunctions(group_by, &funcids);
 			if (tx->event_time)
-				a->event_time = evs_compile_expr(trel, tx->event_time, TIMESTAMPTZOID,
-												 &a->as_owner, NULL);
+			{
+				event_time = EvsParseStoredExpr(trel, tx->event_time, TIMESTAMPTZOID);
+				EvsCollectFunctions(event_time, &funcids);
+			}
 			for (i = 0; i < a->nmeasures; i++)
-				a->measures[i].input = evs_compile_expr(trel, tx->exprs[i], a->measures[i].type,
+			{
+				inputs[i] = EvsParseStoredExpr(trel, tx->exprs[i], a->measures[i].type);
+				EvsCollectFunctions(inputs[i], &funcids);
+			}
+			evs_check_functions(a->view, tx->functions, tx->functions_null, funcids);
+
+			old = MemoryContextSwitchTo(cxt);
+			a->expr = evs_compile_expr(copyObject(group_by), &a->as_owner, &a->key_out);
+			if (event_time)
+				a->event_time = evs_compile_expr(copyObject(event_time), &a->as_owner, NULL);
+			for (i = 0; i < a->nmeasures; i++)
+				a->measures[i].input = evs_compile_expr(copyObject(inputs[i]),
 														&a->as_owner, NULL);
 			MemoryContextSwitchTo(old);
 			relation_close(trel, AccessShareLock);

@@ -274,6 +274,7 @@ extern void EvsOffsetsAtEnd(bool committed, bool aborted);
 #define EVS_AGG_EMIT			18
 #define EVS_AGG_RETENTION		19
 #define EVS_AGG_FINALIZED		20
+#define EVS_AGG_FUNCTIONS		21
 
 #define EVS_MAX_MEASURES		32
 
@@ -381,6 +382,9 @@ extern void EvsAggregateWindows(struct HeapTupleData *tup, TupleDesc desc, Memor
 								EvsWindows *w);
 extern int	EvsAggregateMeasures(struct HeapTupleData *tup, TupleDesc desc, int text_att,
 								 EvsMeasureKind *kinds, char **texts, Oid *types, Oid *colls);
+extern Node *EvsParseStoredExpr(Relation rel, const char *text, Oid target);
+extern void EvsCollectFunctions(Node *expr, List **funcids);
+extern List *EvsFunctionSignatures(List *funcids);
 extern bool EvsIsTopicSequence(Oid seqrelid, Oid *topic);
 extern struct _SPI_plan *EvsTopicPlan(EvsTopic *t, EvsTopicPlanKind kind);
 extern void EvsTopicSetDefaults(EvsTopic *t, Node *id_default, Node *created_default);
