@@ -799,6 +799,82 @@ SELECT public.sqlstate_of('DROP EXTENSION evstream') AS drop_extension,
 RESET ROLE;
 SELECT count(*) AS topics_still_there FROM evstream.topics WHERE topic::text LIKE 'ta.%';
 
+------------------------------------------------------------------ a function created later does not capture an aggregate's calls
+-- tenant_a's group_by calls her polymorphic shared.ptag(anyelement), in a
+-- schema the attacker may create in too; tenant_b may insert into the
+-- topic.  The aggregate's expressions are stored as text and parsed again
+-- by each session that loads it: the attacker's more exact overloads
+-- shared.ptag(text) and shared.ptag(integer) would be picked by that
+-- parse, and run inside tenant_a's and tenant_b's INSERTs as tenant_a (or
+-- already while the expression is planned: constant folding of
+-- shared.ptag(0)).  Instead every load refuses, before planning, while
+-- they exist; dropping them mends the aggregates.
+CREATE SCHEMA shared;
+GRANT CREATE, USAGE ON SCHEMA shared TO attacker, tenant_a;
+GRANT USAGE ON SCHEMA shared TO tenant_b;
+SET ROLE tenant_a;
+CREATE FUNCTION shared.ptag(v anyelement) RETURNS text LANGUAGE sql IMMUTABLE
+    AS $$SELECT 'p:' OPERATOR(pg_catalog.||) v::pg_catalog.text$$;
+SELECT evstream.create_topic('ta.tagged');
+SELECT evstream.create_aggregate('ta.tag_counts', 'ta.tagged', 'shared.ptag(key)');
+SELECT evstream.create_topic('ta.folded');
+SELECT evstream.create_aggregate('ta.fold_counts', 'ta.folded', 'shared.ptag(0) || key');
+GRANT INSERT ON ta.tagged, ta.folded TO tenant_b;
+INSERT INTO ta.tagged (key) VALUES ('a'), ('b');
+INSERT INTO ta.folded (key) VALUES ('a');
+SELECT a.aggregate, a.group_by, a.functions FROM evstream._aggregate a
+ WHERE a.aggregate IN ('ta.tag_counts'::regclass, 'ta.fold_counts'::regclass) ORDER BY a.id;
+:attack
+-- (who ran it is noted in a table of the attacker's anyone may insert into)
+CREATE TABLE shared.caught (who name, via text);
+GRANT INSERT ON shared.caught TO PUBLIC;
+CREATE FUNCTION shared.note(via text) RETURNS void LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO shared.caught VALUES (current_user, via);
+    PERFORM atk.escalate('attacker', via);
+END $$;
+GRANT USAGE ON SCHEMA atk TO PUBLIC;
+CREATE FUNCTION shared.ptag(v text) RETURNS text LANGUAGE plpgsql IMMUTABLE
+    SET search_path = pg_catalog, pg_temp AS $$
+BEGIN PERFORM shared.note('ptag(text)'); RETURN 'p:' || v; END $$;
+CREATE FUNCTION shared.ptag(v integer) RETURNS text LANGUAGE plpgsql IMMUTABLE
+    SET search_path = pg_catalog, pg_temp AS $$
+BEGIN PERFORM shared.note('ptag(integer)'); RETURN 'p:' || v; END $$;
+RESET ROLE;
+-- a new session: the aggregates are loaded (parsed) again
+\c
+SET client_min_messages = warning;
+SET ROLE tenant_a;
+\set VERBOSITY default
+INSERT INTO ta.tagged (key) VALUES ('a');
+INSERT INTO ta.folded (key) VALUES ('a');
+\set VERBOSITY sqlstate
+SET ROLE tenant_b;
+INSERT INTO ta.tagged (key) VALUES ('b');
+INSERT INTO ta.folded (key) VALUES ('b');
+:check
+SELECT count(*) AS attacker_code_ran FROM shared.caught;
+SELECT (SELECT count(*) FROM ta.tagged) AS tagged_events, (SELECT count(*) FROM ta.folded) AS folded_events;
+:attack
+DROP FUNCTION shared.ptag(text), shared.ptag(integer);
+RESET ROLE;
+\c
+SET client_min_messages = warning;
+SET ROLE tenant_a;
+INSERT INTO ta.tagged (key) VALUES ('a'), ('c');
+INSERT INTO ta.folded (key) VALUES ('a');
+SET ROLE tenant_b;
+INSERT INTO ta.tagged (key) VALUES ('b');
+:check
+SELECT count(*) AS attacker_code_ran FROM shared.caught;
+SELECT group_key, count FROM ta.tag_counts ORDER BY group_key;
+SELECT group_key, count FROM ta.fold_counts ORDER BY group_key;
+SELECT evstream.drop_topic('ta.tagged', true);
+SELECT evstream.drop_topic('ta.folded', true);
+DROP SCHEMA shared CASCADE;
+REVOKE USAGE ON SCHEMA atk FROM PUBLIC;
+
 ------------------------------------------------------------------ clean-up
 RESET ROLE;
 RESET search_path;
