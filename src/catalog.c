@@ -834,6 +834,26 @@ evs_compile_expr(Node *expr, bool *as_owner, FmgrInfo **text_out)
 	return ExecInitExpr(expression_planner((Expr *) expr), NULL);
 }
 
+/* The first string of list a that list b lacks, NULL when none */
+static const char *
+evs_first_missing(List *a, List *b)
+{
+	ListCell   *la;
+	ListCell   *lb;
+
+	foreach(la, a)
+	{
+		bool		found = false;
+
+		foreach(lb, b)
+			if (strcmp(lfirst(la), lfirst(lb)) == 0)
+				found = true;
+		if (!found)
+			return lfirst(la);
+	}
+	return NULL;
+}
+
 /*
  * Do an aggregate's freshly parsed expressions call the functions it was
  * created with?  Its texts are parsed again at each load, under the pinned
@@ -853,9 +873,8 @@ evs_check_functions(Oid view, Datum stored, bool isnull, List *funcids)
 	List	   *was = NIL;
 	Datum	   *elems;
 	int			n;
-	ListCell   *lc;
-	const char *added = NULL;
-	const char *removed = NULL;
+	const char *added;
+	const char *removed;
 
 	if (isnull)
 		return;
@@ -864,35 +883,9 @@ evs_check_functions(Oid view, Datum stored, bool isnull, List *funcids)
 	for (int i = 0; i < n; i++)
 		was = lappend(was, TextDatumGetCString(elems[i]));
 
-	/* both sorted and unique: the first entry of each side the other lacks */
-	foreach(lc, now)
-	{
-		ListCell   *lw;
-		bool		found = false;
-
-		foreach(lw, was)
-			if (strcmp(lfirst(lc), lfirst(lw)) == 0)
-				found = true;
-		if (!found)
-		{
-			added = lfirst(lc);
-			break;
-		}
-	}
-	foreach(lc, was)
-	{
-		ListCell   *ln;
-		bool		found = false;
-
-		foreach(ln, now)
-			if (strcmp(lfirst(lc), lfirst(ln)) == 0)
-				found = true;
-		if (!found)
-		{
-			removed = lfirst(lc);
-			break;
-		}
-	}
+	/* the first entry of each side the other lacks */
+	added = evs_first_missing(now, was);
+	removed = evs_first_missing(was, now);
 	if (added == NULL && removed == NULL)
 		return;
 	ereport(ERROR,
