@@ -683,6 +683,19 @@ DROP SCHEMA v2own, v2other;
 DROP TABLE public.v2_only_super;
 DROP ROLE regress_v2_owner, regress_v2_member, regress_v2_other, regress_v2_producer;
 
+------------------------------------------------------------------ windows at the end of the timestamp range
+-- the window start of an event time near the largest timestamp is the
+-- day it falls in (the start was computed as ts - epoch, which overflowed)
+SELECT evstream.create_topic('edge');
+SELECT evstream.create_aggregate('edge_days', 'edge', bucket => '1 day',
+       event_time => $$'294276-12-31 23:59:59+00'::timestamptz$$);
+INSERT INTO edge (key) VALUES ('a'), ('a');
+BEGIN;
+SET LOCAL TimeZone = 'UTC';
+SELECT * FROM edge_days;
+COMMIT;
+SELECT evstream.drop_topic('edge', cascade => true);
+
 ------------------------------------------------------------------ clean up
 SELECT * FROM v2_wrong;
 SELECT evstream.drop_topic('m', cascade => true);

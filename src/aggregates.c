@@ -443,13 +443,17 @@ evs_entry(DeltaKey *key, EvsLayout *l)
 	return e;
 }
 
-/* date_bin(stride, ts, 'epoch') */
+/*
+ * date_bin(stride, ts, 'epoch'), without forming ts - epoch: for times
+ * near the end of the timestamp range that overflows (the remainders are
+ * each less than stride apart from zero, so their difference cannot).
+ */
 static TimestampTz
 evs_bin(TimestampTz ts, int64 stride)
 {
-	int64		delta = ts - EVS_UNIX_EPOCH_TS;
-	int64		rem = delta % stride;
+	int64		rem = (ts % stride) - (EVS_UNIX_EPOCH_TS % stride);
 
+	rem %= stride;
 	if (rem < 0)
 		rem += stride;
 	return ts - rem;
