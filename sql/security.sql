@@ -870,6 +870,45 @@ INSERT INTO ta.tagged (key) VALUES ('b');
 SELECT count(*) AS attacker_code_ran FROM shared.caught;
 SELECT group_key, count FROM ta.tag_counts ORDER BY group_key;
 SELECT group_key, count FROM ta.fold_counts ORDER BY group_key;
+-- A type named like her function turns a call into a cast (PostgreSQL
+-- tries a function-style cast to a type of the name before polymorphic
+-- matches), and a domain's CHECK may call anything; the list of functions
+-- alone did not see it while ptag was still called elsewhere in the
+-- expression (round 12).  The parse no longer gives back the stored text:
+-- refused too.
+SET ROLE tenant_a;
+SELECT evstream.create_topic('ta.normed');
+SELECT evstream.create_aggregate('ta.norm_counts', 'ta.normed',
+       'shared.ptag(key) || shared.ptag(payload ? ''vip'')');
+GRANT INSERT ON ta.normed TO tenant_b;
+INSERT INTO ta.normed (key, payload) VALUES ('a', '{"vip": 1}');
+:attack
+CREATE FUNCTION shared.check_note(v text) RETURNS boolean LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp AS $$
+BEGIN PERFORM shared.note('domain check'); RETURN true; END $$;
+CREATE DOMAIN shared.ptag AS text CHECK (shared.check_note(VALUE));
+RESET ROLE;
+\c
+SET client_min_messages = warning;
+SET ROLE tenant_b;
+\set VERBOSITY default
+INSERT INTO ta.normed (key, payload) VALUES ('b', '{"vip": 1}');
+\set VERBOSITY sqlstate
+SET ROLE tenant_a;
+INSERT INTO ta.normed (key, payload) VALUES ('c', '{}');
+:check
+SELECT count(*) AS attacker_code_ran FROM shared.caught;
+:attack
+DROP DOMAIN shared.ptag;
+RESET ROLE;
+\c
+SET client_min_messages = warning;
+SET ROLE tenant_b;
+INSERT INTO ta.normed (key, payload) VALUES ('b', '{"vip": 1}');
+:check
+SELECT count(*) AS attacker_code_ran FROM shared.caught;
+SELECT group_key, count FROM ta.norm_counts ORDER BY group_key;
+SELECT evstream.drop_topic('ta.normed', true);
 SELECT evstream.drop_topic('ta.tagged', true);
 SELECT evstream.drop_topic('ta.folded', true);
 DROP SCHEMA shared CASCADE;

@@ -1663,24 +1663,6 @@ evs_coerce(Node *expr, Oid target, const char *what)
 }
 
 /*
- * Deparse under the pinned path: everything outside pg_catalog gets
- * qualified, and the text parses back to the same expression under the
- * same path (catalog.c compiles it so).
- */
-static char *
-evs_deparse(Relation rel, Node *expr)
-{
-	int			save_nestlevel = EvsPinSearchPath();
-	char	   *result = deparse_expression(expr,
-											deparse_context_for(RelationGetRelationName(rel),
-																RelationGetRelid(rel)),
-											false, false);
-
-	EvsUnpinSearchPath(save_nestlevel);
-	return result;
-}
-
-/*
  * Parse and check a one-expression parameter (group_by, event_time) and
  * return it analysed; errors point into its text.
  */
@@ -1773,7 +1755,7 @@ evs_check_group_by(Relation rel, const char *group_by)
 				 errmsg("group_by \"%s\" converts a value to text inside the expression", group_by),
 				 errdetail("That text depends on the producing session's DateStyle, TimeZone, extra_float_digits or bytea_output, so one value would make several groups."),
 				 errhint("Convert to text only at the end (the group is the expression's value as text, converted the same way in every session).")));
-	return evs_deparse(rel, evs_coerce(expr, TEXTOID, "group_by"));
+	return EvsDeparseExpr(rel, evs_coerce(expr, TEXTOID, "group_by"));
 }
 
 /* event_time: checked (timestamptz-valued, not volatile), deparsed */
@@ -1789,7 +1771,7 @@ evs_check_event_time(Relation rel, const char *event_time)
 				 errmsg("event_time must be of type timestamp with time zone, not %s",
 						format_type_be(exprType(expr))),
 				 errhint("Cast it, for example $$(payload->>'ts')::timestamptz$$.")));
-	return evs_deparse(rel, evs_coerce(expr, TIMESTAMPTZOID, "event_time"));
+	return EvsDeparseExpr(rel, evs_coerce(expr, TIMESTAMPTZOID, "event_time"));
 }
 
 /* The state type of sum/avg of a type, or InvalidOid */
@@ -1942,13 +1924,13 @@ evs_check_measures(Relation rel, const char *measures, EvsAggDef *d, char **expr
 					(errcode(ERRCODE_UNDEFINED_FUNCTION),
 					 errmsg("measure %s(%s) is not supported", fname, format_type_be(type)),
 					 errhint("min and max take base types with an ordering (numbers, text, timestamps, ...): cast the expression.")));
-		written = evs_deparse(rel, expr);
+		written = EvsDeparseExpr(rel, expr);
 		expr = evs_coerce(expr, type, "measure");
 		d->kinds[i] = kind;
 		d->names[i] = pstrdup(rt->name);
 		d->types[i] = type;
 		d->colls[i] = (kind == EVS_M_MIN || kind == EVS_M_MAX) ? exprCollation(expr) : InvalidOid;
-		exprs[i] = evs_deparse(rel, expr);
+		exprs[i] = EvsDeparseExpr(rel, expr);
 		appendStringInfo(&canon, "%s%s(%s) AS %s", i > 0 ? ", " : "", fname, written,
 						 quote_identifier(rt->name));
 		i++;
@@ -2170,11 +2152,11 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	 * load does (catalog.c): each load checks that they are still the ones
 	 * called, so that no function created later can capture a call.
 	 */
-	EvsCollectFunctions(EvsParseStoredExpr(rel, expr, TEXTOID), &funcids);
+	EvsCollectFunctions(EvsParseStoredExpr(rel, expr, TEXTOID, name), &funcids);
 	if (event_time)
-		EvsCollectFunctions(EvsParseStoredExpr(rel, event_time, TIMESTAMPTZOID), &funcids);
+		EvsCollectFunctions(EvsParseStoredExpr(rel, event_time, TIMESTAMPTZOID, name), &funcids);
 	for (i = 0; i < d->nmeasures; i++)
-		EvsCollectFunctions(EvsParseStoredExpr(rel, mexprs[i], d->types[i]), &funcids);
+		EvsCollectFunctions(EvsParseStoredExpr(rel, mexprs[i], d->types[i], name), &funcids);
 	functions = EvsFunctionSignatures(funcids);
 	relation_close(rel, AccessShareLock);
 

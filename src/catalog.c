@@ -70,6 +70,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/regproc.h"
+#include "utils/ruleutils.h"
 #include "storage/lock.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -696,28 +697,52 @@ evs_calls_user_function(Node *node, void *context)
 /*
  * Parse one of an aggregate's stored expressions (group_by, event_time, a
  * measure's input) over the topic's columns, coerced to target: analysed,
- * not planned (no user code runs).  create_aggregate (aggregates.c) lists
- * the functions of the texts it stores through this same path, so that
- * what it records is what every load compares against.
+ * not planned (no user code runs).  create_aggregate (aggregates.c) parses
+ * the texts it stores through this same path, so that what it records is
+ * what every load compares against.
+ *
+ * The parse must give back the text it was stored as (deparsed under the
+ * same pinned path), else it is refused (42P17) before anything runs: a
+ * type created since under a function's name turns a call of it into a
+ * cast to that type (PostgreSQL tries a function-style cast before
+ * polymorphic matches), whose domain CHECK could run anyone's code, and
+ * the list of functions alone (EvsCollectFunctions) does not see that
+ * when the function is still called elsewhere in the aggregate.  The
+ * deparse shows the cast.
  */
 Node *
-EvsParseStoredExpr(Relation rel, const char *text, Oid target)
+EvsParseStoredExpr(Relation rel, const char *text, Oid target, const char *aggname)
 {
 	ParseState *pstate = make_parsestate(NULL);
 	ParseNamespaceItem *nsitem;
 	List	   *raw;
+	SelectStmt *sel = NULL;
 	Node	   *expr;
+	char	   *again;
 	int			save_nestlevel = EvsPinSearchPath();
 
 	/* the stored text was deparsed under the same pinned path */
 	raw = raw_parser(text, RAW_PARSE_PLPGSQL_EXPR);
+	if (list_length(raw) == 1 && IsA(((RawStmt *) linitial(raw))->stmt, SelectStmt))
+		sel = (SelectStmt *) ((RawStmt *) linitial(raw))->stmt;
+	if (sel == NULL || list_length(sel->targetList) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+				 errmsg("a stored expression of aggregate \"%s\" is not one expression", aggname),
+				 errdetail("It reads \"%s\".", text)));
 	nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock,
 										   NULL, false, true);
 	addNSItemToQuery(pstate, nsitem, false, true, true);
-	expr = transformExpr(pstate,
-						 (Node *) ((ResTarget *) linitial(((SelectStmt *) ((RawStmt *) linitial(raw))->stmt)->targetList))->val,
+	expr = transformExpr(pstate, ((ResTarget *) linitial(sel->targetList))->val,
 						 EXPR_KIND_GENERATED_COLUMN);
 	assign_expr_collations(pstate, expr);
+	again = EvsDeparseExpr(rel, expr);
+	if (strcmp(again, text) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+				 errmsg("the expressions of aggregate \"%s\" no longer parse as they were stored", aggname),
+				 errdetail("\"%s\" now reads \"%s\".", text, again),
+				 errhint("A function or type was created, dropped or replaced in a schema its expressions use; drop and recreate the aggregate.")));
 	expr = coerce_to_target_type(pstate, expr, exprType(expr), target, -1,
 								 COERCION_EXPLICIT, COERCE_EXPLICIT_CAST, -1);
 	EvsUnpinSearchPath(save_nestlevel);
@@ -725,13 +750,37 @@ EvsParseStoredExpr(Relation rel, const char *text, Oid target)
 	return expr;
 }
 
+/*
+ * An analysed expression over rel's columns as text, under the pinned
+ * path: everything outside pg_catalog gets qualified, and the text parses
+ * back to the same expression under the same path.
+ */
+char *
+EvsDeparseExpr(Relation rel, Node *expr)
+{
+	int			save_nestlevel = EvsPinSearchPath();
+	char	   *result = deparse_expression(expr,
+											deparse_context_for(RelationGetRelationName(rel),
+																RelationGetRelid(rel)),
+											false, false);
+
+	EvsUnpinSearchPath(save_nestlevel);
+	return result;
+}
+
 static bool
 evs_note_function(Oid funcid, void *context)
 {
-	List	  **funcids = (List **) context;
+	List	  **sigs = (List **) context;
 
-	*funcids = list_append_unique_oid(*funcids, funcid);
+	*sigs = lappend(*sigs, format_procedure_qualified(funcid));
 	return false;				/* go on: every function counts */
+}
+
+static void
+evs_note_operator(Oid opno, List **sigs)
+{
+	*sigs = lappend(*sigs, psprintf("operator %s", format_operator_qualified(opno)));
 }
 
 static bool
@@ -740,20 +789,34 @@ evs_functions_walker(Node *node, void *context)
 	if (node == NULL)
 		return false;
 	(void) check_functions_in_node(node, evs_note_function, context);
+	/* operators too: one made over a function already called elsewhere */
+	if (IsA(node, OpExpr) || IsA(node, DistinctExpr) || IsA(node, NullIfExpr))
+		evs_note_operator(((OpExpr *) node)->opno, context);
+	else if (IsA(node, ScalarArrayOpExpr))
+		evs_note_operator(((ScalarArrayOpExpr *) node)->opno, context);
+	else if (IsA(node, RowCompareExpr))
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((RowCompareExpr *) node)->opnos)
+			evs_note_operator(lfirst_oid(lc), context);
+	}
 	return expression_tree_walker(node, evs_functions_walker, context);
 }
 
 /*
- * Add to *funcids every function an analysed expression calls: functions,
- * operators' functions, the I/O functions of its conversions, ...
- * (check_functions_in_node).  Before planning, which may inline SQL
- * functions away: the list is of what the text names.
+ * Add to *sigs every function and operator an analysed expression calls:
+ * functions, operators and their functions, the I/O functions of its
+ * conversions, ... (check_functions_in_node), as schema-qualified
+ * signatures (names survive dump and restore, OIDs do not).  Before
+ * planning, which may inline SQL functions away: the list is of what the
+ * text names.
  */
 void
-EvsCollectFunctions(Node *expr, List **funcids)
+EvsCollectFunctions(Node *expr, List **sigs)
 {
 	fix_opfuncids(expr);		/* (the parser sets them; cheap if so) */
-	(void) evs_functions_walker(expr, funcids);
+	(void) evs_functions_walker(expr, sigs);
 }
 
 static int
@@ -763,24 +826,21 @@ evs_cmp_cstring(const ListCell *a, const ListCell *b)
 }
 
 /*
- * The functions as _aggregate.functions stores them: schema-qualified
- * signatures (names survive dump and restore, OIDs do not), sorted
- * bytewise and unique.  A list of palloc'd C strings.
+ * The signatures (EvsCollectFunctions) as _aggregate.functions stores
+ * them: sorted bytewise and unique.
  */
 List *
-EvsFunctionSignatures(List *funcids)
+EvsFunctionSignatures(List *sigs)
 {
-	List	   *sigs = NIL;
+	List	   *sorted = list_copy(sigs);
 	List	   *unique = NIL;
 	ListCell   *lc;
 
-	foreach(lc, funcids)
-		sigs = lappend(sigs, format_procedure_qualified(lfirst_oid(lc)));
-	list_sort(sigs, evs_cmp_cstring);
-	foreach(lc, sigs)
+	list_sort(sorted, evs_cmp_cstring);
+	foreach(lc, sorted)
 		if (unique == NIL || strcmp(llast(unique), lfirst(lc)) != 0)
 			unique = lappend(unique, lfirst(lc));
-	list_free(sigs);
+	list_free(sorted);
 	return unique;
 }
 
@@ -1130,16 +1190,18 @@ EvsTopicAggregates(EvsTopic *t)
 			 * parse trees are temporary; the compiled ones are copies in
 			 * the cache's context.
 			 */
-			group_by = EvsParseStoredExpr(trel, tx->group_by, TEXTOID);
+			group_by = EvsParseStoredExpr(trel, tx->group_by, TEXTOID, get_rel_name(a->view));
 			EvsCollectFunctions(group_by, &funcids);
 			if (tx->event_time)
 			{
-				event_time = EvsParseStoredExpr(trel, tx->event_time, TIMESTAMPTZOID);
+				event_time = EvsParseStoredExpr(trel, tx->event_time, TIMESTAMPTZOID,
+														get_rel_name(a->view));
 				EvsCollectFunctions(event_time, &funcids);
 			}
 			for (i = 0; i < a->nmeasures; i++)
 			{
-				inputs[i] = EvsParseStoredExpr(trel, tx->exprs[i], a->measures[i].type);
+				inputs[i] = EvsParseStoredExpr(trel, tx->exprs[i], a->measures[i].type,
+											   get_rel_name(a->view));
 				EvsCollectFunctions(inputs[i], &funcids);
 			}
 			evs_check_functions(a->view, tx->functions, tx->functions_null, funcids);

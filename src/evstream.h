@@ -382,9 +382,11 @@ extern void EvsAggregateWindows(struct HeapTupleData *tup, TupleDesc desc, Memor
 								EvsWindows *w);
 extern int	EvsAggregateMeasures(struct HeapTupleData *tup, TupleDesc desc, int text_att,
 								 EvsMeasureKind *kinds, char **texts, Oid *types, Oid *colls);
-extern Node *EvsParseStoredExpr(Relation rel, const char *text, Oid target);
-extern void EvsCollectFunctions(Node *expr, List **funcids);
-extern List *EvsFunctionSignatures(List *funcids);
+extern Node *EvsParseStoredExpr(Relation rel, const char *text, Oid target,
+								 const char *aggname);
+extern char *EvsDeparseExpr(Relation rel, Node *expr);
+extern void EvsCollectFunctions(Node *expr, List **sigs);
+extern List *EvsFunctionSignatures(List *sigs);
 extern bool EvsIsTopicSequence(Oid seqrelid, Oid *topic);
 extern struct _SPI_plan *EvsTopicPlan(EvsTopic *t, EvsTopicPlanKind kind);
 extern void EvsTopicSetDefaults(EvsTopic *t, Node *id_default, Node *created_default);
