@@ -452,7 +452,7 @@ extern void EvsBecomeSuperuser(EvsUserState *st);
 extern void EvsRestoreUser(EvsUserState *st);
 extern int64 EvsSpiInt64(const char *sql, int nargs, Oid *types, Datum *values,
 						 bool *isnull);
-extern void EvsSpiExec(const char *sql, int nargs, Oid *types, Datum *values,
+extern uint64 EvsSpiExec(const char *sql, int nargs, Oid *types, Datum *values,
 					   int expect);
 extern struct _SPI_plan *EvsPrepare(EvsPlan *p);
 extern int	EvsExecPlan(EvsPlan *p, Datum *values, const char *nulls,

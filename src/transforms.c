@@ -493,6 +493,7 @@ typedef struct EvsTransformJob
 	TimestampTz created;		/* which incarnation of the name */
 	TimestampTz retry_at;		/* backoff (from the catalog): not before */
 	bool		failing;		/* its last batch failed: retry it alone */
+	int32		failures;		/* the catalog's count when the batch began */
 	bool		gone;			/* dropped, recreated or paused: skip */
 	TimestampTz last_turn;		/* when the worker last ran its batch */
 	bool		slow;			/* its owner's batches took a turn last pass */
@@ -703,7 +704,8 @@ evs_job_runnable(EvsTransformJob *j)
 		bool		isnull;
 		Datum		d;
 
-		j->failing = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) > 0;
+		j->failures = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		j->failing = j->failures > 0;
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 		j->retry_at = isnull ? 0 : DatumGetTimestampTz(d);
 		ok = j->retry_at <= GetCurrentTimestamp();
@@ -720,30 +722,39 @@ evs_job_runnable(EvsTransformJob *j)
  * the transform's lock): a failure counts, backs off (100 ms doubling, at
  * most 10 s) and pauses the transform at evstream.transform_max_attempts;
  * a batch that consumed events ends a series of failures.
+ *
+ * A failure counts only if no other failure was counted since this batch
+ * read the count (j->failures): two workers of a transform not yet known
+ * to fail may run its batch at once (ShareLock), the second waiting for
+ * the shard the first holds and then failing on the same events; that is
+ * one failed attempt, not two (it made the transform pause early, and its
+ * backoff start over).  Returns whether it counted.
  */
-static void
+static bool
 evs_record_outcome(EvsTransformJob *j, const char *error)
 {
-	Oid			types[4] = {TEXTOID, TIMESTAMPTZOID, TEXTOID, INT4OID};
-	Datum		values[4] = {CStringGetTextDatum(j->name), TimestampTzGetDatum(j->created),
+	Oid			types[5] = {TEXTOID, TIMESTAMPTZOID, TEXTOID, INT4OID, INT4OID};
+	Datum		values[5] = {CStringGetTextDatum(j->name), TimestampTzGetDatum(j->created),
 		error ? CStringGetTextDatum(error) : (Datum) 0,
-	Int32GetDatum(evs_transform_max_attempts)};
+		Int32GetDatum(evs_transform_max_attempts), Int32GetDatum(j->failures)};
+	bool		counted = true;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	if (!EvsWorkerLockExtension())	/* first (extension.c); else it is gone */
 	{
 		CommitTransactionCommand();
-		return;
+		return true;
 	}
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (error)
-		EvsSpiExec("UPDATE evstream._transform x SET failures = x.failures OPERATOR(pg_catalog.+) 1, "
-				   "last_error = $3, paused = (x.failures OPERATOR(pg_catalog.+) 1 OPERATOR(pg_catalog.>=) $4), "
-				   "retry_at = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval("
-				   "secs => LEAST(10, 0.1 OPERATOR(pg_catalog.*) (2 OPERATOR(pg_catalog.^) LEAST(x.failures, 10))))::interval "
-				   "WHERE x.name OPERATOR(pg_catalog.=) $1 AND x.created OPERATOR(pg_catalog.=) $2 AND NOT x.paused",
-				   4, types, values, 0);
+		counted = EvsSpiExec("UPDATE evstream._transform x SET failures = x.failures OPERATOR(pg_catalog.+) 1, "
+							 "last_error = $3, paused = (x.failures OPERATOR(pg_catalog.+) 1 OPERATOR(pg_catalog.>=) $4), "
+							 "retry_at = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval("
+							 "secs => LEAST(10, 0.1 OPERATOR(pg_catalog.*) (2 OPERATOR(pg_catalog.^) LEAST(x.failures, 10))))::interval "
+							 "WHERE x.name OPERATOR(pg_catalog.=) $1 AND x.created OPERATOR(pg_catalog.=) $2 AND NOT x.paused "
+							 "AND x.failures OPERATOR(pg_catalog.=) $5",
+							 5, types, values, 0) > 0;
 	else
 		EvsSpiExec("UPDATE evstream._transform x SET failures = 0, retry_at = NULL "
 				   "WHERE x.name OPERATOR(pg_catalog.=) $1 AND x.created OPERATOR(pg_catalog.=) $2 "
@@ -751,6 +762,7 @@ evs_record_outcome(EvsTransformJob *j, const char *error)
 				   2, types, values, 0);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	return counted;
 }
 
 /*
@@ -807,9 +819,13 @@ evs_transform_step(EvsTransformJob *j)
 		FlushErrorState();
 		AbortCurrentTransaction();
 		pgstat_report_activity(STATE_IDLE, NULL);
-		ereport(LOG,
-				(errmsg("evstream transform \"%s\": batch failed: %s", j->name, edata->message)));
-		evs_record_outcome(j, edata->message);
+		if (evs_record_outcome(j, edata->message))
+			ereport(LOG,
+					(errmsg("evstream transform \"%s\": batch failed: %s", j->name, edata->message)));
+		else
+			ereport(LOG,
+					(errmsg("evstream transform \"%s\": a concurrent run of its failed batch failed too (counted once): %s",
+							j->name, edata->message)));
 		/* retried alone, not before the backoff the catalog now has */
 		j->failing = true;
 		j->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 100);

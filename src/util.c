@@ -183,12 +183,16 @@ EvsSpiInt64(const char *sql, int nargs, Oid *types, Datum *values, bool *isnull)
 	return result;
 }
 
-/* Run a statement; expect is the SPI result code wanted, or 0 for any */
-void
+/*
+ * Run a statement; expect is the SPI result code wanted, or 0 for any.
+ * Returns the rows it processed.
+ */
+uint64
 EvsSpiExec(const char *sql, int nargs, Oid *types, Datum *values, int expect)
 {
 	int			ret;
 	int			level;
+	uint64		processed;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -197,7 +201,9 @@ EvsSpiExec(const char *sql, int nargs, Oid *types, Datum *values, int expect)
 	EvsUnpinSearchPath(level);
 	if (ret < 0 || (expect != 0 && ret != expect))
 		elog(ERROR, "SPI_execute_with_args returned %d for: %s", ret, sql);
+	processed = SPI_processed;
 	SPI_finish();
+	return processed;
 }
 
 /*
