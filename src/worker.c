@@ -440,14 +440,15 @@ static int	npending_local = 0; /* SentEntry.pending set */
  * EVS_PUSH_BUSY_EVENTS or more, halved back after one whose events came
  * at fewer than EVS_PUSH_QUIET_EVENTS per least gap (2,000 events a second
  * by default: a rate, so that a grown gap comes back down at the rates
- * that grew it, see evs_notify_topic).  A trickle is announced within about a millisecond; a flood of
- * single-row commits once per interval, because each notification wakes
- * every listener and costs them and the worker as much as a few dozen
- * producer commits: about 200 us of CPU in all with one listener (70-100
- * in the worker, 30-50 in the listener's backend, 70 in a psycopg2
- * client), so at half the interval a flood's 200 notifications a second
- * took 2% of a 2-CPU machine, and at 9,000 commits a second one
- * notification per millisecond took 6% of the producers' throughput.
+ * that grew it, see evs_notify_topic).  A trickle is announced within
+ * about a millisecond; a flood of single-row commits once per interval,
+ * because each notification wakes every listener and costs them and the
+ * worker as much as a few dozen producer commits: about 200 us of CPU in
+ * all with one listener (70-100 in the worker, 30-50 in the listener's
+ * backend, 70 in a psycopg2 client), so at half the interval a flood's
+ * 200 notifications a second took 2% of a 2-CPU machine, and at 9,000
+ * commits a second one notification per millisecond took 6% of the
+ * producers' throughput.
  * The interval stays the longest wait, as evstream.notify_interval says.
  *
  * Marks stay in shared memory until a push is due: while they are there,
