@@ -2062,7 +2062,6 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	Interval   *grace = NULL;
 	Interval   *retention = NULL;
 	char	   *emit;
-	List	   *funcids = NIL;
 	List	   *functions;
 	const char *argnames[] = {"name", "topic", "group_by", "bucket", "output_topic", "notify",
 	"measures", "hop", "event_time", "grace", "emit", "window_retention"};
@@ -2152,12 +2151,12 @@ evstream_create_aggregate(PG_FUNCTION_ARGS)
 	 * load does (catalog.c): each load checks that they are still the ones
 	 * called, so that no function created later can capture a call.
 	 */
-	EvsCollectFunctions(EvsParseStoredExpr(rel, expr, TEXTOID, name), &funcids);
-	if (event_time)
-		EvsCollectFunctions(EvsParseStoredExpr(rel, event_time, TIMESTAMPTZOID, name), &funcids);
-	for (i = 0; i < d->nmeasures; i++)
-		EvsCollectFunctions(EvsParseStoredExpr(rel, mexprs[i], d->types[i], name), &funcids);
-	functions = EvsFunctionSignatures(funcids);
+	{
+		Node	   *parsed[EVS_MAX_MEASURES + 2];
+
+		functions = EvsParseAggregateTexts(rel, expr, event_time, mexprs, d->types,
+										   d->nmeasures, name, parsed);
+	}
 	relation_close(rel, AccessShareLock);
 
 	/* output topic: an existing topic, or created now */

@@ -845,6 +845,35 @@ EvsFunctionSignatures(List *sigs)
 }
 
 /*
+ * Parse all of an aggregate's stored texts (EvsParseStoredExpr): group_by,
+ * event_time (may be NULL) and the n measure inputs of types, into
+ * parsed[0], parsed[1] (NULL without event_time) and parsed[2..], and
+ * return the functions and operators they call (EvsFunctionSignatures):
+ * create_aggregate records the list, every load compares it.
+ */
+List *
+EvsParseAggregateTexts(Relation rel, const char *group_by, const char *event_time,
+					   char **exprs, Oid *types, int n, const char *aggname, Node **parsed)
+{
+	List	   *sigs = NIL;
+
+	parsed[0] = EvsParseStoredExpr(rel, group_by, TEXTOID, aggname);
+	EvsCollectFunctions(parsed[0], &sigs);
+	parsed[1] = NULL;
+	if (event_time)
+	{
+		parsed[1] = EvsParseStoredExpr(rel, event_time, TIMESTAMPTZOID, aggname);
+		EvsCollectFunctions(parsed[1], &sigs);
+	}
+	for (int i = 0; i < n; i++)
+	{
+		parsed[2 + i] = EvsParseStoredExpr(rel, exprs[i], types[i], aggname);
+		EvsCollectFunctions(parsed[2 + i], &sigs);
+	}
+	return EvsFunctionSignatures(sigs);
+}
+
+/*
  * Compile a parsed stored expression (EvsParseStoredExpr) for evaluation
  * on insert.
  *
@@ -927,9 +956,9 @@ evs_first_missing(List *a, List *b)
  * list was never recorded.
  */
 static void
-evs_check_functions(Oid view, Datum stored, bool isnull, List *funcids)
+evs_check_functions(Oid view, Datum stored, bool isnull, List *sigs)
 {
-	List	   *now = EvsFunctionSignatures(funcids);
+	List	   *now = sigs;
 	List	   *was = NIL;
 	Datum	   *elems;
 	int			n;
@@ -1170,10 +1199,12 @@ EvsTopicAggregates(EvsTopic *t)
 			EvsUserState st;
 			Relation	trel;
 			int			i;
+			Node	   *parsed[EVS_MAX_MEASURES + 2];
 			Node	   *group_by;
-			Node	   *event_time = NULL;
-			Node	   *inputs[EVS_MAX_MEASURES];
-			List	   *funcids = NIL;
+			Node	   *event_time;
+			Node	  **inputs = parsed + 2;
+			Oid			mtypes[EVS_MAX_MEASURES];
+			List	   *sigs;
 
 			a->owner = EvsRelOwner(a->view);
 
@@ -1190,21 +1221,13 @@ EvsTopicAggregates(EvsTopic *t)
 			 * parse trees are temporary; the compiled ones are copies in
 			 * the cache's context.
 			 */
-			group_by = EvsParseStoredExpr(trel, tx->group_by, TEXTOID, get_rel_name(a->view));
-			EvsCollectFunctions(group_by, &funcids);
-			if (tx->event_time)
-			{
-				event_time = EvsParseStoredExpr(trel, tx->event_time, TIMESTAMPTZOID,
-														get_rel_name(a->view));
-				EvsCollectFunctions(event_time, &funcids);
-			}
 			for (i = 0; i < a->nmeasures; i++)
-			{
-				inputs[i] = EvsParseStoredExpr(trel, tx->exprs[i], a->measures[i].type,
-											   get_rel_name(a->view));
-				EvsCollectFunctions(inputs[i], &funcids);
-			}
-			evs_check_functions(a->view, tx->functions, tx->functions_null, funcids);
+				mtypes[i] = a->measures[i].type;
+			sigs = EvsParseAggregateTexts(trel, tx->group_by, tx->event_time, tx->exprs, mtypes,
+										  a->nmeasures, get_rel_name(a->view), parsed);
+			group_by = parsed[0];
+			event_time = parsed[1];
+			evs_check_functions(a->view, tx->functions, tx->functions_null, sigs);
 
 			old = MemoryContextSwitchTo(cxt);
 			a->expr = evs_compile_expr(copyObject(group_by), &a->as_owner, &a->key_out);

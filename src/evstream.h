@@ -387,6 +387,9 @@ extern Node *EvsParseStoredExpr(Relation rel, const char *text, Oid target,
 extern char *EvsDeparseExpr(Relation rel, Node *expr);
 extern void EvsCollectFunctions(Node *expr, List **sigs);
 extern List *EvsFunctionSignatures(List *sigs);
+extern List *EvsParseAggregateTexts(Relation rel, const char *group_by, const char *event_time,
+									 char **exprs, Oid *types, int n, const char *aggname,
+									 Node **parsed);
 extern bool EvsIsTopicSequence(Oid seqrelid, Oid *topic);
 extern struct _SPI_plan *EvsTopicPlan(EvsTopic *t, EvsTopicPlanKind kind);
 extern void EvsTopicSetDefaults(EvsTopic *t, Node *id_default, Node *created_default);
