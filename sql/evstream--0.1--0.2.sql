@@ -161,6 +161,11 @@ DROP FUNCTION evstream._merge_deltas(integer);
 DROP FUNCTION evstream._current_count(integer, text, timestamptz);
 DROP FUNCTION evstream._rehome_default(regclass);
 DROP FUNCTION evstream._ensure_partitions(regclass, timestamptz, timestamptz);
+-- read from the bound nodes, not by deparsing them (maintenance's cost)
+CREATE OR REPLACE FUNCTION evstream._partitions(topic regclass,
+        OUT part regclass, OUT lo timestamptz, OUT hi timestamptz, OUT is_default boolean)
+    RETURNS SETOF record LANGUAGE C STABLE STRICT ROWS 10
+    AS 'MODULE_PATHNAME', 'evstream_partitions';
 REVOKE ALL ON FUNCTION evstream._wake_launcher() FROM PUBLIC;
 REVOKE ALL ON FUNCTION evstream._invalidate(regclass) FROM PUBLIC;
 

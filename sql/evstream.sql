@@ -332,15 +332,8 @@ CREATE FUNCTION evstream.resume_transform(name text)
 -- Partition bounds of a topic's partitions (the default partition has none).
 CREATE FUNCTION evstream._partitions(topic regclass,
         OUT part regclass, OUT lo timestamptz, OUT hi timestamptz, OUT is_default boolean)
-    RETURNS SETOF record LANGUAGE sql STABLE
-    SET search_path = pg_catalog, pg_temp AS $$
-    SELECT c.oid::regclass,
-           pg_catalog.substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)')::timestamptz,
-           pg_catalog.substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)')::timestamptz,
-           pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'
-      FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
-     WHERE i.inhparent = $1
-$$;
+    RETURNS SETOF record LANGUAGE C STABLE STRICT ROWS 10
+    AS 'MODULE_PATHNAME', 'evstream_partitions';
 
 -- A free relation name in a schema: `wanted`, or, when someone already
 -- took it, `wanted` cut short with a random suffix (partition names carry

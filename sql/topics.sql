@@ -445,6 +445,33 @@ DROP ROLE regress_evs_new_owner;
 SELECT evstream.create_topic('dropme');
 INSERT INTO dropme (key) VALUES ('again') RETURNING id, key;
 
+------------------------------------------------------------------ _partitions
+-- the bounds come from the catalog's bound nodes: the same as deparsing them
+SELECT count(*) AS rows_compared,
+       count(*) FILTER (WHERE p.lo IS DISTINCT FROM
+           substring(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)')::timestamptz
+           OR p.hi IS DISTINCT FROM
+           substring(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)')::timestamptz
+           OR p.is_default IS DISTINCT FROM (pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT')) AS differ
+  FROM evstream._topic t, evstream._partitions(t.topic) p JOIN pg_class c ON c.oid = p.part;
+SELECT count(*) AS none_for_null FROM evstream._partitions(NULL);
+-- any relation, also as a role without privileges on it: what pg_inherits shows
+CREATE TABLE parts_any (t timestamptz, n int) PARTITION BY RANGE (t);
+CREATE TABLE parts_any_lo PARTITION OF parts_any FOR VALUES FROM (MINVALUE) TO ('2020-01-01 00:00:00+00');
+CREATE TABLE parts_any_hi PARTITION OF parts_any FOR VALUES FROM ('2020-01-01 00:00:00+00') TO (MAXVALUE);
+CREATE TABLE parts_list (n int) PARTITION BY LIST (n);
+CREATE TABLE parts_list_1 PARTITION OF parts_list FOR VALUES IN (1);
+CREATE TABLE parts_list_d PARTITION OF parts_list DEFAULT;
+CREATE TABLE inh_parent (n int);
+CREATE TABLE inh_child () INHERITS (inh_parent);
+SET ROLE regress_evs_nobody;
+SELECT * FROM evstream._partitions('parts_any') ORDER BY part::text;
+SELECT * FROM evstream._partitions('parts_list') ORDER BY part::text;
+SELECT * FROM evstream._partitions('inh_parent');
+SELECT count(*) AS no_children FROM evstream._partitions('pg_class');
+RESET ROLE;
+DROP TABLE parts_any, parts_list, inh_parent CASCADE;
+
 ------------------------------------------------------------------ clean up
 SELECT evstream.drop_topic(t) FROM unnest(ARRAY['clicks', 'dropme', 't_ret', 'app.clicks', '"Mixed Case"',
        'app."Dotted.Name"', '"x; drop table clicks; --"', '"quote""d"', 'evs_owned.orders']) t

@@ -17,6 +17,10 @@
  *	  come from evstream._next_id, which needs neither).  A topic depends
  *	  on the extension, so DROP EXTENSION ... CASCADE removes it.
  *
+ *	  _partitions lists a topic's partitions with their bounds, read from
+ *	  the catalog's partition bound nodes (maintenance asks for them several
+ *	  times per topic and pass; deparsing every bound was most of its cost).
+ *
  *	  The views' helpers _edge and _time_after read a topic's first/last
  *	  event and the time after a position for every role (ids and times
  *	  only, never payloads): they accept topics only and read them as the
@@ -31,7 +35,10 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/table.h"
 #include "catalog/dependency.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/namespace.h"
 #include "catalog/objectaddress.h"
 #include "catalog/pg_class_d.h"
@@ -44,6 +51,8 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/datum.h"
+#include "utils/fmgroids.h"
+#include "utils/syscache.h"
 #include "access/htup_details.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
@@ -738,4 +747,85 @@ evstream_lag(PG_FUNCTION_ARGS)
 		nulls[1] = rnulls[1];
 	}
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), out, nulls)));
+}
+
+/* One bound of a range partition: its value, or NULL for MINVALUE/MAXVALUE */
+static void
+evs_range_bound(List *datums, Datum *value, bool *isnull)
+{
+	PartitionRangeDatum *prd;
+	Const	   *c;
+
+	*isnull = true;
+	if (list_length(datums) != 1)
+		return;
+	prd = lfirst_node(PartitionRangeDatum, list_head(datums));
+	if (prd->kind != PARTITION_RANGE_DATUM_VALUE || !IsA(prd->value, Const))
+		return;
+	c = (Const *) prd->value;
+	if (c->constisnull || c->consttype != TIMESTAMPTZOID)
+		return;
+	*value = c->constvalue;
+	*isnull = false;
+}
+
+/*
+ * evstream._partitions(topic regclass) -> (part, lo, hi, is_default): the
+ * children of topic in pg_inherits with their range bounds (lo, hi NULL
+ * for the default partition and for MINVALUE/MAXVALUE; is_default NULL for
+ * a child that is no partition).  Reads what anyone can read in pg_class.
+ */
+PG_FUNCTION_INFO_V1(evstream_partitions);
+
+Datum
+evstream_partitions(PG_FUNCTION_ARGS)
+{
+	Oid			topic = PG_GETARG_OID(0);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Relation	inh;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+
+	InitMaterializedSRF(fcinfo, 0);
+	inh = table_open(InheritsRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_inherits_inhparent, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(topic));
+	scan = systable_beginscan(inh, InheritsParentIndexId, true, NULL, 1, &key);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		Oid			child = ((Form_pg_inherits) GETSTRUCT(tup))->inhrelid;
+		HeapTuple	ctup;
+		Datum		bound;
+		Datum		values[4] = {ObjectIdGetDatum(child), 0, 0, BoolGetDatum(false)};
+		bool		nulls[4] = {false, true, true, false};
+		bool		isnull;
+
+		CHECK_FOR_INTERRUPTS();
+		ctup = SearchSysCache1(RELOID, ObjectIdGetDatum(child));
+		if (!HeapTupleIsValid(ctup))
+			continue;			/* dropped meanwhile */
+		bound = SysCacheGetAttr(RELOID, ctup, Anum_pg_class_relpartbound, &isnull);
+		if (isnull)
+			nulls[3] = true;
+		else
+		{
+			char	   *str = TextDatumGetCString(bound);
+			PartitionBoundSpec *spec = castNode(PartitionBoundSpec, stringToNode(str));
+
+			if (spec->is_default)
+				values[3] = BoolGetDatum(true);
+			else if (spec->strategy == PARTITION_STRATEGY_RANGE)
+			{
+				evs_range_bound(spec->lowerdatums, &values[1], &nulls[1]);
+				evs_range_bound(spec->upperdatums, &values[2], &nulls[2]);
+			}
+			pfree(str);
+		}
+		ReleaseSysCache(ctup);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	systable_endscan(scan);
+	table_close(inh, AccessShareLock);
+	return (Datum) 0;
 }

@@ -185,6 +185,22 @@ is($node->safe_psql('upd', q{SELECT extversion FROM pg_extension WHERE extname =
 is($node->safe_psql('upd', q{SELECT default_version FROM pg_available_extensions WHERE name = 'evstream'}),
 	'0.2', 'and it is the default version of the new install');
 
+# the update script makes the functions the install script makes: same
+# arguments, result, language, body, settings, volatility, strictness,
+# security and privileges (a database created fresh with 0.2 to compare;
+# it stays: dropping it would stop its worker, a FATAL in the log)
+$node->safe_psql('postgres', 'CREATE DATABASE fresh');
+$node->safe_psql('fresh', 'CREATE EXTENSION evstream');
+my $functions = q{
+SELECT string_agg(pg_catalog.format('%s(%s) -> %s: %s %s strict=%s secdef=%s cost=%s rows=%s config=%s acl=%s src=%s bin=%s',
+         p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid), pg_catalog.pg_get_function_result(p.oid),
+         l.lanname, p.provolatile, p.proisstrict, p.prosecdef, p.procost, p.prorows, p.proconfig, p.proacl,
+         pg_catalog.md5(p.prosrc), p.probin), E'\n' ORDER BY p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid))
+  FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+ WHERE p.pronamespace = 'evstream'::pg_catalog.regnamespace};
+is($node->safe_psql('upd', $functions), $node->safe_psql('fresh', $functions),
+	'the updated extension\'s functions are those of a fresh 0.2 install');
+
 # ---------------------------------------------------------------- nothing changed
 for my $k (sort keys %snap)
 {
