@@ -791,7 +791,7 @@ def phase_single():
         log("listener: %s" % short(e))
     try:
         for rnd in range(ROUNDS):
-            for key, script, truncate, sync, kw in cases:
+            for key, script, truncate, sync, kw in alternated(cases, rnd):
                 kw = dict(kw)
                 ch = None
                 if kw.pop("note", None) == "listener":
@@ -875,6 +875,15 @@ def phase_multi():
         if hasattr(f, "fails"):
             f.notes.append("all rounds: %d deadlocks (pg_stat_database), pgbench: %d failed "
                            "txns, %d retries" % (f.deadlocks, f.fails, f.retries))
+
+
+def alternated(items, rnd):
+    """The cases of a round, in reverse order every other round: the two
+    cases of a ratio (listed close together) run in one order, then in the
+    other, so a drift of the machine within a round (the disk here:
+    single-row commit rates differ by up to 2x from one minute to the next)
+    counts against both alike instead of always against the later one."""
+    return items if rnd % 2 == 0 else items[::-1]
 
 
 def rotated(items, rnd):
