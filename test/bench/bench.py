@@ -783,6 +783,9 @@ def phase_single():
                 ins_script("bm1"), ["bm1"], before=set_maint("1s"), after=reset_maint)
             add("maint.off", "INSERT 1 row/txn: 1 day partitions, maintenance every 1 h",
                 ins_script("bm0"), ["bm0"], before=set_maint("1h"), after=reset_maint)
+            for k, what in (("maint.on", "every 1 s"), ("maint.off", "every 1 h")):
+                fig(k + ".cpu", "maintenance worker's CPU during the run (from /proc; its set-up "
+                    "and first pass included), maintenance %s" % what, "ms/s")
     # the listener stays attached to the notifying channels for the whole phase
     lst = None
     try:
@@ -808,13 +811,32 @@ def phase_single():
                     c0 = lst.count(ch)
                 if kw.get("before") and key.startswith("maint.on"):
                     kw["note_fn"] = lambda r: maint_note()
+                cpu0 = worker_cpu() if key.startswith("maint.") else None
                 run_pgbench_case(key, rnd, script, truncate, sync, **kw)
+                if cpu0 is not None:
+                    cpu1 = worker_cpu()
+                    if cpu0[0] is not None and cpu1[0] is not None and cpu1[0] == cpu0[0]:
+                        record(key + ".cpu", rnd, (cpu1[1] - cpu0[1]) * 1000.0 / (cpu1[2] - cpu0[2]))
+                    else:
+                        record(key + ".cpu", rnd, error="no maintenance worker in /proc")
                 if ch is not None:
                     time.sleep(0.3)
                     rnote(key, rnd, "listener got %d notifications" % (lst.count(ch) - c0))
     finally:
         if lst:
             lst.close()
+
+
+def worker_cpu():
+    """(pid, CPU seconds, wall seconds) of this database's evstream worker."""
+    try:
+        pid = DB.one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'evstream worker' "
+                     "AND datname = current_database()")
+        with open("/proc/%d/stat" % pid) as f:
+            st = f.read().rsplit(")", 1)[1].split()
+        return pid, (int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK"), time.monotonic()
+    except Exception:
+        return None, 0.0, time.monotonic()
 
 
 def maint_note():
@@ -2493,6 +2515,8 @@ def build_table():
     add_fig("4.4", "maint.on")
     add_fig("4.4", "maint.off")
     add_ratio("4.4", "maintenance every 1 s / maintenance idle", "maint.on", "maint.off", "on", 0.95)
+    add_fig("4.4", "maint.on.cpu")
+    add_fig("4.4", "maint.off.cpu")
 
     section("issue 9 — consumers 0.2: shards, parallel consume, long poll")
     add_fig("9.9", "cs.p1")
