@@ -759,7 +759,7 @@ evs_range_bound(List *datums, Datum *value, bool *isnull)
 	*isnull = true;
 	if (list_length(datums) != 1)
 		return;
-	prd = lfirst_node(PartitionRangeDatum, list_head(datums));
+	prd = linitial_node(PartitionRangeDatum, datums);
 	if (prd->kind != PARTITION_RANGE_DATUM_VALUE || !IsA(prd->value, Const))
 		return;
 	c = (Const *) prd->value;

@@ -440,8 +440,8 @@ static int	npending_local = 0; /* SentEntry.pending set */
  * EVS_PUSH_QUIET_EVENTS per least gap (2,000 events a second by default: a
  * rate, so that a grown gap comes back down whatever grew it), else
  * doubled (up to the whole interval) after one that announced
- * EVS_PUSH_BUSY_EVENTS or more (see evs_notify_topic).  A trickle is announced within
- * about a millisecond; a flood of single-row commits once per interval,
+ * EVS_PUSH_BUSY_EVENTS or more (see evs_notify_topic).  A trickle is
+ * announced within about a millisecond; a flood of single-row commits once per interval,
  * because each notification wakes every listener and costs them and the
  * worker as much as a few dozen producer commits: about 200 us of CPU in
  * all with one listener (70-100 in the worker, 30-50 in the listener's
