@@ -2409,6 +2409,8 @@ def add_fig(rid, key, target=None, ok=None, extra_note=""):
 
 
 def add_ratio(rid, label, num, den, sync="on", target=None, info=None):
+    if num not in FIG and den not in FIG:
+        return      # its phase was not in BENCH_CASES: no row, not an ERROR
     v, per = ratio(num, den)
     res = "—"
     tgt = info or "—"
@@ -2596,7 +2598,12 @@ def build_table():
 def render(env_line):
     head = ("| id | measure | sync | value | unit | per round | target | result | notes |\n"
             "|---|---|---|---:|---|---|---|---|---|\n")
-    body = "".join("| " + " | ".join(str(c).replace("|", "/") for c in r) + " |\n" for r in ROWS)
+    def header(r):
+        return r[0] == "" and r[1].startswith("**") and r[2] == ""
+    # a section whose phases were not in BENCH_CASES has no rows: drop its header
+    rows = [r for i, r in enumerate(ROWS)
+            if not (header(r) and (i + 1 == len(ROWS) or header(ROWS[i + 1])))]
+    body = "".join("| " + " | ".join(str(c).replace("|", "/") for c in r) + " |\n" for r in rows)
     return env_line + "\n\n" + head + body
 
 
