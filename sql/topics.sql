@@ -447,6 +447,17 @@ INSERT INTO dropme (key) VALUES ('again') RETURNING id, key;
 
 ------------------------------------------------------------------ _partitions
 -- the bounds come from the catalog's bound nodes: the same as deparsing them
+-- (every topic locked first: the worker rehomes a default partition or
+-- drops an empty old one under ACCESS EXCLUSIVE, and _partitions reads the
+-- catalog as it is now while the join reads it as of the statement's start)
+BEGIN;
+DO $$
+DECLARE t regclass;
+BEGIN
+    FOR t IN SELECT x.topic FROM evstream._topic x ORDER BY x.topic::oid LOOP
+        EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', t);
+    END LOOP;
+END $$;
 SELECT count(*) > 0 AS rows_compared,
        count(*) FILTER (WHERE p.lo IS DISTINCT FROM
            substring(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)')::timestamptz
@@ -454,6 +465,7 @@ SELECT count(*) > 0 AS rows_compared,
            substring(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)')::timestamptz
            OR p.is_default IS DISTINCT FROM (pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT')) AS differ
   FROM evstream._topic t, evstream._partitions(t.topic) p JOIN pg_class c ON c.oid = p.part;
+COMMIT;
 SELECT count(*) AS none_for_null FROM evstream._partitions(NULL);
 -- any relation, also as a role without privileges on it: what pg_inherits shows
 CREATE TABLE parts_any (t timestamptz, n int) PARTITION BY RANGE (t);
